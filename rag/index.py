@@ -1,0 +1,347 @@
+"""Persistent, incremental vector index: LlamaIndex ``VectorStoreIndex`` over a Chroma collection.
+
+One collection per (corpus, embedder, chunking), so switching the embedder never mixes vector spaces.
+Re-running on the same corpus embeds nothing again: every chunk carries its document's content hash
+and the number of chunks of that document, so a document is re-embedded only when its content
+changed or an earlier run was interrupted half-way through it; documents no longer in the corpus
+are deleted. Chunks are written batch by batch, so an interrupted run keeps its finished work.
+
+CLI: ``python -m rag.index --corpus synthea --embedder me5-small``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from rag.chunking import Chunk, ChunkingConfig, chunk_document
+from rag.config import Settings, load_settings
+from rag.corpus import Corpus, Document, load_corpus
+
+if TYPE_CHECKING:
+    from rag.embedders import Embedder
+
+log = logging.getLogger(__name__)
+EMBED_BATCH = 128  # chunks embedded and written per step: the unit of work an interruption can lose
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "x"
+
+
+def collection_name(corpus: str, embedder: "Embedder", chunking: ChunkingConfig) -> str:
+    """Chroma allows [A-Za-z0-9._-], 3-512 chars; a readable prefix plus a hash of the full identity."""
+    identity = f"{corpus}|{embedder.name}|{embedder.fingerprint}|{chunking.key()}"
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:10]
+    return f"{_slug(corpus)[:40]}__{_slug(embedder.name)[:40]}__{digest}"
+
+
+def llama_index_embedding(embedder: "Embedder") -> Any:
+    """Our embedder as a LlamaIndex ``BaseEmbedding``, so prefixes stay in the one place that owns them."""
+    from llama_index.core.base.embeddings.base import BaseEmbedding
+    from pydantic import PrivateAttr
+
+    class _Adapter(BaseEmbedding):
+        _embedder: Any = PrivateAttr()
+
+        def __init__(self, inner: "Embedder") -> None:
+            super().__init__(model_name=inner.name, embed_batch_size=32)
+            self._embedder = inner
+
+        def _get_query_embedding(self, query: str) -> list[float]:
+            return self._embedder.embed_queries([query])[0].tolist()
+
+        def _get_text_embedding(self, text: str) -> list[float]:
+            return self._embedder.embed_passages([text])[0].tolist()
+
+        def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+            return self._embedder.embed_passages(texts).tolist()
+
+        async def _aget_query_embedding(self, query: str) -> list[float]:
+            return self._get_query_embedding(query)
+
+        async def _aget_text_embedding(self, text: str) -> list[float]:
+            return self._get_text_embedding(text)
+
+    return _Adapter(embedder)
+
+
+@dataclass
+class SyncReport:
+    collection: str
+    documents: int = 0
+    patients: int = 0
+    unchanged_docs: int = 0
+    added_docs: int = 0
+    updated_docs: int = 0
+    removed_docs: int = 0
+    chunks_embedded: int = 0
+    chunks_total: int = 0
+    seconds: float = 0.0
+    embed_seconds: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added_docs or self.updated_docs or self.removed_docs)
+
+    def summary(self) -> str:
+        rate = self.chunks_embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
+        return (
+            f"{self.collection}: {self.documents} documents of {self.patients} patients, "
+            f"{self.chunks_total} chunks | added {self.added_docs}, updated {self.updated_docs}, "
+            f"removed {self.removed_docs}, unchanged {self.unchanged_docs} | embedded "
+            f"{self.chunks_embedded} chunks ({rate:.1f} chunks/s) | {self.seconds:.1f} s"
+        )
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("chromadb", "llama-index-core", "sentence-transformers", "transformers", "torch"):
+        try:
+            out[pkg] = importlib_metadata.version(pkg)
+        except importlib_metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class ChunkIndex:
+    """The searchable store of one corpus under one embedder."""
+
+    def __init__(
+        self,
+        corpus_name: str,
+        embedder: "Embedder",
+        settings: Settings | None = None,
+        chunking: ChunkingConfig | None = None,
+    ) -> None:
+        self.settings = settings or load_settings()
+        self.corpus_name = corpus_name
+        self.embedder = embedder
+        budget = embedder.max_seq_length - embedder.count_tokens(embedder.spec.passage_prefix) - 2
+        self.chunking = chunking or ChunkingConfig(
+            max_tokens=min(self.settings.chunk_tokens, budget),
+            overlap_tokens=self.settings.chunk_overlap_tokens,
+        )
+        self.name = collection_name(corpus_name, embedder, self.chunking)
+        self.store_dir = Path(self.settings.store_dir)
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+
+    # --- storage -------------------------------------------------------------------------------
+    @cached_property
+    def client(self) -> Any:
+        import chromadb
+        from chromadb.config import Settings as ChromaSettings
+
+        return chromadb.PersistentClient(
+            path=str(self.store_dir / "chroma"), settings=ChromaSettings(anonymized_telemetry=False)
+        )
+
+    @cached_property
+    def collection(self) -> Any:
+        return self.client.get_or_create_collection(
+            self.name,
+            embedding_function=None,  # Chroma's default would download a model
+            metadata={"hnsw:space": "cosine", "corpus": self.corpus_name, "embedder": self.embedder.name},
+        )
+
+    @cached_property
+    def vector_store(self) -> Any:
+        from llama_index.vector_stores.chroma import ChromaVectorStore
+
+        return ChromaVectorStore(chroma_collection=self.collection)
+
+    @cached_property
+    def llama_index(self) -> Any:
+        from llama_index.core import VectorStoreIndex
+
+        return VectorStoreIndex.from_vector_store(self.vector_store, embed_model=llama_index_embedding(self.embedder))
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.store_dir / "manifests" / f"{self.name}.json"
+
+    def manifest(self) -> dict | None:
+        if not self.manifest_path.is_file():
+            return None
+        return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+
+    def count(self) -> int:
+        return self.collection.count()
+
+    def all_chunks(self) -> tuple[list[str], list[str], list[dict]]:
+        """(ids, texts, metadatas) of every stored chunk, paged (Chroma caps one ``get``)."""
+        ids: list[str] = []
+        texts: list[str] = []
+        metas: list[dict] = []
+        total, page = self.collection.count(), 5000
+        for offset in range(0, total, page):
+            got = self.collection.get(include=["documents", "metadatas"], limit=page, offset=offset)
+            ids += got["ids"]
+            texts += got["documents"]
+            metas += got["metadatas"]
+        return ids, texts, metas
+
+    def _stored_state(self) -> dict[str, tuple[str, int, int]]:
+        """doc_id -> (doc_hash, chunks stored, chunks expected)."""
+        state: dict[str, list] = {}
+        total, page = self.collection.count(), 5000
+        for offset in range(0, total, page):
+            got = self.collection.get(include=["metadatas"], limit=page, offset=offset)
+            for meta in got["metadatas"]:
+                entry = state.setdefault(meta["doc_id"], [meta.get("doc_hash", ""), 0, int(meta.get("n_chunks", -1))])
+                entry[1] += 1
+        return {k: (v[0], v[1], v[2]) for k, v in state.items()}
+
+    def _delete_docs(self, doc_ids: Sequence[str]) -> None:
+        for i in range(0, len(doc_ids), 500):
+            self.collection.delete(where={"doc_id": {"$in": list(doc_ids[i : i + 500])}})
+
+    # --- building ------------------------------------------------------------------------------
+    def _nodes(self, chunks: Sequence[Chunk], n_chunks: dict[str, int], vectors: Any) -> list[Any]:
+        from llama_index.core.schema import TextNode
+
+        nodes = []
+        for chunk, vec in zip(chunks, vectors):
+            meta = chunk.store_metadata()
+            meta["n_chunks"] = n_chunks[chunk.doc_id]
+            nodes.append(
+                TextNode(
+                    id_=chunk.chunk_id,
+                    text=chunk.text,
+                    metadata=meta,
+                    embedding=vec.tolist(),
+                    start_char_idx=chunk.start,
+                    end_char_idx=chunk.end,
+                    excluded_embed_metadata_keys=list(meta),
+                    excluded_llm_metadata_keys=list(meta),
+                )
+            )
+        return nodes
+
+    def sync(self, documents: Sequence[Document], progress: bool = True) -> SyncReport:
+        """Make the collection hold exactly ``documents``; embed only what is new or changed."""
+        t0 = time.perf_counter()
+        report = SyncReport(collection=self.name, documents=len(documents))
+        report.patients = len({d.patient_id for d in documents})
+        stored = self._stored_state()
+        wanted = {d.doc_id: d for d in documents}
+
+        removed = [doc_id for doc_id in stored if doc_id not in wanted]
+        todo: list[Document] = []
+        for doc in documents:
+            state = stored.get(doc.doc_id)
+            if state is None:
+                report.added_docs += 1
+                todo.append(doc)
+            elif state[0] != doc.content_hash() or state[1] != state[2]:
+                report.updated_docs += 1
+                todo.append(doc)
+            else:
+                report.unchanged_docs += 1
+        report.removed_docs = len(removed)
+        self._delete_docs(removed + [d.doc_id for d in todo if d.doc_id in stored])
+
+        chunks: list[Chunk] = []
+        for doc in todo:
+            chunks.extend(chunk_document(doc, self.embedder.token_offsets, self.chunking))
+        n_chunks: dict[str, int] = {}
+        for c in chunks:
+            n_chunks[c.doc_id] = n_chunks.get(c.doc_id, 0) + 1
+
+        if chunks:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(chunks), unit="chunk", desc=f"embedding {self.corpus_name}", disable=not progress)
+            for i in range(0, len(chunks), EMBED_BATCH):
+                batch = chunks[i : i + EMBED_BATCH]
+                te = time.perf_counter()
+                vectors = self.embedder.embed_passages([c.text for c in batch], show_progress=False)
+                report.embed_seconds += time.perf_counter() - te
+                self.llama_index.insert_nodes(self._nodes(batch, n_chunks, vectors))
+                report.chunks_embedded += len(batch)
+                bar.update(len(batch))
+            bar.close()
+
+        report.chunks_total = self.count()
+        report.seconds = time.perf_counter() - t0
+        self._write_manifest(documents, report)
+        return report
+
+    def _write_manifest(self, documents: Sequence[Document], report: SyncReport) -> None:
+        corpus_hash = hashlib.sha256(
+            "".join(sorted(f"{d.doc_id}:{d.content_hash()}\n" for d in documents)).encode()
+        ).hexdigest()
+        manifest = {
+            "collection": self.name,
+            "corpus": self.corpus_name,
+            "corpus_hash": corpus_hash,
+            "embedder": {
+                "name": self.embedder.name,
+                "label": self.embedder.label,
+                "fingerprint": self.embedder.fingerprint,
+                "dim": self.embedder.dim,
+            },
+            "chunking": asdict(self.chunking),
+            "counts": {"documents": report.documents, "patients": report.patients, "chunks": report.chunks_total},
+            "last_sync": {k: v for k, v in asdict(report).items() if k != "collection"},
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": _versions(),
+        }
+        self.manifest_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.manifest_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        tmp.replace(self.manifest_path)
+
+
+def open_index(
+    corpus: str, embedder: str | None = None, settings: Settings | None = None, device: str | None = None
+) -> ChunkIndex:
+    from rag.embedders import get_embedder
+
+    settings = settings or load_settings()
+    emb = get_embedder(embedder or settings.embedder, settings=settings, device=device or settings.device)
+    return ChunkIndex(corpus, emb, settings)
+
+
+def build_index(
+    corpus: str | Corpus,
+    embedder: str | None = None,
+    settings: Settings | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+) -> tuple[ChunkIndex, SyncReport]:
+    """Load ``corpus`` (a name, a path or a loaded Corpus) and bring its index up to date."""
+    settings = settings or load_settings()
+    loaded = corpus if isinstance(corpus, Corpus) else load_corpus(corpus, settings, limit=limit)
+    index = open_index(loaded.name, embedder, settings)
+    return index, index.sync(loaded.documents, progress=progress)
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rag.index", description=__doc__.split("\n")[0])
+    parser.add_argument("--corpus", default=None, help="named corpus or path (.jsonl/.csv/folder); default from config")
+    parser.add_argument("--embedder", default=None, help="registry name or a local sentence-transformers folder")
+    parser.add_argument("--limit", type=int, default=None, help="index only the first N documents")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    logging.basicConfig(level=logging.WARNING)
+    settings = load_settings()
+    t0 = time.perf_counter()
+    index, report = build_index(args.corpus or settings.corpus, args.embedder, settings, args.limit, not args.quiet)
+    print(report.summary())
+    print(f"store: {index.store_dir / 'chroma'}  manifest: {index.manifest_path}")
+    print(f"embedder: {index.embedder.label}  total time {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
