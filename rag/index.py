@@ -207,7 +207,7 @@ class ChunkIndex:
 
     # --- building ------------------------------------------------------------------------------
     def _nodes(self, chunks: Sequence[Chunk], n_chunks: dict[str, int], vectors: Any) -> list[Any]:
-        from llama_index.core.schema import TextNode
+        from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
 
         nodes = []
         for chunk, vec in zip(chunks, vectors):
@@ -223,6 +223,8 @@ class ChunkIndex:
                     end_char_idx=chunk.end,
                     excluded_embed_metadata_keys=list(meta),
                     excluded_llm_metadata_keys=list(meta),
+                    # LlamaIndex writes ref_doc_id into the stored "doc_id" key: make it our document id
+                    relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id=chunk.doc_id)},
                 )
             )
         return nodes

@@ -78,11 +78,9 @@ def test_no_hits_means_no_generation():
 @pytest.fixture(scope="module")
 def llm():
     from rag.local_llm import EmbeddedLLMServer
-    from rag.llm import LLMClient
 
     with EmbeddedLLMServer(threads=1) as server:
-        yield LLMClient(base_url=server.base_url, model=server.model, api_key="EMPTY", timeout_s=120, max_retries=1,
-                        label=server.label)
+        yield server.client(timeout_s=120, max_retries=1)
 
 
 @pytest.mark.slow
