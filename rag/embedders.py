@@ -596,3 +596,27 @@ def describe_embedders(settings: Settings | None = None) -> list[dict[str, Any]]
             "available": ok, "where": where,
         })
     return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m rag.embedders prepare NAME...`` builds/loads models ahead of time; ``list`` shows the registry."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m rag.embedders")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    prep = sub.add_parser("prepare", help="convert/load the named embedders now (e.g. me5-small)")
+    prep.add_argument("names", nargs="+")
+    sub.add_parser("list", help="registered embedders and whether they load here")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.cmd == "prepare":
+        for name in args.names:
+            emb = get_embedder(name)
+            print(f"{emb.name}: {emb.label} (dim {emb.dim}, max {emb.max_seq_length} tokens) ready")
+        return 0
+    for row in describe_embedders():
+        print(f"{row['name']:10} {'yes' if row['available'] else 'no ':3} {row['label']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
