@@ -9,7 +9,6 @@ violation raises instead of returning.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
@@ -55,14 +54,8 @@ class Scope:
             return self
         if self.patients is None:
             return Scope.of(allowed)
-        return Scope(tuple(p for p in self.patients if p in set(allowed)))
-
-    def chroma_where(self) -> dict | None:
-        if self.patients is None:
-            return None
-        if len(self.patients) == 1:
-            return {"patient_id": self.patients[0]}
-        return {"patient_id": {"$in": list(self.patients)}}
+        permitted = set(allowed)
+        return Scope(tuple(p for p in self.patients if p in permitted))
 
     def describe(self) -> str:
         if self.patients is None:
@@ -263,8 +256,3 @@ def make_retriever(kind: str, index: "ChunkIndex") -> Retriever:
         return HybridRetriever(DenseRetriever(index), BM25Retriever(index))
     raise ValueError(f"unknown retriever {kind!r}; choose one of {', '.join(RETRIEVERS)}")
 
-
-def timed_retrieve(retriever: Retriever, query: str, scope: Scope, k: int) -> tuple[list[Hit], float]:
-    t0 = time.perf_counter()
-    hits = retriever.retrieve(query, scope, k)
-    return hits, time.perf_counter() - t0
