@@ -1,0 +1,628 @@
+"""Retrieval evaluation: MAP@100, nDCG@10, Recall@10/@100 and MRR@10 per model and scope.
+
+Why it goes through the product's own path (``rag.index`` + ``rag.retrieve``) instead of a plain
+matrix product: the numbers must describe what a clinician's query actually gets - the same
+chunking, prefixes, Chroma store, patient filter inside the store query and RRF fusion. Chunk hits
+are mapped to documents (a document scores its best chunk, DESIGN.md 7), fetching chunks in
+growing rounds until 100 distinct documents come back or the scope has no more; how many chunks
+that took is measured and reported.
+
+Every (model, scope) run is stored under ``OUT/runs/`` with a key over the set, the model's
+weights fingerprint and the parameters, so a re-run (or a run interrupted after some models)
+recomputes nothing that finished; the indexes themselves are the persistent, incremental Chroma
+collections under ``settings.home``, so a second run embeds nothing.
+
+CLI::
+
+    python -m eval.ir --set synthea-conditions --models me5-small,minilm,bm25,hybrid --scope both
+    python -m eval.ir --corpus C.jsonl --queries Q.jsonl --qrels R.tsv --models domain=PATH,me5-small,bm25
+    python -m eval.ir --write-qa-split QA.jsonl --docs DOCS.jsonl --split test --out DIR
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from eval.beir import NAMED_SETS, BeirSet, Query, load_beir, load_named_set, qa_to_beir, write_beir
+from eval.metrics import IR_METRICS, METRIC_FORMULAS, chunks_to_documents, mean, score_run
+from eval.report import bar_chart, run_manifest, write_json, write_markdown_table
+from eval.stats import bootstrap_ci, paired_test
+from rag.config import Settings, load_settings
+from rag.corpus import CorpusError
+from rag.retrieve import RRF_K, BM25Retriever, DenseRetriever, HybridRetriever, Scope
+
+if TYPE_CHECKING:
+    from rag.index import ChunkIndex
+
+log = logging.getLogger(__name__)
+
+SCOPES = ("cross", "patient")
+METRIC_TITLES = {"map@100": "MAP@100", "ndcg@10": "nDCG@10", "recall@10": "Recall@10",
+                 "recall@100": "Recall@100", "mrr@10": "MRR@10"}
+RUN_FORMAT = 1  # bump when the stored run layout or the retrieval procedure changes
+
+
+# --------------------------------------------------------------------------------------------
+# Which retrievers to evaluate
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One column of the comparison: a dense embedder, BM25, or BM25 + a dense model fused by RRF.
+
+    ``embedder`` is the registry name or folder whose index supplies the chunks (and, for dense and
+    hybrid, the vectors); BM25 is scored over the chunks of that index.
+    """
+
+    label: str
+    kind: str  # "dense" | "bm25" | "hybrid"
+    embedder: str
+
+    def describe(self, embedder_label: str) -> str:
+        if self.kind == "dense":
+            return f"dense: {embedder_label}"
+        if self.kind == "bm25":
+            return f"BM25 (bm25s, English stemmer/stopwords) over the chunks of the {self.embedder} index"
+        return f"hybrid: BM25 + {embedder_label}, reciprocal rank fusion (k={RRF_K})"
+
+
+def parse_models(text: str | Sequence[str], base: str = "me5-small") -> list[ModelSpec]:
+    """``domain=PATH,me5-small,minilm,bm25,hybrid,hybrid:domain`` -> specs.
+
+    ``label=name_or_path`` names a dense embedder; a bare registry name or folder is its own label.
+    ``bm25`` uses the chunks of the base model's index (the first dense model when the base is not
+    dense). ``hybrid`` fuses BM25 with the base model, ``hybrid:<label>`` with that dense model.
+    """
+    items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
+    if not items:
+        raise ValueError("no models given (e.g. --models me5-small,minilm,bm25,hybrid)")
+    dense: dict[str, str] = {}
+    order: list[tuple[str, str, str]] = []  # (label, kind, target)
+    for item in items:
+        if item == "bm25":
+            order.append(("bm25", "bm25", ""))
+        elif item == "hybrid" or item.startswith("hybrid:"):
+            target = item.partition(":")[2].strip()
+            order.append((item, "hybrid", target))
+        else:
+            label, sep, target = item.partition("=")
+            label, target = label.strip(), target.strip()
+            if not sep:
+                target = label
+            if not label or not target:
+                raise ValueError(f"bad model entry {item!r}: use NAME, LABEL=NAME_OR_PATH, bm25, hybrid or hybrid:LABEL")
+            if label in dense:
+                raise ValueError(f"model label {label!r} given twice")
+            dense[label] = target
+            order.append((label, "dense", target))
+    default_dense = dense.get(base) or (next(iter(dense.values())) if dense else "me5-small")
+    specs: list[ModelSpec] = []
+    for label, kind, target in order:
+        if kind == "dense":
+            specs.append(ModelSpec(label, "dense", target))
+        elif kind == "bm25":
+            specs.append(ModelSpec(label, "bm25", default_dense))
+        else:
+            emb = dense.get(target, target) if target else (dense.get(base) or default_dense)
+            specs.append(ModelSpec(label, "hybrid", emb))
+    labels = [s.label for s in specs]
+    dupes = {l for l in labels if labels.count(l) > 1}
+    if dupes:
+        raise ValueError(f"model labels must be unique, repeated: {sorted(dupes)}")
+    return specs
+
+
+# --------------------------------------------------------------------------------------------
+# Retrieval of ranked documents through the product's retrievers
+
+
+class _PrecomputedQueryDense(DenseRetriever):
+    """The product's dense retriever, with query vectors embedded once in batches beforehand.
+
+    Only the query encoding is batched (the same ``Embedder.embed_queries`` call, prefix
+    included); the store query with its patient filter is the unchanged ``retrieve_by_vector``.
+    """
+
+    def __init__(self, index: "ChunkIndex", vectors: dict[str, list[float]]) -> None:
+        super().__init__(index)
+        self.vectors = vectors
+
+    def retrieve(self, query: str, scope: Scope, k: int = 10):  # type: ignore[override]
+        vector = self.vectors.get(query)
+        if vector is None:
+            return super().retrieve(query, scope, k)
+        return self.retrieve_by_vector(vector, scope, k)
+
+
+@dataclass
+class DocRanking:
+    doc_ids: list[str]
+    chunks_needed: int | None  # chunks (in rank order) until the k-th distinct document; None if < k docs
+    chunks_fetched: int  # size of the last request
+    rounds: int
+
+
+def ranked_documents(retrieve: Callable[[str, Scope, int], list], query: str, scope: Scope, k: int,
+                     start: int, cap: int) -> DocRanking:
+    """Fetch chunks, doubling the request until ``k`` distinct documents or the scope is exhausted."""
+    fetch, rounds = max(k, min(start, cap)), 0
+    while True:
+        rounds += 1
+        hits = retrieve(query, scope, fetch)
+        docs = chunks_to_documents(hits)
+        if len(docs) >= k or len(hits) < fetch or fetch >= cap:
+            break
+        fetch = min(cap, fetch * 2)
+    needed = None
+    if len(docs) >= k:
+        seen: set[str] = set()
+        for i, hit in enumerate(hits, start=1):
+            seen.add(hit.doc_id)
+            if len(seen) == k:
+                needed = i
+                break
+    return DocRanking([d for d, _ in docs[:k]], needed, fetch, rounds)
+
+
+# --------------------------------------------------------------------------------------------
+# Caching finished runs
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def set_fingerprint(beir: BeirSet) -> str:
+    """Identity of corpus content + queries + judgments: a stored run is reused only for the same set."""
+    docs = sorted(f"{d.doc_id}:{d.content_hash()}" for d in beir.corpus.documents)
+    queries = [[q.query_id, q.text, q.patient_id] for q in beir.queries]
+    return _sha({"corpus": docs, "queries": queries, "qrels": beir.qrels})[:16]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "model"
+
+
+def _load_run(path: Path, key: str) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+    return data if data.get("key") == key else None
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+
+
+class _Indexes:
+    """One ChunkIndex per embedder, synced once per evaluation (incremental: unchanged docs are kept)."""
+
+    def __init__(self, beir: BeirSet, settings: Settings, progress: bool) -> None:
+        self.beir, self.settings, self.progress = beir, settings, progress
+        self.indexes: dict[str, Any] = {}
+        self.sync: dict[str, dict] = {}
+        self.bm25: dict[str, BM25Retriever] = {}
+        self.scope_chunks: dict[str, dict[str, int]] = {}
+
+    def get(self, embedder_name: str) -> "ChunkIndex":
+        if embedder_name not in self.indexes:
+            from rag.embedders import get_embedder
+            from rag.index import ChunkIndex
+
+            embedder = get_embedder(embedder_name, settings=self.settings, device=self.settings.device)
+            index = ChunkIndex(self.beir.corpus.name, embedder, self.settings)
+            report = index.sync(self.beir.corpus.documents, progress=self.progress)
+            print(f"[index] {report.summary()}", file=sys.stderr)
+            self.indexes[embedder_name] = index
+            self.sync[embedder_name] = {
+                "collection": index.name, "embedder": embedder.label, "fingerprint": embedder.fingerprint,
+                "chunking": index.chunking.key(), "chunks": report.chunks_total,
+                "chunks_embedded_now": report.chunks_embedded, "sync_seconds": round(report.seconds, 2),
+            }
+        return self.indexes[embedder_name]
+
+    def bm25_for(self, embedder_name: str) -> BM25Retriever:
+        if embedder_name not in self.bm25:
+            self.bm25[embedder_name] = BM25Retriever(self.get(embedder_name))
+        return self.bm25[embedder_name]
+
+    def chunks_per_patient(self, embedder_name: str) -> dict[str, int]:
+        if embedder_name not in self.scope_chunks:
+            counts: dict[str, int] = {}
+            for pid in self.bm25_for(embedder_name).patient_of:
+                counts[pid] = counts.get(pid, 0) + 1
+            self.scope_chunks[embedder_name] = counts
+        return self.scope_chunks[embedder_name]
+
+
+def _scopes(scope: str) -> list[str]:
+    if scope == "both":
+        return list(SCOPES)
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be cross, patient or both, got {scope!r}")
+    return [scope]
+
+
+def _run_model(spec: ModelSpec, scope_name: str, queries: list[Query], indexes: _Indexes, k: int,
+               progress: bool) -> dict:
+    """Rank documents for every query of one (model, scope); returns the stored-run body."""
+    from tqdm.auto import tqdm
+
+    index = indexes.get(spec.embedder)
+    if spec.kind in ("dense", "hybrid"):
+        texts = list(dict.fromkeys(q.text for q in queries))
+        t0 = time.perf_counter()
+        vecs = index.embedder.embed_queries(texts, show_progress=False)
+        encode_s = time.perf_counter() - t0
+        dense = _PrecomputedQueryDense(index, {t: v.tolist() for t, v in zip(texts, vecs)})
+    else:
+        encode_s = 0.0
+    if spec.kind == "dense":
+        retriever: Any = dense
+    elif spec.kind == "bm25":
+        retriever = indexes.bm25_for(spec.embedder)
+    else:
+        retriever = HybridRetriever(dense, indexes.bm25_for(spec.embedder))
+    per_patient = indexes.chunks_per_patient(spec.embedder)
+    total_chunks = sum(per_patient.values())
+
+    ranked: dict[str, list[str]] = {}
+    needed: dict[str, int | None] = {}
+    fetched: dict[str, int] = {}
+    skipped: list[str] = []
+    start = 2 * k
+    t0 = time.perf_counter()
+    for q in tqdm(queries, desc=f"{spec.label} / {scope_name}", unit="q", disable=not progress, leave=False):
+        if scope_name == "patient":
+            if q.patient_id is None:
+                skipped.append(q.query_id)
+                continue
+            scope, cap = Scope.patient(q.patient_id), per_patient.get(q.patient_id, 0)
+        else:
+            scope, cap = Scope.all(), total_chunks
+        if cap == 0:
+            ranked[q.query_id], needed[q.query_id], fetched[q.query_id] = [], None, 0
+            continue
+        result = ranked_documents(retriever.retrieve, q.text, scope, k, start, cap)
+        ranked[q.query_id] = result.doc_ids
+        needed[q.query_id] = result.chunks_needed
+        fetched[q.query_id] = result.chunks_fetched
+        start = result.chunks_fetched  # the next query starts where this one ended
+    seconds = time.perf_counter() - t0
+    return {"ranked": ranked, "chunks_needed": needed, "chunks_fetched": fetched, "skipped_no_patient": skipped,
+            "seconds": round(seconds, 2), "query_encode_seconds": round(encode_s, 2)}
+
+
+def _fetch_summary(run: dict, k: int) -> dict:
+    needed = [v for v in run["chunks_needed"].values() if v is not None]
+    short = sum(1 for q, docs in run["ranked"].items() if len(docs) < k)
+    n = len(run["ranked"])
+    return {
+        "queries": n,
+        f"queries_with_{k}_docs": len(needed),
+        f"queries_with_fewer_than_{k}_docs": short,
+        "chunks_needed_for_k_docs": ({"median": statistics.median(needed), "mean": round(statistics.mean(needed), 1),
+                                      "max": max(needed)} if needed else None),
+        "chunks_fetched_max": max(run["chunks_fetched"].values(), default=0),
+        "mean_docs_returned": round(sum(len(d) for d in run["ranked"].values()) / n, 1) if n else 0,
+        "seconds": run["seconds"],
+        "ms_per_query": round(1000 * run["seconds"] / n, 1) if n else None,
+        "query_encode_seconds": run["query_encode_seconds"],
+    }
+
+
+def evaluate(
+    beir_set: BeirSet,
+    models: list[str] | str,
+    *,
+    scope: str = "both",
+    k: int = 100,
+    settings: Settings | None = None,
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    base: str = "me5-small",
+    n_resamples: int = 2000,
+    n_permutations: int = 10000,
+) -> dict:
+    """Evaluate ``models`` (see :func:`parse_models`) on ``beir_set`` in the given scope(s).
+
+    Writes ``results.json`` (aggregates with 95% bootstrap CIs, paired sign-flip p-values against
+    ``base``, per-query values), ``results.md`` (table + formulas), ``map100.png``/``ndcg10.png``,
+    ``manifest.json`` and the stored runs into ``out_dir`` (default ``<home>/eval/ir/<set>``), and
+    returns the same dict as ``results.json``.
+    """
+    settings = settings or load_settings()
+    specs = parse_models(models, base=base)
+    scopes = _scopes(scope)
+    out = Path(out_dir) if out_dir is not None else Path(settings.home) / "eval" / "ir" / _slug(beir_set.name)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    set_fp = set_fingerprint(beir_set)
+    indexes = _Indexes(beir_set, settings, progress)
+
+    per_query: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    fetch: dict[str, dict[str, dict]] = {}
+    reused: list[str] = []
+    for spec in specs:
+        index = indexes.get(spec.embedder)
+        identity = {"format": RUN_FORMAT, "set": set_fp, "k": k, "kind": spec.kind, "embedder": spec.embedder,
+                    "fingerprint": index.embedder.fingerprint, "chunking": index.chunking.key(), "rrf_k": RRF_K}
+        for scope_name in scopes:
+            key = _sha({**identity, "scope": scope_name})
+            path = out / "runs" / f"{_slug(spec.label)}__{scope_name}.json"
+            run = _load_run(path, key)
+            if run is None:
+                run = _run_model(spec, scope_name, beir_set.queries, indexes, k, progress)
+                write_json({"key": key, "identity": {**identity, "scope": scope_name}, "label": spec.label, **run}, path)
+            else:
+                reused.append(f"{spec.label}/{scope_name}")
+            judged = {q: r for q, r in beir_set.qrels.items() if q in run["ranked"]}
+            per_query.setdefault(scope_name, {})[spec.label] = score_run(run["ranked"], judged)
+            fetch.setdefault(scope_name, {})[spec.label] = _fetch_summary(run, k)
+            summary = fetch[scope_name][spec.label]
+            print(f"[run] {spec.label} / {scope_name}: {summary['queries']} queries, {summary['seconds']} s"
+                  f"{' (stored run reused)' if f'{spec.label}/{scope_name}' in reused else ''}", file=sys.stderr)
+
+    labels = [s.label for s in specs]
+    base_label = base if base in labels else None
+    aggregate: dict[str, dict[str, dict]] = {}
+    for scope_name in scopes:
+        for label in labels:
+            entry: dict[str, Any] = {}
+            for metric in IR_METRICS:
+                values = per_query[scope_name][label][metric]
+                qids = sorted(values)
+                vals = [values[q] for q in qids]
+                lo, hi = bootstrap_ci(vals, n_resamples=n_resamples, seed=seed)
+                m: dict[str, Any] = {"mean": mean(vals), "ci95": [lo, hi], "n": len(vals)}
+                if base_label is not None and label != base_label:
+                    base_vals = per_query[scope_name][base_label][metric]
+                    common = [q for q in qids if q in base_vals]
+                    a, b = [values[q] for q in common], [base_vals[q] for q in common]
+                    base_mean = mean(b)
+                    m["base_mean"] = base_mean
+                    m["ratio_vs_base"] = (mean(a) / base_mean) if base_mean and not math.isnan(base_mean) else None
+                    m["p_vs_base"] = paired_test(a, b, n_resamples=n_permutations, seed=seed)
+                entry[metric] = m
+            aggregate.setdefault(scope_name, {})[label] = entry
+
+    model_info = {}
+    for spec in specs:
+        info = indexes.sync[spec.embedder]
+        model_info[spec.label] = {"kind": spec.kind, "embedder": spec.embedder,
+                                  "description": spec.describe(info["embedder"]), "index": info}
+    results = {
+        "set": beir_set.name,
+        "set_fingerprint": set_fp,
+        "counts": beir_set.counts(),
+        "k": k,
+        "scopes": scopes,
+        "base": base_label,
+        "models": model_info,
+        "metrics": {m: METRIC_FORMULAS[m] for m in IR_METRICS},
+        "aggregate": aggregate,
+        "fetch": fetch,
+        "per_query": per_query,
+        "stats": {"ci": f"percentile bootstrap over queries, {n_resamples} resamples, 95%",
+                  "paired_test": f"two-sided paired sign-flip randomization test against {base_label} "
+                                 f"(exact for <= 16 non-zero differences, else {n_permutations} permutations)",
+                  "seed": seed},
+        "reused_runs": reused,
+        "seconds": round(time.perf_counter() - t_start, 1),
+    }
+    markdown = _write_outputs(results, out)
+    results["markdown"] = markdown
+    results["out_dir"] = str(out)
+    write_json(run_manifest(
+        stage="eval.ir",
+        inputs={"corpus_source": beir_set.corpus.source} if Path(str(beir_set.corpus.source)).exists() else {},
+        set={"name": beir_set.name, "fingerprint": set_fp, "counts": beir_set.counts()},
+        parameters={"models": [s.__dict__ for s in specs], "scopes": scopes, "k": k, "base": base_label, "seed": seed,
+                    "n_resamples": n_resamples, "n_permutations": n_permutations, "rrf_k": RRF_K},
+        models=model_info,
+        timings={"total_seconds": results["seconds"],
+                 "runs": {f"{l}/{s}": fetch[s][l]["seconds"] for s in scopes for l in labels}},
+        reused_runs=reused,
+        outputs=["results.json", "results.md", "map100.png", "ndcg10.png", "runs/"],
+    ), out / "manifest.json")
+    return results
+
+
+def _fmt_ci(m: dict) -> str:
+    lo, hi = m["ci95"]
+    if math.isnan(m["mean"]):
+        return "-"
+    return f"{m['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _fmt_p(p: float | None) -> str:
+    if p is None:
+        return "-"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def results_rows(results: dict) -> list[dict]:
+    rows = []
+    for scope_name in results["scopes"]:
+        for label, entry in results["aggregate"][scope_name].items():
+            mp = entry["map@100"]
+            rows.append({
+                "scope": scope_name,
+                "model": label,
+                "MAP@100 [95% CI]": _fmt_ci(mp),
+                "x base": f"{mp['ratio_vs_base']:.2f}" if mp.get("ratio_vs_base") is not None else "-",
+                "p (MAP vs base)": _fmt_p(mp.get("p_vs_base")),
+                "nDCG@10": entry["ndcg@10"]["mean"],
+                "Recall@10": entry["recall@10"]["mean"],
+                "Recall@100": entry["recall@100"]["mean"],
+                "MRR@10": entry["mrr@10"]["mean"],
+                "queries": mp["n"],
+            })
+    return rows
+
+
+RESULT_COLUMNS = ["scope", "model", "MAP@100 [95% CI]", "x base", "p (MAP vs base)", "nDCG@10", "Recall@10",
+                  "Recall@100", "MRR@10", "queries"]
+
+
+def _write_outputs(results: dict, out: Path) -> str:
+    notes = ["", "Models:"]
+    notes += [f"- `{label}`: {info['description']}" for label, info in results["models"].items()]
+    c = results["counts"]
+    notes += ["", f"Set `{results['set']}`: {c['documents']} documents, {c['patients']} patients "
+              f"({c['patient_structure']}), {c['queries']} queries, {c['relevant_pairs']} relevant pairs. "
+              "Scopes: cross = whole corpus (Scope.all()); patient = only the query's patient "
+              "(Scope.patient, filtered inside the store query)."]
+    notes += ["", "Metrics (documents; chunk hits mapped to their document by max score; R = relevant docs "
+              "of the query):"]
+    notes += [f"- {f}" for f in results["metrics"].values()]
+    notes += [f"- 95% CI: {results['stats']['ci']}; p: {results['stats']['paired_test']}; "
+              "x base = model mean / base mean."]
+    notes += ["", "Chunks fetched until 100 distinct documents (median / max over queries with >= 100 docs in scope):"]
+    for scope_name in results["scopes"]:
+        for label, f in results["fetch"][scope_name].items():
+            need = f["chunks_needed_for_k_docs"]
+            need_s = f"{need['median']} / {need['max']}" if need else "n/a (no query reached 100 documents)"
+            short = f[f"queries_with_fewer_than_{results['k']}_docs"]
+            notes.append(f"- {scope_name} / {label}: {need_s}; {short} "
+                         f"of {f['queries']} queries got fewer than {results['k']} documents "
+                         f"(mean {f['mean_docs_returned']}); {f['ms_per_query']} ms/query")
+    title = f"Retrieval on {results['set']} (k={results['k']}, base {results['base']})"
+    markdown = write_markdown_table(results_rows(results), RESULT_COLUMNS, out / "results.md", title=title, notes=notes)
+    write_json({k: v for k, v in results.items() if k != "markdown"}, out / "results.json")
+    for metric, file in (("map@100", "map100.png"), ("ndcg@10", "ndcg10.png")):
+        data = {s: {label: (e[metric]["mean"], *e[metric]["ci95"]) for label, e in results["aggregate"][s].items()}
+                for s in results["scopes"]}
+        bar_chart(data, out / file, metric_name=METRIC_TITLES[metric],
+                  title=f"{METRIC_TITLES[metric]} on {results['set']} (95% bootstrap CI)")
+    return markdown
+
+
+# --------------------------------------------------------------------------------------------
+# QA test split in BEIR form
+
+
+def write_qa_split(qa_path: str | Path, docs: str, split: str, out_dir: str | Path, *, seed: int = 0,
+                   fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), by: str = "documents",
+                   assignment: str | Path | None = None, settings: Settings | None = None) -> tuple[BeirSet, dict[str, Path]]:
+    """Write one split of a QA set as ``corpus.jsonl``/``queries.jsonl``/``qrels.tsv``.
+
+    The corpus holds only that split's documents (held-out patients' records), the queries its QA
+    pairs. The split comes from ``assignment`` (a ``splits.json`` written by ``finetune.split``) or
+    is recomputed with ``finetune.split.split_by_patient`` from the same seed and fractions.
+    """
+    from finetune.split import load_assignment, split_by_patient
+    from rag.corpus import Corpus, load_corpus
+
+    settings = settings or load_settings()
+    corpus = load_corpus(docs, settings)
+    if assignment is not None:
+        patient_split = load_assignment(assignment)
+    else:
+        patient_split = split_by_patient(corpus, seed=seed, fractions=fractions, by=by).patient_split
+    missing = sorted({d.patient_id for d in corpus.documents} - set(patient_split))
+    if missing:
+        raise ValueError(f"{len(missing)} patients of {docs} have no split in the assignment (e.g. {missing[0]!r})")
+    chosen = [d for d in corpus.documents if patient_split[d.patient_id] == split]
+    if not chosen:
+        raise ValueError(f"split {split!r} has no documents (splits present: {sorted(set(patient_split.values()))})")
+    name = f"{corpus.name}-{split}"
+    split_corpus = Corpus(name=name, documents=chosen, problems=[], patient_structure=corpus.patient_structure,
+                          source=f"{corpus.source} ({split} split)")
+    # QA rows of other splits are expected in a full QA file: keep only those whose document is in this split
+    full = qa_to_beir(qa_path, corpus, name)
+    keep = {d.doc_id for d in chosen}
+    queries = [q for q in full.queries if q.extra.get("doc_id") in keep]
+    beir = BeirSet(name, split_corpus, queries, {q.query_id: full.qrels[q.query_id] for q in queries})
+    paths = write_beir(beir, out_dir)
+    write_json(run_manifest(stage="eval.ir --write-qa-split", inputs={"qa": qa_path, "docs": corpus.source},
+                            parameters={"split": split, "seed": seed, "fractions": list(fractions), "by": by,
+                                        "assignment": str(assignment) if assignment else None},
+                            counts=beir.counts()), Path(out_dir) / "manifest.json")
+    return beir, paths
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def _parse_fractions(text: str) -> tuple[float, float, float]:
+    parts = [float(p) for p in text.split(",")]
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError("fractions are three numbers: train,dev,test")
+    return parts[0], parts[1], parts[2]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval.ir", description=__doc__.split("\n")[0])
+    src = parser.add_argument_group("evaluation set (a named set, or the three BEIR-like files)")
+    src.add_argument("--set", dest="set_name", help=f"named set: {', '.join(NAMED_SETS)}")
+    src.add_argument("--corpus", help="corpus.jsonl (documents; doc_id, patient_id?, text)")
+    src.add_argument("--queries", help="queries.jsonl (query_id, text, patient_id?, answer?)")
+    src.add_argument("--qrels", help="qrels.tsv (header query_id<TAB>doc_id<TAB>grade)")
+    src.add_argument("--name", help="name of a set given by paths (default: the corpus folder's name)")
+    parser.add_argument("--models", default="me5-small,minilm,bm25,hybrid",
+                        help="comma list: NAME | LABEL=NAME_OR_PATH | bm25 | hybrid | hybrid:LABEL")
+    parser.add_argument("--base", default="me5-small", help="label the others are compared with (default me5-small)")
+    parser.add_argument("--scope", default="both", choices=["cross", "patient", "both"])
+    parser.add_argument("--k", type=int, default=100, help="documents ranked per query (default 100)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N queries (corpus stays whole)")
+    parser.add_argument("--out", help="output folder (default <home>/eval/ir/<set>)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    qa = parser.add_argument_group("write a QA split in BEIR form instead of evaluating")
+    qa.add_argument("--write-qa-split", metavar="QA.jsonl", help="QA pairs (qa_id, doc_id, patient_id, question, answer)")
+    qa.add_argument("--docs", help="documents of the QA pairs (documents.jsonl or a corpus name)")
+    qa.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    qa.add_argument("--by", default="documents", choices=["documents", "patients"],
+                    help="what the split fractions count (as in finetune.split; default documents)")
+    qa.add_argument("--assignment", help="splits.json from python -m finetune.split (else recomputed from seed)")
+    qa.add_argument("--fractions", type=_parse_fractions, default=(0.8, 0.1, 0.1), help="train,dev,test (default 0.8,0.1,0.1)")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    logging.basicConfig(level=logging.WARNING)
+    settings = load_settings()
+
+    try:
+        if args.write_qa_split:
+            if not args.docs or not args.out:
+                parser.error("--write-qa-split needs --docs and --out")
+            beir, paths = write_qa_split(args.write_qa_split, args.docs, args.split, args.out, seed=args.seed,
+                                         fractions=args.fractions, by=args.by, assignment=args.assignment, settings=settings)
+            print(json.dumps({"split": args.split, **beir.counts(), "files": {k: str(v) for k, v in paths.items()}},
+                             indent=2))
+            return 0
+        if args.set_name:
+            beir = load_named_set(args.set_name, settings)
+        elif args.corpus and args.queries and args.qrels:
+            beir = load_beir(args.corpus, args.queries, args.qrels, name=args.name)
+        else:
+            parser.error("give --set NAME or all of --corpus, --queries and --qrels")
+        beir = beir.limited(args.limit)
+        results = evaluate(beir, args.models, scope=args.scope, k=args.k, settings=settings, out_dir=args.out,
+                           seed=args.seed, progress=not args.quiet, base=args.base)
+    except (CorpusError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(results["markdown"])
+    out = Path(results["out_dir"])
+    print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'map100.png'}, {out / 'manifest.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
