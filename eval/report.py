@@ -135,15 +135,15 @@ def bar_chart(data: Mapping[str, Mapping[str, tuple[float, float, float]]], path
             err_lo.append(max(0.0, value - lo) if not math.isnan(lo) else 0.0)
             err_hi.append(max(0.0, hi - value) if not math.isnan(hi) else 0.0)
         bars = ax.bar(xs, ys, width * 0.95, yerr=[err_lo, err_hi], capsize=3, label=model)
-        for bar, y in zip(bars, ys):
-            ax.annotate(f"{y:.3f}", (bar.get_x() + bar.get_width() / 2, y), ha="center", va="bottom",
+        for bar, y, up in zip(bars, ys, err_hi):  # the value sits above its error bar, not on it
+            ax.annotate(f"{y:.3f}", (bar.get_x() + bar.get_width() / 2, y + up), ha="center", va="bottom",
                         fontsize=7, xytext=(0, 2), textcoords="offset points")
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(groups)
     ax.set_ylabel(metric_name)
     ax.set_title(title, fontsize=10)
     top = max((v[2] if not math.isnan(v[2]) else v[0]) for g in groups for v in data[g].values())
-    ax.set_ylim(0, max(0.05, min(1.05, top * 1.15 + 0.02)))
+    ax.set_ylim(0, max(0.05, min(1.12, top * 1.1 + 0.05)))
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
