@@ -54,6 +54,7 @@ class BeirSet:
     corpus: Corpus
     queries: list[Query]
     qrels: dict[str, dict[str, int]]
+    files: dict[str, str] = field(default_factory=dict)  # role -> path read, for manifests (hashes)
 
     def limited(self, limit: int | None) -> "BeirSet":
         """The first ``limit`` queries (file order) with their qrels; the corpus stays whole."""
@@ -61,7 +62,7 @@ class BeirSet:
             return self
         queries = self.queries[:limit]
         keep = {q.query_id for q in queries}
-        return BeirSet(self.name, self.corpus, queries, {q: r for q, r in self.qrels.items() if q in keep})
+        return BeirSet(self.name, self.corpus, queries, {q: r for q, r in self.qrels.items() if q in keep}, self.files)
 
     def counts(self) -> dict[str, Any]:
         relevant = [sum(1 for g in self.qrels.get(q.query_id, {}).values() if g >= 1) for q in self.queries]
@@ -232,7 +233,8 @@ def load_beir(corpus_path: str | Path, queries_path: str | Path, qrels_path: str
     corpus_path = _existing(corpus_path)
     name = name or corpus_path.parent.name or corpus_path.stem
     corpus = _load_corpus_file(corpus_path, name)
-    beir = BeirSet(name, corpus, load_queries(queries_path), load_qrels(qrels_path))
+    beir = BeirSet(name, corpus, load_queries(queries_path), load_qrels(qrels_path),
+                   {"corpus": str(corpus_path), "queries": str(queries_path), "qrels": str(qrels_path)})
     _check_references(beir, str(qrels_path))
     return beir
 
@@ -299,7 +301,7 @@ def _synthea_conditions(settings: Settings) -> BeirSet:
         qrels[str(qid)] = {str(d): 1 for d in rel}
     if problems:
         raise CorpusError(problems, str(path))
-    beir = BeirSet("synthea-conditions", corpus, queries, qrels)
+    beir = BeirSet("synthea-conditions", corpus, queries, qrels, {"corpus": corpus.source, "queries+qrels": str(path)})
     _check_references(beir, str(path))
     return beir
 
@@ -315,7 +317,8 @@ def _pubmedqa(settings: Settings) -> BeirSet:
             q.patient_id = f"pmid:{pmid}"
         if q.answer is None and isinstance(q.extra.get("long_answer"), str):
             q.answer = q.extra.pop("long_answer")
-    beir = BeirSet("pubmedqa", corpus, queries, load_qrels(folder / "qrels.tsv"))
+    beir = BeirSet("pubmedqa", corpus, queries, load_qrels(folder / "qrels.tsv"),
+                   {"corpus": corpus.source, "queries": str(folder / "queries.jsonl"), "qrels": str(folder / "qrels.tsv")})
     _check_references(beir, str(folder / "qrels.tsv"))
     return beir
 
@@ -365,4 +368,4 @@ def qa_to_beir(qa_jsonl_path: str | Path, corpus: Corpus, name: str) -> BeirSet:
         qrels[qid] = {doc_id: 1}
     if problems:
         raise CorpusError(problems, str(path))
-    return BeirSet(name, corpus, queries, qrels)
+    return BeirSet(name, corpus, queries, qrels, {"qa": str(path), "corpus": corpus.source})

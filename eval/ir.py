@@ -431,7 +431,8 @@ def evaluate(
     results["out_dir"] = str(out)
     write_json(run_manifest(
         stage="eval.ir",
-        inputs={"corpus_source": beir_set.corpus.source} if Path(str(beir_set.corpus.source)).exists() else {},
+        inputs={role: path for role, path in (beir_set.files or {"corpus": beir_set.corpus.source}).items()
+                if Path(str(path)).exists()},
         set={"name": beir_set.name, "fingerprint": set_fp, "counts": beir_set.counts()},
         parameters={"models": [s.__dict__ for s in specs], "scopes": scopes, "k": k, "base": base_label, "seed": seed,
                     "n_resamples": n_resamples, "n_permutations": n_permutations, "rrf_k": RRF_K},
@@ -549,7 +550,7 @@ def write_qa_split(qa_path: str | Path, docs: str, split: str, out_dir: str | Pa
     full = qa_to_beir(qa_path, corpus, name)
     keep = {d.doc_id for d in chosen}
     queries = [q for q in full.queries if q.extra.get("doc_id") in keep]
-    beir = BeirSet(name, split_corpus, queries, {q.query_id: full.qrels[q.query_id] for q in queries})
+    beir = BeirSet(name, split_corpus, queries, {q.query_id: full.qrels[q.query_id] for q in queries}, full.files)
     paths = write_beir(beir, out_dir)
     write_json(run_manifest(stage="eval.ir --write-qa-split", inputs={"qa": qa_path, "docs": corpus.source},
                             parameters={"split": split, "seed": seed, "fractions": list(fractions), "by": by,

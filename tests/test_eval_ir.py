@@ -195,6 +195,11 @@ def test_cli_on_beir_files(tmp_path, settings, tiny_set, tiny_model_dir, capsys,
     printed = capsys.readouterr().out
     assert "| cross | tiny |" in printed and "MAP@100" in printed
     assert json.loads((tmp_path / "out" / "results.json").read_text())["counts"]["queries"] == 4
+    from eval.report import sha256_file
+
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["inputs"]["qrels"]["sha256"] == sha256_file(paths["qrels"])
+    assert manifest["inputs"]["corpus"]["sha256"] == sha256_file(paths["corpus"])
     assert main(["--set", "nope"]) == 1
 
 
