@@ -1,7 +1,9 @@
 """The embedder registry: every part of the project gets its embedding model here (DESIGN.md 4).
 
 A model is named by a short registry name (``me5-small``, ``minilm``, ``e5-large``, ``bge-m3`` or one
-added with :func:`register`) or by a local sentence-transformers folder. Resolution order: local
+added with :func:`register`), by the name of a model trained by ``finetune.train`` (a folder
+``<settings.home>/models/<name>`` with ``crag_embedder.json``, which carries the base entry's prefixes
+and label) or by a local sentence-transformers folder. Resolution order: local
 directory -> model shipped in an installed package (or rebuilt from one, like me5-small) -> hub id. Hub
 ids load only where the hub may be used (``HF_HUB_OFFLINE`` unset or 0) or the model is already local
 (``<model_cache>/<name>`` or the Hugging Face cache); otherwise :class:`EmbedderUnavailable` says how
@@ -208,7 +210,10 @@ def _path_spec(path: Path) -> EmbedderSpec:
     return EmbedderSpec(name=str(path), model=str(path), kind="path", label=f"{path.name} (local folder {path})")
 
 
-def _spec_from_model(spec: EmbedderSpec, model: "SentenceTransformer") -> EmbedderSpec:
+def _spec_from_model(spec: EmbedderSpec, model: "SentenceTransformer", keep_prefixes: bool = False) -> EmbedderSpec:
+    if keep_prefixes:  # a trained model: its metadata (the base entry's prefixes) is authoritative
+        model.max_seq_length = spec.max_seq_length
+        return spec
     prompts = getattr(model, "prompts", None) or {}
     pooling = spec.pooling
     for module in model:
@@ -229,18 +234,63 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or os.sep + os.sep in name or name.count("/") > 1
 
 
-def resolve_spec(name_or_path: str | os.PathLike[str]) -> EmbedderSpec:
-    """The spec for a registry name, a local folder or a hub id; :class:`UnknownEmbedder` otherwise."""
+# Trained models (finetune.train) live in <settings.home>/models/<name> with this file next to the
+# weights; it names the base entry and carries its prefixes, so a fine-tune is used exactly like its base.
+TRAINED_METADATA = "crag_embedder.json"
+
+
+def trained_models_dir(settings: Settings | None = None) -> Path:
+    """Where ``python -m finetune.train`` saves models that the registry finds by name."""
+    return Path((settings or load_settings()).home) / "models"
+
+
+def _trained_spec(folder: Path, name: str | None = None) -> EmbedderSpec | None:
+    """The spec of a folder written by finetune.train (None for any other folder)."""
+    meta_path = folder / TRAINED_METADATA
+    if not (meta_path.is_file() and _is_st_folder(folder)):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise EmbedderUnavailable(f"{meta_path}: unreadable trained-model metadata ({exc})") from exc
+    return EmbedderSpec(
+        name=name or str(meta.get("name") or folder.name), model=str(folder.resolve()), kind="path",
+        query_prefix=str(meta.get("query_prefix") or ""), passage_prefix=str(meta.get("passage_prefix") or ""),
+        max_seq_length=int(meta.get("max_seq_length") or 512), pooling=str(meta.get("pooling") or "mean"),
+        normalize=True, label=str(meta.get("label") or f"{folder.name} (fine-tuned)"),
+    )
+
+
+def trained_embedders(settings: Settings | None = None) -> dict[str, EmbedderSpec]:
+    """Name -> spec of every trained model under :func:`trained_models_dir` (registry names win)."""
+    root = trained_models_dir(settings)
+    out: dict[str, EmbedderSpec] = {}
+    if root.is_dir():
+        for folder in sorted(root.iterdir()):
+            if folder.is_dir() and not folder.name.startswith(".") and folder.name not in _REGISTRY:
+                spec = _trained_spec(folder, folder.name)
+                if spec is not None:
+                    out[folder.name] = spec
+    return out
+
+
+def resolve_spec(name_or_path: str | os.PathLike[str], settings: Settings | None = None) -> EmbedderSpec:
+    """The spec for a registry name, a trained model's name (``<home>/models/<name>``), a local
+    folder or a hub id; :class:`UnknownEmbedder` otherwise."""
     name = str(name_or_path)
     with _lock:
         spec = _REGISTRY.get(name)
     if spec is not None:
         return spec
+    if name and "/" not in name and os.sep not in name and not name.startswith((".", "~")):
+        trained = _trained_spec(trained_models_dir(settings) / name, name)
+        if trained is not None:
+            return trained
     path = Path(name).expanduser()
     if path.is_dir():
         if not _is_st_folder(path):
             raise UnknownEmbedder(f"{path} is a folder but holds no model (no modules.json or config.json)")
-        return _path_spec(path.resolve())
+        return _trained_spec(path.resolve()) or _path_spec(path.resolve())
     if _HUB_ID.match(name) and not _looks_like_path(name):
         return EmbedderSpec(name=name, model=name, kind="hub", label=name)
     known = ", ".join(sorted(registered()))
@@ -529,8 +579,8 @@ def get_embedder(name_or_path: str | os.PathLike[str], settings: Settings | None
     """
     settings = settings or load_settings()
     device = device or settings.device or "cpu"
-    spec = resolve_spec(name_or_path)
-    key = (spec.name, str(Path(settings.model_cache).expanduser()), device)
+    spec = resolve_spec(name_or_path, settings)
+    key = (spec.name if spec.kind != "path" else spec.model, str(Path(settings.model_cache).expanduser()), device)
     with _lock:
         cached = _loaded.get(key)
         if cached is not None:
@@ -545,7 +595,7 @@ def get_embedder(name_or_path: str | os.PathLike[str], settings: Settings | None
         model = _load_st(source, device)
         model.default_prompt_name = None  # prefixes are applied by Embedder only
         if registered().get(spec.name) != spec:  # an unregistered folder or hub id describes itself
-            spec = _spec_from_model(spec, model)
+            spec = _spec_from_model(spec, model, keep_prefixes=(Path(str(spec.model)) / TRAINED_METADATA).is_file())
         else:
             _fix_pooling(model, spec)
             model.max_seq_length = spec.max_seq_length
@@ -574,9 +624,11 @@ def _availability(spec: EmbedderSpec, settings: Settings) -> tuple[bool, str]:
 
 
 def available_embedders(settings: Settings | None = None) -> list[str]:
-    """Registry names loadable here right now without network (local folders are not listed)."""
+    """Registry names loadable here right now without network, then trained models under
+    ``<home>/models`` (other local folders are not listed)."""
     settings = settings or load_settings()
-    return [name for name, spec in sorted(registered().items()) if _availability(spec, settings)[0]]
+    names = [name for name, spec in sorted(registered().items()) if _availability(spec, settings)[0]]
+    return names + sorted(trained_embedders(settings))
 
 
 def describe_embedders(settings: Settings | None = None) -> list[dict[str, Any]]:
@@ -584,7 +636,7 @@ def describe_embedders(settings: Settings | None = None) -> list[dict[str, Any]]
     max_seq_length, pooling, available (bool) and where (folder, or why it is unavailable)."""
     settings = settings or load_settings()
     rows = []
-    for name, spec in sorted(registered().items()):
+    for name, spec in [*sorted(registered().items()), *sorted(trained_embedders(settings).items())]:
         ok, where = _availability(spec, settings)
         label = spec.label
         if spec.kind == "converted":

@@ -1,0 +1,569 @@
+"""Fine-tune an embedder on (query, positive[, negatives]) pairs: ``python -m finetune.train``.
+
+The recipe (shared/reference/pipeline.md C): sentence-transformers' trainer with
+CachedMultipleNegativesRankingLoss (GradCache: the batch size, i.e. the number of in-batch
+negatives, is independent of memory), optionally wrapped in MatryoshkaLoss; the base entry's
+``query: ``/``passage: `` prefixes as training prompts; a batch sampler that puts at most one pair
+per patient in a batch (two notes of one patient are often near-duplicates, and as in-batch
+negatives of each other they would be false negatives); evaluation on the dev split during training
+with the best checkpoint kept. On CPU, freezing the word embeddings (96M of multilingual-e5-small's
+118M parameters are the 250k-token embedding matrix) cuts optimizer memory and step time while the
+transformer layers still adapt.
+
+The result is saved under ``<settings.home>/models/<name>`` with ``crag_embedder.json`` (base entry,
+prefixes, label), so the registry, the index, the app and ``eval.ir`` load it by name.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rag.config import Settings, load_settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sentence_transformers import SentenceTransformer
+
+    from finetune.pairs import Pair
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides the trained weights (recorded in the manifest and model card)."""
+
+    base: str = "me5-small"
+    name: str = "domain-me5-small"
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    learning_rate: float = 5e-5
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    batch_size: int = 32  # pairs per batch = in-batch negatives + 1 (at most one pair per patient)
+    mini_batch_size: int = 16  # GradCache chunk: memory, not the loss, depends on it
+    max_seq_length: int = 256  # training length; the saved model keeps the base's inference length
+    freeze_embeddings: bool = True
+    matryoshka_dims: list[int] | None = None  # e.g. [384, 256, 128, 64]; None: plain cached MNRL
+    num_negatives: int = 1  # hard-negative columns per pair (0: in-batch negatives only)
+    scale: float = 20.0
+    max_per_patient: int = 1  # pairs of one patient per batch
+    eval_steps: int = 0  # 0: evaluate once per epoch-equivalent (or at the end with max_steps)
+    seed: int = 0
+    bf16: bool = False
+    threads: int | None = None  # torch threads (CPU); None = torch default
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown training options: {sorted(unknown)}")
+        return cls(**data)
+
+
+# --------------------------------------------------------------------------------------------
+# Patient-aware batches
+
+
+def _patient_batches(groups: Sequence[str], batch_size: int, max_per_group: int, seed: int,
+                     min_batch: int) -> tuple[list[list[int]], int]:
+    """Batches of indices with at most ``max_per_group`` indices of one group each.
+
+    Groups are drawn with probability proportional to what they have left, so large patients are
+    spread over the epoch instead of piling up at its end. Once fewer groups remain than fit a
+    batch, the last batches shrink; those below ``min_batch`` are dropped (returned as a count),
+    because a batch of two has almost no negatives.
+    """
+    rng = random.Random(seed)
+    left: dict[str, list[int]] = defaultdict(list)
+    for i, g in enumerate(groups):
+        left[g].append(i)
+    for items in left.values():
+        rng.shuffle(items)
+    batches: list[list[int]] = []
+    while left:
+        names = list(left)
+        weights = [len(left[n]) for n in names]
+        chosen: list[str] = []
+        slots = batch_size
+        while names and slots > 0:
+            k = rng.choices(range(len(names)), weights=weights)[0]
+            chosen.append(names.pop(k))
+            weights.pop(k)
+            slots -= max_per_group
+        batch = []
+        for name in chosen:
+            take = min(max_per_group, len(left[name]), batch_size - len(batch))
+            batch.extend(left[name][:take])
+            del left[name][:take]
+            if not left[name]:
+                del left[name]
+        batches.append(batch)
+    kept = [b for b in batches if len(b) >= min_batch]
+    dropped = sum(len(b) for b in batches) - sum(len(b) for b in kept)
+    rng.shuffle(kept)
+    return kept, dropped
+
+
+_SAMPLER_CLASS: Any = None
+
+
+def _sampler_class() -> Any:
+    """The sampler class, defined on first use so importing this module does not import torch."""
+    global _SAMPLER_CLASS
+    if _SAMPLER_CLASS is None:
+        from sentence_transformers.base.sampler import DefaultBatchSampler
+
+        class PatientBatchSampler(DefaultBatchSampler):
+            """At most ``max_per_group`` rows of one patient per batch (see :func:`_patient_batches`)."""
+
+            def __init__(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0,
+                         *, groups=(), max_per_group=1, min_batch=None):
+                super().__init__(dataset, batch_size=batch_size, drop_last=drop_last,
+                                 valid_label_columns=valid_label_columns, generator=generator, seed=seed)
+                if len(dataset) != len(groups):
+                    raise ValueError(f"{len(groups)} patient ids for {len(dataset)} training rows")
+                self.groups = list(groups)
+                self.max_per_group = max_per_group
+                self.min_batch = min_batch if min_batch is not None else max(2, batch_size // 4)
+                self.dropped = 0
+
+            def _batches(self) -> list[list[int]]:
+                batches, self.dropped = _patient_batches(self.groups, self.batch_size, self.max_per_group,
+                                                         (self.seed or 0) + self.epoch, self.min_batch)
+                return batches
+
+            def __iter__(self) -> Iterator[list[int]]:
+                yield from self._batches()
+
+            def __len__(self) -> int:
+                return len(self._batches())
+
+        _SAMPLER_CLASS = PatientBatchSampler
+    return _SAMPLER_CLASS
+
+
+def _build_patient_sampler(dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0, *,
+                           groups=(), max_per_group=1, min_batch=None):  # noqa: ANN001
+    return _sampler_class()(dataset, batch_size, drop_last, valid_label_columns, generator, seed,
+                            groups=groups, max_per_group=max_per_group, min_batch=min_batch)
+
+
+def make_patient_sampler(groups: Sequence[str], max_per_group: int = 1, min_batch: int | None = None) -> Any:
+    """A ``batch_sampler`` for SentenceTransformerTrainingArguments: one pair per patient per batch.
+
+    ``groups[i]`` is the patient of training row i. The trainer calls the returned function with
+    (dataset, batch_size, drop_last, valid_label_columns, generator, seed) - the signature its
+    ``BatchSamplers`` documentation accepts. It is a ``functools.partial`` of a module-level
+    function because the trainer pickles its arguments with every checkpoint.
+    """
+    import functools
+
+    return functools.partial(_build_patient_sampler, groups=tuple(groups), max_per_group=max_per_group,
+                             min_batch=min_batch)
+
+
+# --------------------------------------------------------------------------------------------
+# Dev evaluation
+
+
+@dataclass
+class DevSet:
+    """Queries, a corpus and relevance for the training-time evaluation (ids -> texts)."""
+
+    queries: dict[str, str]
+    corpus: dict[str, str]
+    relevant: dict[str, set[str]]
+    name: str = "dev"
+
+    @classmethod
+    def from_beir(cls, beir: Any, name: str = "dev") -> "DevSet":
+        rel = {q: {d for d, g in r.items() if g >= 1} for q, r in beir.qrels.items()}
+        return cls({q.query_id: q.text for q in beir.queries if rel.get(q.query_id)},
+                   {d.doc_id: d.text for d in beir.corpus.documents}, rel, name)
+
+    def limited(self, n: int | None, seed: int = 0) -> "DevSet":
+        if n is None or n >= len(self.queries):
+            return self
+        ids = sorted(self.queries)
+        random.Random(seed).shuffle(ids)
+        keep = set(ids[:n])
+        return DevSet({q: t for q, t in self.queries.items() if q in keep}, self.corpus,
+                      {q: r for q, r in self.relevant.items() if q in keep}, self.name)
+
+
+def make_evaluator(dev: DevSet, query_prefix: str, passage_prefix: str, batch_size: int = 32):
+    """sentence-transformers' InformationRetrievalEvaluator (MAP@100, nDCG@10, ...) on documents.
+
+    Documents are embedded whole up to the training length: a cheap proxy for the chunk-level
+    index that ``eval.ir`` measures, good enough to choose a checkpoint.
+    """
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+    return InformationRetrievalEvaluator(
+        queries=dev.queries, corpus=dev.corpus, relevant_docs=dev.relevant, name=dev.name,
+        map_at_k=[100], ndcg_at_k=[10], mrr_at_k=[10], accuracy_at_k=[1, 10], precision_recall_at_k=[10, 100],
+        query_prompt=query_prefix or None, corpus_prompt=passage_prefix or None, batch_size=batch_size,
+        write_csv=False, score_functions=None, main_score_function="cosine",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class TrainResult:
+    name: str
+    path: Path
+    config: TrainConfig
+    train_metrics: dict[str, Any]
+    dev_before: dict[str, float]
+    dev_after: dict[str, float]
+    best_checkpoint: str | None
+    throughput_pairs_per_s: float
+    trainable_parameters: int
+    total_parameters: int
+    pairs: int
+    pair_sources: dict[str, int]
+    patients: int
+    dropped_by_sampler_epoch0: int
+    loss_history: list[dict[str, float]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["path"] = str(self.path)
+        return out
+
+
+def models_dir(settings: Settings) -> Path:
+    """Where trained embedders live; the registry looks here for names it does not know."""
+    return Path(settings.home) / "models"
+
+
+def load_trainable(base: str, settings: Settings, max_seq_length: int) -> tuple["SentenceTransformer", Any]:
+    """A private, trainable copy of the base embedder's model plus the base Embedder (for prefixes)."""
+    import copy
+
+    from rag.embedders import get_embedder
+
+    base_emb = get_embedder(base, settings)
+    model = copy.deepcopy(base_emb.model)
+    model.max_seq_length = min(max_seq_length, base_emb.max_seq_length)  # never past the position table
+    return model, base_emb
+
+
+def freeze_word_embeddings(model: "SentenceTransformer") -> int:
+    """Freeze the token embedding matrix of the first (transformer) module; returns frozen parameters."""
+    auto = model[0].auto_model
+    emb = auto.get_input_embeddings()
+    emb.weight.requires_grad_(False)
+    return emb.weight.numel()
+
+
+def _build_loss(model: "SentenceTransformer", cfg: TrainConfig) -> Any:
+    from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss, MatryoshkaLoss
+
+    loss = CachedMultipleNegativesRankingLoss(model, scale=cfg.scale, mini_batch_size=cfg.mini_batch_size)
+    if cfg.matryoshka_dims:
+        dim = model.get_embedding_dimension()
+        dims = [d for d in cfg.matryoshka_dims if d <= dim]
+        loss = MatryoshkaLoss(model, loss, matryoshka_dims=dims)
+    return loss
+
+
+def _dataset(pairs: Sequence["Pair"], num_negatives: int) -> Any:
+    from datasets import Dataset
+
+    data: dict[str, list[str]] = {"anchor": [p.query for p in pairs], "positive": [p.positive for p in pairs]}
+    for j in range(num_negatives):
+        data[f"negative_{j + 1}"] = [p.negatives[j] for p in pairs]
+    return Dataset.from_dict(data)
+
+
+def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None = None, *,
+          dev: DevSet | None = None, out_dir: Path | None = None, work_dir: Path | None = None,
+          progress: bool = True) -> TrainResult:
+    """Train, keep the best dev checkpoint, save the model with its registry metadata and card.
+
+    ``pairs`` must already be restricted to training patients; with ``num_negatives`` > 0 each
+    pair needs that many negatives (see ``finetune.negatives.fill_missing``).
+    """
+    import torch
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from transformers import TrainerCallback
+
+    from finetune.negatives import fill_missing
+
+    settings = settings or load_settings()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if not pairs:
+        raise ValueError("no training pairs")
+    out_dir = Path(out_dir) if out_dir else models_dir(settings) / cfg.name
+    work_dir = Path(work_dir) if work_dir else out_dir.parent / f".{out_dir.name}.work"
+    if cfg.num_negatives:
+        pairs = fill_missing(pairs, cfg.num_negatives, seed=cfg.seed)
+
+    torch.manual_seed(cfg.seed)
+    model, base_emb = load_trainable(cfg.base, settings, cfg.max_seq_length)
+    qp, pp = base_emb.query_prefix, base_emb.passage_prefix
+    total = sum(p.numel() for p in model.parameters())
+    if cfg.freeze_embeddings:
+        freeze_word_embeddings(model)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    dataset = _dataset(pairs, cfg.num_negatives)
+    prompts = {"anchor": qp, "positive": pp, **{f"negative_{j + 1}": pp for j in range(cfg.num_negatives)}}
+    prompts = {k: v for k, v in prompts.items() if v}
+    groups = [p.patient_id for p in pairs]
+    sampler = make_patient_sampler(groups, cfg.max_per_patient)
+    probe = sampler(dataset, cfg.batch_size, False, None, None, cfg.seed)
+    steps_per_epoch = len(probe)
+    if steps_per_epoch == 0:
+        raise ValueError(f"the patient-aware sampler makes no batch of >= {probe.min_batch} pairs: "
+                         f"{len(set(groups))} patients, batch size {cfg.batch_size}")
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
+    eval_steps = cfg.eval_steps or max(1, min(steps_per_epoch, total_steps))
+
+    evaluator = make_evaluator(dev, qp, pp) if dev is not None and dev.queries else None
+    metric_key = f"eval_{dev.name}_cosine_map@100" if evaluator else None
+    dev_before = _score(evaluator, model) if evaluator else {}
+
+    history: list[dict[str, float]] = []
+
+    class _Record(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+            if logs:
+                history.append({"step": state.global_step, **{k: float(v) for k, v in logs.items()
+                                                               if isinstance(v, (int, float))}})
+
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(work_dir),
+        num_train_epochs=cfg.epochs if cfg.max_steps <= 0 else 1,
+        max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
+        per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        warmup_steps=int(round(cfg.warmup_ratio * total_steps)),
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type="linear",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=cfg.bf16,
+        prompts=prompts or None,
+        batch_sampler=sampler,
+        eval_strategy="steps" if evaluator else "no",
+        eval_steps=eval_steps if evaluator else None,
+        save_strategy="steps" if evaluator else "no",
+        save_steps=eval_steps,
+        save_total_limit=1,
+        load_best_model_at_end=bool(evaluator),
+        metric_for_best_model=metric_key,
+        greater_is_better=True,
+        logging_steps=max(1, min(10, total_steps // 10 or 1)),
+        report_to="none",
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
+                                         loss=_build_loss(model, cfg), evaluator=evaluator, callbacks=[_Record()])
+    t0 = time.perf_counter()
+    output = trainer.train()
+    elapsed = time.perf_counter() - t0
+    best = trainer.state.best_model_checkpoint
+    dev_after = _score(evaluator, model) if evaluator else {}
+
+    model.max_seq_length = base_emb.max_seq_length  # inference length of the base entry
+    model.prompts = {k: v for k, v in {"query": qp, "passage": pp}.items() if v}
+    model.default_prompt_name = None
+    tmp_out = out_dir.parent / f".{out_dir.name}.partial"
+    shutil.rmtree(tmp_out, ignore_errors=True)
+    model.save(str(tmp_out), create_model_card=False)
+    seen = sum(min(len(b), cfg.batch_size) for b in probe._batches()) if total_steps else 0
+    result = TrainResult(
+        name=cfg.name, path=out_dir, config=cfg, train_metrics={k: float(v) for k, v in output.metrics.items()},
+        dev_before=dev_before, dev_after=dev_after, best_checkpoint=best,
+        throughput_pairs_per_s=round(trainer.state.global_step * (seen / max(1, steps_per_epoch)) / elapsed, 3),
+        trainable_parameters=trainable, total_parameters=total, pairs=len(pairs),
+        pair_sources=_count(p.source for p in pairs), patients=len(set(groups)),
+        dropped_by_sampler_epoch0=probe.dropped, loss_history=history,
+    )
+    write_embedder_metadata(tmp_out, name=cfg.name, base=base_emb, cfg=cfg, result=result)
+    write_model_card(tmp_out, result, base_emb.label, qp, pp)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp_out.replace(out_dir)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    from rag import embedders
+
+    embedders.clear_cache()  # a re-trained model of the same name must not come from the cache
+    return result
+
+
+def _count(items: Any) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for x in items:
+        out[x] += 1
+    return dict(out)
+
+
+def _score(evaluator: Any, model: "SentenceTransformer") -> dict[str, float]:
+    raw = evaluator(model)
+    prefix = f"{evaluator.name}_cosine_"
+    return {k.removeprefix(prefix): round(float(v), 5) for k, v in raw.items() if k.startswith(prefix)}
+
+
+# --------------------------------------------------------------------------------------------
+# What the registry and a reader need
+
+
+METADATA_FILE = "crag_embedder.json"
+
+
+def write_embedder_metadata(folder: Path, *, name: str, base: Any, cfg: TrainConfig, result: TrainResult) -> Path:
+    """``crag_embedder.json``: how the registry describes this model (prefixes come from the base)."""
+    meta = {
+        "name": name,
+        "label": f"{name} (fine-tuned from {base.label})",
+        "base": base.name,
+        "base_label": base.label,
+        "query_prefix": base.query_prefix,
+        "passage_prefix": base.passage_prefix,
+        "max_seq_length": base.max_seq_length,
+        "pooling": base.spec.pooling,
+        "trained_max_seq_length": cfg.max_seq_length,
+        "pairs": result.pairs,
+        "pair_sources": result.pair_sources,
+        "patients": result.patients,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    path = Path(folder) / METADATA_FILE
+    path.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def write_model_card(folder: Path, result: TrainResult, base_label: str, query_prefix: str = "",
+                     passage_prefix: str = "") -> Path:
+    """README.md in the model folder: data, parameters, dev metrics, throughput."""
+    cfg = result.config
+    rows = "\n".join(f"| {k} | {result.dev_before.get(k, float('nan')):.4f} | {v:.4f} |"
+                     for k, v in sorted(result.dev_after.items()) if k in {"map@100", "ndcg@10", "mrr@10", "recall@10", "recall@100"})
+    text = f"""# {result.name}
+
+Fine-tuned from **{base_label}** with sentence-transformers
+(`CachedMultipleNegativesRankingLoss`{' in `MatryoshkaLoss` ' + str(cfg.matryoshka_dims) if cfg.matryoshka_dims else ''},
+scale {cfg.scale}) by `python -m finetune.train` of this project.
+
+## Data
+- {result.pairs} training pairs from {result.patients} training patients; sources: {result.pair_sources}
+  (qa = synthetic question -> chunk holding its evidence; ict = inverse cloze, a sentence -> its chunk).
+- Hard negatives per pair: {cfg.num_negatives} (mined with the base model, same-patient and same-document
+  candidates removed; missing ones filled with random passages of other patients).
+- Patient-disjoint split: no document, question or sentence of a dev or test patient was used for training.
+- Batches hold at most {cfg.max_per_patient} pair(s) per patient; {result.dropped_by_sampler_epoch0} pairs fell into
+  too-small tail batches in epoch 0 and were skipped there.
+
+## Parameters
+```json
+{json.dumps(asdict(cfg), indent=2)}
+```
+Trainable parameters: {result.trainable_parameters:,} of {result.total_parameters:,}
+(word embeddings {'frozen' if cfg.freeze_embeddings else 'trained'}).
+
+## Dev metrics (InformationRetrievalEvaluator on whole documents, cosine; before -> after)
+| metric | base | fine-tuned |
+|---|---|---|
+{rows or '| (no dev set) | | |'}
+
+Best checkpoint: {result.best_checkpoint or 'last step'}.
+
+## Training
+{json.dumps({k: round(v, 4) for k, v in result.train_metrics.items()})}
+Throughput: {result.throughput_pairs_per_s} pairs/s on this machine.
+
+## Use
+Queries take the prefix {json.dumps(query_prefix)}, passages {json.dumps(passage_prefix)} (from the base entry; stored in
+`crag_embedder.json` and in the model's prompts, applied by the registry). Load by name:
+`rag.embedders.get_embedder("{result.name}")`.
+"""
+    path = Path(folder) / "README.md"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def _manifest(out: Path, pairs_path: Path, cfg: TrainConfig, result: TrainResult, dev_dir: Path | None,
+              elapsed: float) -> None:
+    from eval.report import run_manifest, write_json
+
+    files = {"pairs": pairs_path}
+    if dev_dir:
+        files.update({f"dev_{n.split('.')[0]}": dev_dir / n for n in ("corpus.jsonl", "queries.jsonl", "qrels.tsv")})
+    manifest = run_manifest(stage="finetune.train", inputs=files, parameters=asdict(cfg),
+                            result=result.to_json(), seconds=round(elapsed, 1))
+    write_json(manifest, out / "manifest.json")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from finetune.pairs import read_pairs
+
+    parser = argparse.ArgumentParser(prog="python -m finetune.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--pairs", required=True, type=Path, help="pairs.jsonl (finetune.pairs / finetune.negatives)")
+    parser.add_argument("--dev-dir", type=Path, help="BEIR-like dev set: corpus.jsonl, queries.jsonl, qrels.tsv")
+    parser.add_argument("--dev-queries", type=int, default=None, help="evaluate on at most this many dev queries")
+    parser.add_argument("--config", type=Path, help="JSON file with TrainConfig fields")
+    parser.add_argument("--out", type=Path, help="output folder (default <home>/models/<name>)")
+    for f in ("base", "name"):
+        parser.add_argument(f"--{f}")
+    for f in ("epochs", "learning_rate", "warmup_ratio", "scale"):
+        parser.add_argument(f"--{f.replace('_', '-')}", type=float)
+    for f in ("max_steps", "batch_size", "mini_batch_size", "max_seq_length", "num_negatives", "eval_steps", "seed", "threads"):
+        parser.add_argument(f"--{f.replace('_', '-')}", type=int)
+    parser.add_argument("--freeze-embeddings", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--matryoshka-dims", help="comma-separated, e.g. 384,256,128,64 ('' = off)")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    cfg_data = json.loads(args.config.read_text()) if args.config else {}
+    for k, v in vars(args).items():
+        if k in TrainConfig.__dataclass_fields__ and v is not None:
+            cfg_data[k] = v
+    if isinstance(cfg_data.get("matryoshka_dims"), str):
+        cfg_data["matryoshka_dims"] = [int(x) for x in cfg_data["matryoshka_dims"].split(",") if x.strip()] or None
+    cfg = TrainConfig.from_json(cfg_data)
+    settings = load_settings()
+    dev = None
+    if args.dev_dir:
+        from eval.beir import load_beir
+
+        d = args.dev_dir
+        dev = DevSet.from_beir(load_beir(d / "corpus.jsonl", d / "queries.jsonl", d / "qrels.tsv")).limited(args.dev_queries)
+    pairs = read_pairs(args.pairs)
+    t0 = time.perf_counter()
+    result = train(pairs, cfg, settings, dev=dev, out_dir=args.out)
+    _manifest(result.path, args.pairs, cfg, result, args.dev_dir, time.perf_counter() - t0)
+    print(json.dumps({"model": str(result.path), "dev_before": result.dev_before, "dev_after": result.dev_after,
+                      "pairs_per_s": result.throughput_pairs_per_s}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
