@@ -281,7 +281,8 @@ def _build_loss(model: "SentenceTransformer", cfg: TrainConfig) -> Any:
     loss = CachedMultipleNegativesRankingLoss(model, scale=cfg.scale, mini_batch_size=cfg.mini_batch_size)
     if cfg.matryoshka_dims:
         dim = model.get_embedding_dimension()
-        dims = [d for d in cfg.matryoshka_dims if d <= dim]
+        # the full dimension always trains; smaller ones only where the model has them
+        dims = sorted({dim, *(d for d in cfg.matryoshka_dims if d < dim)}, reverse=True)
         loss = MatryoshkaLoss(model, loss, matryoshka_dims=dims)
     return loss
 

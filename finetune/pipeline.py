@@ -1,0 +1,439 @@
+"""One command from shared data to an evaluated domain embedder: ``python -m finetune.pipeline --preset cpu-demo``.
+
+Stages, each in its own folder under ``<home>/pipeline/<preset>/`` with a ``manifest.json``:
+
+1. ``pseudonymize`` - the QA corpus and any extra training corpora through ``finetune.pseudonymize``
+   (key from ``--key-file`` or ``CRAG_PRIVACY_KEY_FILE``; that module is itself resumable per document);
+2. ``synthesize``  - QA pairs: the preset's committed QA file (copied with its manifest) or
+   ``finetune.synthesize`` on the pseudonymized QA corpus;
+3. ``split``       - ``finetune.split``: train/dev/test disjoint by patient, plus the dev and test
+   splits as BEIR-like sets (``eval.ir.write_qa_split``; the test corpus is the held-out patients'
+   original records, which is what the app would index);
+4. ``mine``        - training pairs (``finetune.pairs``: QA of training patients + inverse cloze on
+   training documents) with hard negatives (``finetune.negatives``);
+5. ``train``       - ``finetune.train`` -> ``<home>/models/<name>``, usable by name everywhere;
+6. ``evaluate``    - ``eval.ir`` on the test split (both scopes, baselines, hybrid) and on sets our
+   generator did not make (synthea-conditions, pubmedqa), plus a summary against the targets.
+
+A stage is skipped when its manifest says it completed with the same parameters and inputs (a
+hash chained through the earlier stages) and its outputs exist; change the preset and exactly the
+affected stages rerun. Interrupted stages restart (pseudonymization and eval.ir keep finished
+documents/runs, so little is lost).
+
+What the model saw: only training-split patients of the QA corpus (their documents, QA pairs and
+inverse-cloze sentences) plus the preset's extra corpora; never a dev or test patient, never the
+synthea or pubmedqa evaluation sets.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from finetune.presets import PRESETS, Preset, get_preset
+from rag.config import Settings, load_settings
+
+log = logging.getLogger("finetune.pipeline")
+
+STAGES = ("pseudonymize", "synthesize", "split", "mine", "train", "evaluate")
+
+
+class PipelineError(RuntimeError):
+    pass
+
+
+# --------------------------------------------------------------------------------------------
+# Stage bookkeeping
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def stage_complete(folder: Path, key: str, outputs: Sequence[Path]) -> bool:
+    """True when ``folder/manifest.json`` records a completed run with this key and outputs exist."""
+    manifest = _read_json(folder / "manifest.json") or {}
+    done = manifest.get("pipeline") or {}
+    return bool(done.get("complete")) and done.get("key") == key and all(Path(p).exists() for p in outputs)
+
+
+def mark_complete(folder: Path, key: str, outputs: Sequence[Path], seconds: float, extra: dict[str, Any]) -> dict:
+    """Merge the pipeline record into the stage's manifest (a stage module may have written one)."""
+    from eval.report import run_manifest, write_json
+
+    manifest = _read_json(folder / "manifest.json") or run_manifest()
+    manifest.update(extra)
+    manifest["pipeline"] = {"complete": True, "key": key, "outputs": [str(p) for p in outputs],
+                            "seconds": round(seconds, 1),
+                            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    write_json(manifest, folder / "manifest.json")
+    return manifest
+
+
+class Run:
+    """The folders and shared state of one pipeline run."""
+
+    def __init__(self, preset: Preset, settings: Settings, root: Path, key_file: Path | None,
+                 progress: bool = True) -> None:
+        self.preset = preset
+        self.settings = settings
+        self.root = root
+        self.key_file = key_file
+        self.progress = progress
+        self.keys: dict[str, str] = {}
+        self.timings: dict[str, dict[str, Any]] = {}
+
+    def dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def corpora(self) -> dict[str, int | None]:
+        return {self.preset.qa_corpus: None, **self.preset.extra_corpora}
+
+
+# --------------------------------------------------------------------------------------------
+# Stages
+
+
+def _pseudonymize(run: Run) -> tuple[list[Path], dict]:
+    from rag.corpus import load_corpus, write_jsonl
+
+    out_dir = run.dir("pseudonymize")
+    source_dir = out_dir / "source"
+    outputs, info = [], {}
+    key = None
+    if run.preset.pseudonymize:
+        from finetune.pseudonymize import load_key, pseudonymize_file
+
+        key = load_key(run.key_file)
+    for name, limit in run.corpora().items():
+        corpus = load_corpus(name, run.settings, limit=limit)
+        src = source_dir / f"{name}.jsonl"
+        write_jsonl(corpus.documents, src)
+        dst = out_dir / f"{name}.jsonl"
+        if key is not None:
+            manifest = pseudonymize_file(src, dst, key, workers=run.preset.pseudonymize_workers,
+                                         progress=run.progress)
+            info[name] = {"documents": len(corpus), "counts": manifest.get("counts"),
+                          "manifest": str(dst.parent / Path(manifest.get("manifest_name", "")).name)
+                          if manifest.get("manifest_name") else None}
+        else:
+            shutil.copyfile(src, dst)
+            info[name] = {"documents": len(corpus), "pseudonymized": False}
+        outputs.append(dst)
+    return outputs, {"corpora": info}
+
+
+def _synthesize(run: Run) -> tuple[list[Path], dict]:
+    out_dir = run.dir("synthesize")
+    out = out_dir / "qa.jsonl"
+    preset = run.preset
+    if preset.qa_file:
+        src = Path(preset.qa_file)
+        if not src.is_file():
+            raise PipelineError(f"preset {preset.name!r} reuses the QA file {src}, which does not exist")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, out)
+        src_manifest = _read_json(src.parent / "manifest.json")
+        return [out], {"source": "committed", "qa_file": str(src), "qa_manifest": src_manifest,
+                       "qa_pairs": sum(1 for line in out.open(encoding="utf-8") if line.strip())}
+    from finetune import synthesize  # the QA engineer's module
+
+    docs = run.dir("pseudonymize") / f"{preset.qa_corpus}.jsonl"
+    kwargs: dict[str, Any] = {"per_doc": preset.synthesize_per_doc}
+    if preset.generator_gguf:
+        kwargs["generator"] = preset.generator_gguf
+    manifest = synthesize.synthesize_file(docs, out, **kwargs)
+    return [out], {"source": "generated", "synthesize_manifest": manifest}
+
+
+def _split(run: Run) -> tuple[list[Path], dict]:
+    from eval.ir import write_qa_split
+    from finetune.split import read_qa, split_by_patient, write_split
+    from rag.corpus import load_jsonl
+
+    preset = run.preset
+    out_dir = run.dir("split")
+    qa_path = run.dir("synthesize") / "qa.jsonl"
+    pseudo = load_jsonl(run.dir("pseudonymize") / f"{preset.qa_corpus}.jsonl", name=preset.qa_corpus)
+    rows, lines = read_qa(qa_path)
+    t0 = time.perf_counter()
+    result = split_by_patient(pseudo, rows, seed=preset.split_seed, fractions=preset.split_fractions,
+                              by=preset.split_by, qa_lines=lines, qa_source=str(qa_path))
+    write_split(result, out_dir, inputs={"docs": str(run.dir("pseudonymize") / f"{preset.qa_corpus}.jsonl"),
+                                         "qa": str(qa_path)}, seconds=time.perf_counter() - t0)
+    counts = {}
+    for split in ("dev", "test"):
+        beir, _ = write_qa_split(qa_path, preset.qa_corpus, split, out_dir / f"{split}_beir",
+                                 assignment=out_dir / "splits.json", settings=run.settings)
+        counts[f"{split}_beir"] = beir.counts()
+    outputs = [out_dir / "splits.json", out_dir / "test_beir" / "qrels.tsv", out_dir / "dev_beir" / "qrels.tsv"]
+    return outputs, {"beir_counts": counts}
+
+
+def _mine(run: Run) -> tuple[list[Path], dict]:
+    from finetune.negatives import mine_negatives
+    from finetune.pairs import chunk_corpus, inverse_cloze_pairs, qa_pairs, write_pairs
+    from finetune.split import load_assignment
+    from rag.chunking import ChunkingConfig
+    from rag.corpus import load_jsonl
+    from rag.embedders import get_embedder
+
+    preset = run.preset
+    base = get_embedder(preset.train.base, run.settings)
+    cfg = ChunkingConfig(run.settings.chunk_tokens, run.settings.chunk_overlap_tokens)
+    assignment = load_assignment(run.dir("split") / "splits.json")
+    train_patients = {p for p, s in assignment.items() if s == "train"}
+    qa_corpus = load_jsonl(run.dir("pseudonymize") / f"{preset.qa_corpus}.jsonl", name=preset.qa_corpus)
+    qa_chunks = chunk_corpus(qa_corpus, base.token_offsets, cfg, patients=train_patients)
+    pairs = []
+    if preset.use_qa_pairs:
+        from finetune.pairs import read_qa
+
+        pairs += qa_pairs(read_qa(run.dir("split") / "train" / "qa.jsonl"), qa_corpus, qa_chunks, train_patients)
+    all_chunks = [c for cs in qa_chunks.values() for c in cs]
+    if preset.ict_per_chunk and preset.ict_on_qa_corpus:
+        pairs += inverse_cloze_pairs(qa_chunks, per_chunk=preset.ict_per_chunk, seed=preset.split_seed)
+    for name in preset.extra_corpora:
+        extra = load_jsonl(run.dir("pseudonymize") / f"{name}.jsonl", name=name,
+                           one_patient_per_document=name in ("mtsamples",))
+        chunks = chunk_corpus(extra, base.token_offsets, cfg)
+        all_chunks += [c for cs in chunks.values() for c in cs]
+        if preset.ict_per_chunk:
+            pairs += inverse_cloze_pairs(chunks, per_chunk=preset.ict_per_chunk, seed=preset.split_seed)
+    if not pairs:
+        raise PipelineError("no training pairs: enable QA pairs or inverse cloze in the preset")
+    leaked = {p.patient_id for p in pairs if p.patient_id in assignment and assignment[p.patient_id] != "train"}
+    if leaked:
+        raise PipelineError(f"pairs of non-training patients reached the training set: {sorted(leaked)[:5]}")
+    report = None
+    if preset.keep_negatives:
+        pairs, report = mine_negatives(pairs, base, all_chunks, mine=preset.mine, keep=preset.keep_negatives)
+    out = run.dir("mine") / "pairs.jsonl"
+    write_pairs(pairs, out)
+    sources: dict[str, int] = {}
+    for p in pairs:
+        sources[p.source] = sources.get(p.source, 0) + 1
+    return [out], {"pairs": len(pairs), "sources": sources, "training_patients": len(train_patients),
+                   "mining": report.to_json() if report else None, "base": base.label}
+
+
+def _train(run: Run) -> tuple[list[Path], dict]:
+    from eval.beir import load_beir
+    from finetune.pairs import read_pairs
+    from finetune.train import DevSet, models_dir, train
+
+    preset = run.preset
+    d = run.dir("split") / "dev_beir"
+    dev = DevSet.from_beir(load_beir(d / "corpus.jsonl", d / "queries.jsonl", d / "qrels.tsv")).limited(
+        preset.dev_queries, seed=preset.split_seed)
+    pairs = read_pairs(run.dir("mine") / "pairs.jsonl")
+    result = train(pairs, preset.train, run.settings, dev=dev, progress=run.progress)
+    folder = models_dir(run.settings) / preset.train.name
+    return [folder / "crag_embedder.json"], {"result": result.to_json(), "model": str(folder)}
+
+
+def _evaluate(run: Run) -> tuple[list[Path], dict]:
+    from eval.beir import load_beir, load_named_set
+    from eval.ir import evaluate
+
+    preset = run.preset
+    out_dir = run.dir("evaluate")
+    d = run.dir("split") / "test_beir"
+    test = load_beir(d / "corpus.jsonl", d / "queries.jsonl", d / "qrels.tsv", name=f"{preset.qa_corpus}-test")
+    models = [m if m != "domain" else f"domain={preset.train.name}" for m in preset.eval_models]
+    models = [m.replace("hybrid:domain", "hybrid:domain") for m in models]
+    results = {"test": evaluate(test, models, scope=preset.eval_scope, settings=run.settings,
+                                out_dir=out_dir / "test", progress=run.progress, base=preset.train.base)}
+    for name in preset.general_sets:
+        beir = load_named_set(name, run.settings).limited(preset.general_query_limit)
+        general = [m if m != "domain" else f"domain={preset.train.name}" for m in preset.general_models]
+        results[name] = evaluate(beir, general, scope="cross", settings=run.settings,
+                                 out_dir=out_dir / name, progress=run.progress, base=preset.train.base)
+    summary = summarize(results, base=preset.train.base)
+    _write_summary(summary, out_dir)
+    return [out_dir / "summary.json", out_dir / "summary.md"], {"summary": summary}
+
+
+# --------------------------------------------------------------------------------------------
+# Summary against the issue's targets
+
+
+def _map(results: dict, model: str, scope: str) -> float | None:
+    try:
+        return float(results["aggregate"][model][scope]["map@100"]["mean"])
+    except (KeyError, TypeError):
+        return None
+
+
+def summarize(results: dict[str, dict], base: str = "me5-small") -> dict[str, Any]:
+    """MAP@100 per set, model and scope, and the target checks (domain vs base, minilm, BM25)."""
+    table: dict[str, dict[str, dict[str, float | None]]] = {}
+    for set_name, res in results.items():
+        aggregate = res.get("aggregate", {})
+        table[set_name] = {m: {s: _map(res, m, s) for s in aggregate[m]} for m in aggregate}
+    checks: dict[str, Any] = {}
+    test = table.get("test", {})
+
+    def get(model: str, scope: str) -> float | None:
+        return test.get(model, {}).get(scope)
+
+    dom_c, base_c = get("domain", "cross"), get(base, "cross")
+    if dom_c is not None and base_c:
+        checks["cross_domain_over_base"] = round(dom_c / base_c, 3)
+        checks["cross_ratio_ge_1.5"] = dom_c >= 1.5 * base_c
+        checks["cross_above_minilm_and_bm25"] = all(dom_c > (get(m, "cross") or 0) for m in ("minilm", "bm25"))
+    dom_p = get("domain", "patient")
+    if dom_p is not None:
+        checks["patient_above_all_three"] = all(dom_p > (get(m, "patient") or 0) for m in (base, "minilm", "bm25"))
+    for set_name in ("synthea-conditions", "pubmedqa"):
+        cols = table.get(set_name, {})
+        d, b = cols.get("domain", {}).get("cross"), cols.get(base, {}).get("cross")
+        if d is not None and b:
+            checks[f"{set_name}_loss_vs_base"] = round(1 - d / b, 4)
+            checks[f"{set_name}_loss_le_5pct"] = d >= 0.95 * b
+    best = None
+    for scope in ("cross", "patient"):
+        ranked = sorted(((v.get(scope) or 0.0, m) for m, v in test.items()), reverse=True)
+        if ranked:
+            checks[f"best_{scope}"] = ranked[0][1]
+            best = best or ranked[0][1]
+    return {"map@100": table, "checks": checks,
+            "formula": "AP@100 = (1/min(R,100)) * sum over relevant ranks k<=100 of precision@k; MAP = mean over queries"}
+
+
+def _write_summary(summary: dict, out_dir: Path) -> None:
+    from eval.report import bar_chart, write_json, write_markdown_table
+
+    write_json(summary, out_dir / "summary.json")
+    rows = []
+    for set_name, models in summary["map@100"].items():
+        for model, scopes in models.items():
+            rows.append({"set": set_name, "model": model,
+                         **{f"MAP@100 {s}": (round(v, 4) if v is not None else None) for s, v in scopes.items()}})
+    cols = ["set", "model", "MAP@100 cross", "MAP@100 patient"]
+    md = write_markdown_table(rows, cols, out_dir / "summary.md", title="Fine-tuning pipeline: MAP@100")
+    checks = "\n".join(f"- {k}: {v}" for k, v in summary["checks"].items())
+    (out_dir / "summary.md").write_text(md + "\n\nTargets\n\n" + checks + "\n\n" + summary["formula"] + "\n",
+                                        encoding="utf-8")
+    test = summary["map@100"].get("test", {})
+    data = {scope: {m: (v.get(scope) or 0.0, v.get(scope) or 0.0, v.get(scope) or 0.0) for m, v in test.items()
+                    if v.get(scope) is not None} for scope in ("cross", "patient")}
+    if any(data.values()):
+        bar_chart({k: v for k, v in data.items() if v}, out_dir / "summary_map100.png", metric_name="MAP@100",
+                  title="Held-out patients (test split), MAP@100 (CIs: see test/results.md)")
+
+
+STAGE_FUNCS: dict[str, Callable[[Run], tuple[list[Path], dict]]] = {
+    "pseudonymize": _pseudonymize, "synthesize": _synthesize, "split": _split,
+    "mine": _mine, "train": _train, "evaluate": _evaluate,
+}
+
+
+def _stage_params(run: Run, stage: str) -> dict[str, Any]:
+    p = run.preset
+    common = {"preset": p.name}
+    if stage == "pseudonymize":
+        return {**common, "corpora": run.corpora(), "pseudonymize": p.pseudonymize, "key_file": str(run.key_file)}
+    if stage == "synthesize":
+        qa = Path(p.qa_file) if p.qa_file else None
+        qa_hash = hashlib.sha256(qa.read_bytes()).hexdigest() if qa and qa.is_file() else None
+        return {**common, "qa_file": p.qa_file, "qa_sha256": qa_hash, "per_doc": p.synthesize_per_doc,
+                "generator": p.generator_gguf}
+    if stage == "split":
+        return {**common, "seed": p.split_seed, "fractions": p.split_fractions, "by": p.split_by}
+    if stage == "mine":
+        return {**common, "qa": p.use_qa_pairs, "ict": p.ict_per_chunk, "ict_on_qa": p.ict_on_qa_corpus,
+                "mine": p.mine, "keep": p.keep_negatives, "base": p.train.base,
+                "chunking": [run.settings.chunk_tokens, run.settings.chunk_overlap_tokens]}
+    if stage == "train":
+        return {**common, "train": dataclasses.asdict(p.train), "dev_queries": p.dev_queries}
+    return {**common, "models": p.eval_models, "scope": p.eval_scope, "general": p.general_sets,
+            "general_models": p.general_models, "limit": p.general_query_limit}
+
+
+def run_pipeline(preset: Preset, settings: Settings | None = None, *, root: Path | None = None,
+                 key_file: Path | None = None, stages: Sequence[str] = STAGES, force: Sequence[str] = (),
+                 progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) the stages in order; returns the run manifest (also written to ``root``)."""
+    from eval.report import run_manifest, write_json
+
+    settings = settings or load_settings()
+    root = Path(root) if root else Path(settings.home) / "pipeline" / preset.name
+    key_file = Path(key_file) if key_file else (settings.privacy_key_file or None)
+    run = Run(preset, settings, root, key_file, progress)
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise PipelineError(f"unknown stages {sorted(unknown)}; stages are {', '.join(STAGES)}")
+    t_all = time.perf_counter()
+    previous = ""
+    for stage in STAGES:
+        key = _hash({"params": _stage_params(run, stage), "upstream": previous})
+        previous = key
+        folder = run.dir(stage)
+        manifest = _read_json(folder / "manifest.json") or {}
+        outputs = [Path(p) for p in (manifest.get("pipeline") or {}).get("outputs", [])]
+        if stage not in stages:
+            if not stage_complete(folder, key, outputs):
+                raise PipelineError(f"stage {stage!r} is not complete for these parameters; run it first")
+            continue
+        if stage not in force and outputs and stage_complete(folder, key, outputs):
+            log.info("stage %-12s skipped: complete (%s)", stage, folder / "manifest.json")
+            run.timings[stage] = {"skipped": True, "seconds": 0.0}
+            continue
+        log.info("stage %-12s running -> %s", stage, folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        outs, extra = STAGE_FUNCS[stage](run)
+        seconds = time.perf_counter() - t0
+        mark_complete(folder, key, outs, seconds, {"stage": f"finetune.pipeline:{stage}", **extra,
+                                                    "parameters": _stage_params(run, stage)})
+        run.timings[stage] = {"skipped": False, "seconds": round(seconds, 1)}
+        log.info("stage %-12s done in %.0f s", stage, seconds)
+    manifest = run_manifest(stage="finetune.pipeline", preset=preset.to_json(), timings=run.timings,
+                            seconds=round(time.perf_counter() - t_all, 1), root=str(root))
+    write_json(manifest, root / "manifest.json")
+    return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m finetune.pipeline", description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="cpu-demo", choices=sorted(PRESETS))
+    parser.add_argument("--run-dir", type=Path, help="default <home>/pipeline/<preset>")
+    parser.add_argument("--key-file", type=Path, help="pseudonymization key (default CRAG_PRIVACY_KEY_FILE)")
+    parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset (earlier ones must be complete)")
+    parser.add_argument("--force", default="", help="comma-separated stages to rerun even when complete")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        manifest = run_pipeline(get_preset(args.preset), root=args.run_dir, key_file=args.key_file,
+                                stages=[s for s in args.stages.split(",") if s],
+                                force=[s for s in args.force.split(",") if s], progress=not args.quiet)
+    except (PipelineError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    root = Path(manifest["root"])
+    summary = root / "evaluate" / "summary.md"
+    if summary.is_file():
+        print(summary.read_text(encoding="utf-8"))
+    print(f"total {manifest['seconds']:.0f} s; stages: {json.dumps(manifest['timings'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,160 @@
+"""finetune.train on tiny models: the loss falls, the model saves and reloads by name, batches keep
+patients apart, word embeddings stay frozen; the GPU preset runs on a tiny XLM-R of e5-large's kind."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from finetune.pairs import Pair
+from finetune.train import DevSet, TrainConfig, _patient_batches, make_patient_sampler, train
+from tests.tiny_models import DEFAULT_CORPUS, build_tiny_st
+
+PROMPTS = {"query": "query: ", "passage": "passage: "}
+
+
+def _toy_pairs(n_patients: int = 12, per_patient: int = 3) -> list[Pair]:
+    """Queries that share a keyword with their passage only: learnable in a few steps."""
+    drugs = ["heparin", "insulin", "metformin", "aspirin", "lasix", "propofol", "vancomycin", "zosyn",
+             "atropine", "lithium", "morphine", "fentanyl", "warfarin", "digoxin", "labetalol", "nitro"]
+    pairs = []
+    for p in range(n_patients):
+        for j in range(per_patient):
+            drug = drugs[(p * per_patient + j) % len(drugs)]
+            pairs.append(Pair(query=f"was {drug} given", positive=f"pt started on {drug} drip overnight note {p}-{j}",
+                              doc_id=f"d{p}-{j}", patient_id=f"p{p}", chunk_id=f"d{p}-{j}#0000", source="qa"))
+    return pairs
+
+
+def _mean_info_nce(model, pairs: list[Pair]) -> float:
+    q = model.encode(["query: " + p.query for p in pairs], normalize_embeddings=True)
+    d = model.encode(["passage: " + p.positive for p in pairs], normalize_embeddings=True)
+    s = 20.0 * q @ d.T
+    s = s - s.max(axis=1, keepdims=True)
+    return float(-np.mean(np.diag(s) - np.log(np.exp(s).sum(axis=1))))
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    texts = DEFAULT_CORPUS + [p.query + " " + p.positive for p in _toy_pairs()]
+    return build_tiny_st(tmp_path_factory.mktemp("tiny-base") / "m", corpus=texts, dim=32, prompts=PROMPTS)
+
+
+def test_patient_batches_hold_one_pair_per_patient() -> None:
+    groups = ["a"] * 30 + ["b"] * 5 + [f"s{i}" for i in range(20)]
+    batches, dropped = _patient_batches(groups, 8, 1, seed=1, min_batch=2)
+    seen = [i for b in batches for i in b]
+    assert len(seen) == len(set(seen)) and len(seen) + dropped == len(groups)
+    for b in batches:
+        assert max(Counter(groups[i] for i in b).values()) == 1 and len(b) <= 8
+    assert _patient_batches(groups, 8, 1, seed=1, min_batch=2) == (batches, dropped)  # deterministic
+    two, _ = _patient_batches(groups, 8, 2, seed=1, min_batch=2)
+    assert all(max(Counter(groups[i] for i in b).values()) <= 2 for b in two)
+
+
+def test_sampler_is_picklable_and_checks_length() -> None:
+    import pickle
+
+    from datasets import Dataset
+
+    factory = make_patient_sampler(["a", "b", "c", "a", "d"])
+    pickle.dumps(factory)  # the trainer pickles its arguments with every checkpoint
+    ds = Dataset.from_dict({"anchor": list("vwxyz"), "positive": list("12345")})
+    sampler = factory(ds, 2, False, None, None, 0)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 2 and sampler.dropped == 1  # the lone tail pair is skipped
+    assert all(len({"abcad"[i] for i in b}) == len(b) for b in batches)
+    with pytest.raises(ValueError, match="patient ids"):
+        factory(Dataset.from_dict({"anchor": ["x"], "positive": ["1"]}), 2, False, None, None, 0)
+
+
+def test_training_lowers_loss_saves_and_registry_finds_it(tiny_base: Path, settings) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from rag.embedders import available_embedders, clear_cache, describe_embedders, get_embedder
+
+    pairs = _toy_pairs()
+    before_model = SentenceTransformer(str(tiny_base), device="cpu")
+    before = _mean_info_nce(before_model, pairs)
+    emb_before = before_model[0].auto_model.get_input_embeddings().weight.detach().clone()
+    dev = DevSet({f"q{i}": p.query for i, p in enumerate(pairs[:8])}, {p.doc_id: p.positive for p in pairs},
+                 {f"q{i}": {p.doc_id} for i, p in enumerate(pairs[:8])})
+    cfg = TrainConfig(base=str(tiny_base), name="tiny-domain", max_steps=12, batch_size=12, mini_batch_size=6,
+                      learning_rate=3e-3, warmup_ratio=0.0, max_seq_length=32, num_negatives=1, eval_steps=6)
+    result = train(pairs, cfg, settings, dev=dev, progress=False)
+    folder = settings.home / "models" / "tiny-domain"
+    assert result.path == folder and (folder / "crag_embedder.json").is_file() and (folder / "README.md").is_file()
+    assert result.trainable_parameters < result.total_parameters  # word embeddings frozen
+    assert result.dev_before and result.dev_after and "map@100" in result.dev_after
+    assert result.best_checkpoint is not None
+
+    clear_cache()
+    emb = get_embedder("tiny-domain", settings)  # by name, from <home>/models
+    assert emb.name == "tiny-domain" and "fine-tuned from" in emb.label
+    assert (emb.query_prefix, emb.passage_prefix) == ("query: ", "passage: ")
+    after = _mean_info_nce(emb.model, pairs)
+    assert after < before - 0.05, (before, after)
+    frozen = emb.model[0].auto_model.get_input_embeddings().weight.detach()
+    assert np.allclose(frozen.numpy(), emb_before.numpy())
+    assert "tiny-domain" in available_embedders(settings)
+    assert any(r["name"] == "tiny-domain" and r["available"] for r in describe_embedders(settings))
+    meta = json.loads((folder / "crag_embedder.json").read_text())
+    assert meta["patients"] == 12 and meta["pair_sources"] == {"qa": len(pairs)}
+    # the registry's vectors are the saved model's vectors, prefix included
+    v = emb.embed_queries(["was heparin given"])
+    w = emb.model.encode(["query: was heparin given"], normalize_embeddings=True)
+    assert np.allclose(v, w, atol=1e-5)
+
+
+def build_tiny_xlmr(out_dir: Path, texts: list[str], dim: int = 32) -> Path:
+    """A tiny XLM-RoBERTa (multilingual-e5-large's architecture) with a Unigram tokenizer, built here."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import XLMRobertaConfig, XLMRobertaModel, XLMRobertaTokenizerFast
+
+    hf = out_dir.parent / f".{out_dir.name}-hf"
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(texts, trainers.UnigramTrainer(vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+                                                           unk_token="<unk>", show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))])
+    XLMRobertaTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
+                            unk_token="<unk>", pad_token="<pad>", mask_token="<mask>", model_max_length=64).save_pretrained(hf)
+    config = XLMRobertaConfig(vocab_size=tok.get_vocab_size(), hidden_size=dim, num_hidden_layers=2, num_attention_heads=2,
+                              intermediate_size=2 * dim, max_position_embeddings=66, pad_token_id=tok.token_to_id("<pad>"))
+    torch.manual_seed(0)
+    XLMRobertaModel(config).save_pretrained(hf)
+    tr = Transformer(str(hf), max_seq_length=64)
+    SentenceTransformer(modules=[tr, Pooling(dim, "mean"), Normalize()], device="cpu", prompts=PROMPTS).save(
+        str(out_dir), create_model_card=False)
+    return out_dir
+
+
+def test_gpu_preset_recipe_runs_on_tiny_xlmr(tmp_path: Path, settings) -> None:
+    """The e5-large GPU configuration, shrunk only in size (steps, batch, dims), on the same architecture."""
+    import torch
+
+    from finetune.presets import GPU_E5_LARGE
+    from rag.embedders import clear_cache, get_embedder
+
+    pairs = _toy_pairs(8, 2)
+    folder = build_tiny_xlmr(tmp_path / "xlmr", DEFAULT_CORPUS + [p.query + " " + p.positive for p in pairs])
+    gpu = GPU_E5_LARGE.train
+    assert gpu.base == "e5-large" and not gpu.freeze_embeddings and gpu.matryoshka_dims and gpu.bf16
+    cfg = dataclasses.replace(gpu, base=str(folder), name="tiny-xlmr-domain", max_steps=3, batch_size=8,
+                              mini_batch_size=4, max_seq_length=32, bf16=gpu.bf16 and torch.cuda.is_available())
+    result = train(pairs, cfg, settings, progress=False)
+    assert result.trainable_parameters == result.total_parameters  # full fine-tuning, as on the GPU
+    clear_cache()
+    emb = get_embedder("tiny-xlmr-domain", settings)
+    assert type(emb.model[0].auto_model).__name__ == "XLMRobertaModel"
+    assert emb.embed_passages(["pt on heparin"]).shape == (1, 32)
