@@ -597,6 +597,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     qa.add_argument("--fractions", type=_parse_fractions, default=(0.8, 0.1, 0.1), help="train,dev,test (default 0.8,0.1,0.1)")
     args = parser.parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.WARNING)
+    import bm25s  # noqa: F401  (sets its logger to DEBUG on import; keep the terminal table readable)
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
     settings = load_settings()
 
     try:
