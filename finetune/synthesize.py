@@ -396,6 +396,18 @@ def _load_inputs(in_paths: Sequence[str | Path], settings: Settings, limit: int 
     return corpora, selected
 
 
+def interleave_by_patient(docs: Sequence[Document]) -> list[Document]:
+    """Round-robin over patients (first-seen order), keeping each patient's own order."""
+    by_patient: dict[str, list[Document]] = {}
+    for d in docs:
+        by_patient.setdefault(d.patient_id, []).append(d)
+    queues = list(by_patient.values())
+    out: list[Document] = []
+    for i in range(max((len(q) for q in queues), default=0)):
+        out += [q[i] for q in queues if i < len(q)]
+    return out
+
+
 def _input_info(in_paths: Sequence[str | Path], corpora: Sequence[Corpus]) -> list[dict[str, Any]]:
     out = []
     for p, corpus in zip(in_paths, corpora):
@@ -492,6 +504,7 @@ def synthesize_file(
     roundtrip_k: int | None = None,
     skip_filters: Sequence[str] = (),
     evidence_enum: bool = True,
+    interleave_patients: bool = False,
 ) -> dict[str, Any]:
     """Generate, filter and append QA pairs for every document of ``in_path`` not done yet.
 
@@ -502,6 +515,9 @@ def synthesize_file(
     reference index covers every document of the inputs, not only the ``limit`` selected.
     ``evidence_enum``: the schema lists the note's sentences as the only allowed evidence (verbatim
     quotes by construction where the server enforces the schema).
+    ``interleave_patients``: take documents patient by patient in turn (one of each, then the next
+    of each), so a partial output already covers many patients (a reader training while it grows
+    can split by patient).
     Returns the manifest (also written to ``manifest.json`` next to ``out_path``).
     """
     settings = settings or load_settings()
@@ -519,6 +535,8 @@ def synthesize_file(
     all_docs = [d for c in corpora for d in c.documents]
     previous = _read_jsonl(files.qa)
     done_ids = {r["doc_id"] for r in _read_jsonl(files.progress) if "doc_id" in r} | {r["doc_id"] for r in previous}
+    if interleave_patients:
+        selected = interleave_by_patient(selected)
     todo = [d for d in selected if d.doc_id not in done_ids]
     old_manifest = json.loads(files.manifest.read_text(encoding="utf-8")) if files.manifest.is_file() else {}
 
@@ -589,6 +607,7 @@ def synthesize_file(
         params = {"per_doc": per_doc, "per_call": per_call, "concurrency": concurrency, "seed": seed,
                   "limit": limit, "temperature": temperature, "window_chars": window_chars,
                   "max_tokens_per_call": max_out, "roundtrip": roundtrip, "evidence_enum": evidence_enum,
+                  "interleave_patients": interleave_patients,
                   "roundtrip_k": next((getattr(f, "k", None) for f in state.filters if f.name == "roundtrip"), None),
                   "filters": state.names, "llm_ctx": ctx, "llm_threads": settings.llm_threads}
 
@@ -777,6 +796,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-filter", action="append", default=[], help="leave out a filter by name")
     ap.add_argument("--free-evidence", action="store_true",
                     help="evidence as a free string instead of an enum of the note's sentences")
+    ap.add_argument("--interleave-patients", action="store_true",
+                    help="one document per patient in turn, so a partial output covers many patients")
     ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default CRAG_LLM_THREADS=1)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
@@ -791,7 +812,8 @@ def main(argv: list[str] | None = None) -> int:
             concurrency=args.concurrency, seed=args.seed, limit=args.limit, settings=settings,
             progress=not args.no_progress, model=args.model, per_call=args.per_call,
             temperature=args.temperature, window_chars=args.window_chars, roundtrip=args.roundtrip,
-            roundtrip_k=args.roundtrip_k, skip_filters=args.skip_filter, evidence_enum=not args.free_evidence)
+            roundtrip_k=args.roundtrip_k, skip_filters=args.skip_filter, evidence_enum=not args.free_evidence,
+            interleave_patients=args.interleave_patients)
     except (SynthesisError, LLMError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
