@@ -34,6 +34,7 @@ from finetune.qa_schema import ITEM_SCHEMA, Candidate
 # Text helpers
 
 _WORD = re.compile(r"[^\W_]+(?:[-'][^\W_]+)*", re.UNICODE)
+_LETTERS = re.compile(r"[^\W_]+", re.UNICODE)
 
 
 def words(text: str) -> list[str]:
@@ -70,13 +71,16 @@ def _stopwords() -> tuple[frozenset[str], frozenset[str]]:
     return frozenset(en - both), frozenset(de - both)
 
 
-def guess_language(text: str) -> tuple[str | None, int, int]:
-    """("en" | "de" | None, English votes, German votes) by stop words; None on a tie (no opinion)."""
+def guess_language(text: str, min_votes: int = 2) -> tuple[str | None, int, int]:
+    """("en" | "de" | None, English votes, German votes) by stop words (words of 2+ letters).
+
+    None (no opinion) on a tie or when the winner has fewer than ``min_votes``: keyword queries
+    carry few stop words, and one stray "t" or "an" must not decide."""
     en, de = _stopwords()
-    toks = words(text)
+    toks = [t for t in words(text) if len(t) > 1]
     n_en = sum(t in en for t in toks)
     n_de = sum(t in de for t in toks)
-    if n_en == n_de:
+    if n_en == n_de or max(n_en, n_de) < min_votes:
         return None, n_en, n_de
     return ("en" if n_en > n_de else "de"), n_en, n_de
 
@@ -283,7 +287,7 @@ class PatientNameCap:
     def __call__(self, cand: Candidate, doc: DocContext, kept: Sequence[Candidate]) -> Drop | None:
         if not doc.names:
             return None
-        if not (set(words(cand.question)) & doc.names):
+        if not (set(_LETTERS.findall(cand.question.lower())) & doc.names):  # "Miller's" names Miller
             return None
         cand.verdicts["names_patient"] = True
         allowed = max(1, math.floor(self.max_share * self.per_doc))
@@ -522,7 +526,7 @@ def patient_names(extra: dict[str, Any] | None) -> frozenset[str]:
     out: set[str] = set()
     for span in (extra or {}).get("phi") or []:
         if isinstance(span, dict) and span.get("label") in NAME_LABELS:
-            out |= {w for w in words(str(span.get("text", ""))) if len(w) >= 3}
+            out |= {w for w in _LETTERS.findall(str(span.get("text", "")).lower()) if len(w) >= 3}
     return frozenset(out)
 
 
