@@ -103,13 +103,25 @@ _SETTINGS = re.compile(r"(?i)(?:\b(?:ps|psv|cpap|bipap|ipap|epap|peep|simv|imv|a
                        r"motor|grip|tabs?|x|of|by)\s*|\d\s*)$")
 
 
+_VENT_CONTEXT = re.compile(r"(?i)\b(?:psv?|cpap|bipap|ipap|epap|ips|peep|simv|imv|vent\w*|flow-?by|mask|wean\w*|settings?)\b")
+_PAIN_CONTEXT = re.compile(r"(?i)\b(?:pain|cp|c/o|discomfort|ache|scale|rates?|rated)\b")
+_COUNT_AFTER = re.compile(r"(?i)\s*(?:ns\b|strength|tabs?\b|dose|bl\b|bottles?|blood|cx|sets?|pain|%)")
+
+
 def _not_a_date(text: str, match: re.Match[str]) -> bool:
-    """m/d shapes that are fractions, muscle strength (5/5) or ventilator settings (PS 10/5)."""
+    """m/d shapes that are fractions (1/2 NS), muscle strength (5/5), pain scores (7/10), culture
+    counts (2/4 bottles) or ventilator settings (PSV 10/5); a date trigger right before wins."""
     value = match.group()
     month, day = (int(v) for v in value.split("/")[:2])
-    if value in _FRACTIONS or (month == day and month <= 5):
-        return not re.search(r"(?i)\b(?:on|since|from|until|dated?|admitted|of)\s*$", text[max(0, match.start() - 12): match.start()])
-    return bool(_SETTINGS.search(text[max(0, match.start() - 10): match.start()])) and day in (5, 8, 10, 12, 15, 20)
+    before = text[max(0, match.start() - 30): match.start()]
+    after = text[match.end(): match.end() + 12]
+    if re.search(r"(?i)\b(?:since|from|until|dated?|admitted|discharged)\s*$", before):
+        return False
+    if value in _FRACTIONS or (month == day and month <= 5) or _COUNT_AFTER.match(after):
+        return True
+    if day == 10 and _PAIN_CONTEXT.search(before[-20:] + " " + after):
+        return True
+    return bool(_VENT_CONTEXT.search(before)) and day in (2, 3, 4, 5, 6, 8, 10, 12, 14, 15, 16, 18, 20)
 
 
 _AMBIGUOUS_EN = {"may", "march", "mar", "jun", "jan", "dec", "sep", "sept", "aug"}

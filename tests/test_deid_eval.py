@@ -1,0 +1,92 @@
+"""eval.deid: the coverage rule, precision, over-masking, label mapping, residual check, CLI outputs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from eval.deid import GoldDoc, GoldSpan, Tally, load_gold, main, score_document, summarize
+from finetune.phi_recognizers import PhiSpan
+from finetune.phi_types import PhiType, gold_type
+from rag.corpus import CorpusError, Document
+
+TEXT = "Dr. Marder saw Mr. Nicholson on 03/14/2021; Parkinson disease."
+
+
+def _gold_doc(spans: list[tuple[int, int, str]]) -> GoldDoc:
+    gold = [GoldSpan(s, e, label, gold_type(label, TEXT[s:e])) for s, e, label in spans]
+    return GoldDoc(Document(doc_id="d", patient_id="P", text=TEXT), gold)
+
+
+def _span(word: str, label: PhiType, cut: int = 0) -> PhiSpan:
+    start = TEXT.index(word)
+    return PhiSpan(start, start + len(word) - cut, label)
+
+
+GOLD = [(4, 10, "HCPName"), (19, 28, "PTName"), (32, 42, "Date"), (0, 3, "NAME_TITLE")]
+
+
+def test_found_needs_90_percent_of_the_characters() -> None:
+    tally = Tally()
+    predicted = [_span("Marder", PhiType.NAME), _span("Nicholson", PhiType.NAME, cut=2),  # 7/9 chars: missed
+                 _span("03/14/2021", PhiType.DATE)]
+    score_document(_gold_doc(GOLD), predicted, TEXT, tally, keep_examples=True)
+    summary = summarize(tally)
+    assert summary["per_type"]["NAME"] == {**summary["per_type"]["NAME"], "gold": 2, "found": 1, "recall": 0.5}
+    assert summary["per_type"]["DATE"]["recall"] == 1.0
+    assert summary["excluded_gold"]["NAME_TITLE"]["count"] == 1  # titles are not counted
+    assert tally.misses[0]["text"] == "Nicholson"
+    # the residual check reads the output text: "Nicholson" is still there, "Marder" was not replaced either
+    assert summary["overall"]["residual_in_output"] == 3
+
+
+def test_precision_and_non_phi_masking() -> None:
+    tally = Tally()
+    predicted = [_span("Marder", PhiType.NAME), _span("Parkinson", PhiType.NAME)]
+    output = TEXT.replace("Marder", "Smith").replace("Nicholson", "Brown").replace("03/14/2021", "05/02/2021")
+    score_document(_gold_doc(GOLD), predicted, output, tally, keep_examples=True)
+    summary = summarize(tally)
+    assert summary["overall"]["precision"] == 0.5  # Parkinson is a false alarm
+    assert tally.false_alarms[0]["text"] == "Parkinson"
+    non_phi = sum(c.isalnum() for c in TEXT) - sum(c.isalnum() for c in "DrMarderNicholson03142021")
+    assert summary["overall"]["nonphi_chars"] == non_phi
+    assert summary["overall"]["nonphi_chars_masked"] == len("Parkinson")
+    assert summary["overall"]["residual_in_output"] == 0
+
+
+def test_label_mapping_is_one_table() -> None:
+    assert gold_type("HCPName") is PhiType.NAME and gold_type("NAME_PATIENT") is PhiType.NAME
+    assert gold_type("CONTACT_FAX") is PhiType.PHONE and gold_type("LOCATION_ZIP") is PhiType.ADDRESS
+    assert gold_type("AGE", "98") is PhiType.AGE and gold_type("AGE", "55") is None
+    assert gold_type("NAME_TITLE") is None
+    with pytest.warns(UserWarning, match="unknown gold PHI label"):
+        assert gold_type("SOMETHING_NEW") is PhiType.OTHER
+
+
+def test_bad_gold_file_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "gold.jsonl"
+    path.write_text(json.dumps({"doc_id": "a", "text": "short", "phi": [{"start": 0, "end": 99, "label": "DATE"}]})
+                    + "\n" + json.dumps({"doc_id": "b", "text": "no gold"}) + "\n", encoding="utf-8")
+    with pytest.raises(CorpusError) as info:
+        load_gold(path)
+    assert f"{path}:1" in str(info.value) and f"{path}:2" in str(info.value)
+
+
+def test_cli_writes_json_markdown_plot_and_manifest(tmp_path: Path) -> None:
+    text = "Seen by Dr. Marder on 03/14/2021. Parkinson disease. Daughter Emily called."
+    rows = [{"doc_id": "x1", "patient_id": "P9", "language": "en", "text": text,
+             "phi": [{"start": 12, "end": 18, "label": "HCPName"}, {"start": 22, "end": 32, "label": "Date"},
+                     {"start": 62, "end": 67, "label": "RelativeProxyName"}]}]
+    data = tmp_path / "gold.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "report"
+    assert main(["--data", str(data), "--out", str(out)]) == 0
+    metrics = json.loads((out / "deid_metrics.json").read_text())
+    assert metrics["overall"]["recall"] == 1.0 and metrics["overall"]["residual_in_output"] == 0
+    assert metrics["overall"]["nonphi_chars_masked"] == 0  # Parkinson stays
+    assert "| **all** |" in (out / "deid_metrics.md").read_text()
+    assert (out / "deid_recall.png").stat().st_size > 1000
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["input"]["documents"] == 1 and len(manifest["input"]["sha256"]) == 64
+    assert "misses" not in metrics  # PHI strings only with --show-misses

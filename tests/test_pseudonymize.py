@@ -1,0 +1,245 @@
+"""Pseudonymization end to end: recognizers (EN/DE), allow-list, consistency, files, resumption, key."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+from pathlib import Path
+
+import pytest
+
+from finetune.date_formats import find_dates
+from finetune.phi_types import PhiType
+from finetune.pseudonymize import (
+    KeyFileError,
+    Pseudonymizer,
+    key_fingerprint,
+    load_key,
+    main,
+    manifest_path,
+    pseudonymize_file,
+)
+from rag.corpus import CorpusError, Document
+
+KEY = b"0123456789abcdef0123456789abcdef-test-only"
+
+
+@pytest.fixture(scope="module")
+def engine() -> Pseudonymizer:
+    return Pseudonymizer(KEY)
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "pseudo.key"
+    path.write_bytes(KEY + b"\n")
+    return path
+
+
+def _doc(text: str, patient: str = "P1", doc_id: str = "d1", **kw) -> Document:
+    return Document(doc_id=doc_id, patient_id=patient, text=text, **kw)
+
+
+def _found(engine: Pseudonymizer, text: str, language: str) -> dict[str, PhiType]:
+    result = engine.pseudonymize(_doc(text), language)
+    return {text[s.start:s.end]: s.label for s in result.spans}
+
+
+# --- each recognizer, English and German -----------------------------------------------------
+
+EN_CASES = [
+    ("Dr. Marder aware, K+ repleted.", "Marder", PhiType.NAME),
+    ("DR SWACKHAMER AWARE. MG LEVEL 1.6", "SWACKHAMER", PhiType.NAME),
+    ("Social: daughter Emily in to visit.", "Emily", PhiType.NAME),
+    ("Lytes repleted.\nIlene Macdonald RN", "Ilene Macdonald", PhiType.NAME),
+    ("Patient John Miller (MRN 4829301) seen.", "4829301", PhiType.ID),
+    ("Admitted on 03/14/2021 with chest pain.", "03/14/2021", PhiType.DATE),
+    ("Pt's birthday is tomorrow, May 16, 2015.", "May 16, 2015", PhiType.DATE),
+    ("A 92-year-old male with CHF.", "92", PhiType.AGE),
+    ("Family can be reached at (617) 555-0143.", "(617) 555-0143", PhiType.PHONE),
+    ("Pager #54321 for questions.", "54321", PhiType.PHONE),
+    ("Send results to john.doe@example.com please.", "john.doe@example.com", PhiType.EMAIL),
+    ("Will be discharged to Sacred Heart Memorial tomorrow.", "Sacred Heart Memorial", PhiType.HOSPITAL),
+    ("She lives in Lansdowne with her son.", "Lansdowne", PhiType.LOCATION),
+    ("Lives alone at 19 Clover St. near the park.", "19 Clover St.", PhiType.ADDRESS),
+]
+
+DE_CASES = [
+    ("Wir berichten über Frau Albers, die bei uns war.", "Albers", PhiType.NAME),
+    ("Wir berichten über unsere Patientin Beate Albers (* 4.4.1997).", "Beate Albers", PhiType.NAME),
+    ("Telefon: Sohn Alois Huber 08991/23354", "Alois Huber", PhiType.NAME),
+    ("Fallnummer: 23346011, geboren am 24.04.1960", "23346011", PhiType.ID),
+    ("Entlassung am 15. März 2021 in gutem AZ.", "15. März 2021", PhiType.DATE),
+    ("Aufnahme vom 19.3. bis zum 7.5.2029 auf Station.", "7.5.2029", PhiType.DATE),
+    ("Die 95-jährige Patientin stürzte.", "95", PhiType.AGE),
+    ("Rückfragen unter Tel. (0461) 708 - 223 möglich.", "(0461) 708 - 223", PhiType.PHONE),
+    ("Herrn Dr. med. Helge Klabauter\nFriesische Str. 21 a\n24937 Flensburg", "Friesische Str. 21 a", PhiType.ADDRESS),
+    ("Herrn Dr. med. Helge Klabauter\nFriesische Str. 21 a\n24937 Flensburg", "24937", PhiType.ADDRESS),
+    ("Herrn Dr. med. Helge Klabauter\nFriesische Str. 21 a\n24937 Flensburg", "Flensburg", PhiType.LOCATION),
+    ("Verlegung in das Universitätsklinikum Klein Haasbeck erfolgt.", "Universitätsklinikum Klein Haasbeck",
+     PhiType.HOSPITAL),
+    ("Mit freundlichen Grüßen\nProf. Dr. Norbert Breuer", "Norbert Breuer", PhiType.NAME),
+]
+
+
+@pytest.mark.parametrize("text,expected,label", EN_CASES)
+def test_english_recognizers(engine: Pseudonymizer, text: str, expected: str, label: PhiType) -> None:
+    found = _found(engine, text, "en")
+    assert found.get(expected) is label, found
+
+
+@pytest.mark.parametrize("text,expected,label", DE_CASES)
+def test_german_recognizers(engine: Pseudonymizer, text: str, expected: str, label: PhiType) -> None:
+    found = _found(engine, text, "de")
+    assert found.get(expected) is label, found
+
+
+def test_titles_stay_and_names_change(engine: Pseudonymizer) -> None:
+    out = engine.pseudonymize(_doc("Befund durch Prof. Dr. med. Anna Becker."), "de").document.text
+    assert out.startswith("Befund durch Prof. Dr. med. ") and "Becker" not in out and "Anna" not in out
+
+
+# --- allow-list and clinical vocabulary ---------------------------------------------------------
+
+
+def test_allow_list_terms_are_untouched(engine: Pseudonymizer) -> None:
+    en = ("Known Parkinson's disease and Hodgkin lymphoma. Foley catheter in place. Glasgow Coma Scale 14. "
+          "CHF, COPD, EF 35%. Cushing syndrome ruled out.")
+    de = "Bekannter Morbus Crohn und Morbus Basedow. Z.n. Hodgkin-Lymphom. Glasgow Coma Scale 14, COPD."
+    assert engine.pseudonymize(_doc(en), "en").document.text == en
+    assert engine.pseudonymize(_doc(de), "de").document.text == de
+
+
+# --- consistency --------------------------------------------------------------------------------
+
+
+def test_consistent_within_patient_across_documents_and_runs(engine: Pseudonymizer) -> None:
+    a = _doc("Herr Hans Müller wurde am 03.02.2021 aufgenommen. Fallnummer 2021-004512.", "P1", "a")
+    b = _doc("Herr Müller stellte sich am 17.02.2021 vor (Fallnummer 2021-004512).", "P1", "b")
+    out_a, out_b = (r.document.text for r in engine.pseudonymize_many([a, b], "de"))
+    surname = re.search(r"Herr \w+ (\w+)", out_a).group(1)
+    assert surname != "Müller" and f"Herr {surname} stellte" in out_b
+    case_a = re.search(r"Fallnummer (\S+)\.", out_a).group(1)
+    assert case_a != "2021-004512" and case_a in out_b
+    rerun = Pseudonymizer(KEY, detector=engine.detector)  # a new run with the same key
+    assert rerun.pseudonymize(a, "de").document.text == out_a
+    other = engine.pseudonymize(_doc(a.text, "P2", "c"), "de").document.text
+    assert other != out_a
+
+
+def test_date_intervals_survive_and_metadata_date_moves(engine: Pseudonymizer) -> None:
+    doc = _doc("Aufnahme am 03.02.2021, Kontrolle am 17.02.2021.", date="2021-02-03",
+               extra={"phi": [{"start": 12, "end": 22, "label": "DATE"}], "note_id": 4})
+    result = engine.pseudonymize(doc, "de")
+    out = result.document
+    dates = [out.text[s:e] for s, e, _ in find_dates(out.text, "de")]
+    d1, d2 = (dt.datetime.strptime(d, "%d.%m.%Y").date() for d in dates)
+    assert (d2 - d1).days == 14
+    shift = (d1 - dt.date(2021, 2, 3)).days
+    assert shift != 0 and shift % 7 == 0
+    assert out.date == (dt.date(2021, 2, 3) + dt.timedelta(days=shift)).isoformat()
+    assert "phi" not in out.extra and out.extra["note_id"] == 4
+    assert (out.doc_id, out.patient_id) == (doc.doc_id, doc.patient_id)
+    assert all(doc.text[s.start:s.end] for s in result.spans)  # spans point into the ORIGINAL text
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+
+def test_empty_text_and_missing_patient(engine: Pseudonymizer, caplog: pytest.LogCaptureFixture) -> None:
+    empty = engine.pseudonymize(_doc(""), "en")
+    assert empty.document.text == "" and empty.spans == []
+    with caplog.at_level(logging.WARNING):
+        result = Pseudonymizer(KEY, detector=engine.detector).pseudonymize(_doc("Dr. Marder aware.", patient=""), "en")
+    assert result.patient_scope == "document" and "Marder" not in result.document.text
+    assert "no patient id" in caplog.text and "Marder" not in caplog.text
+
+
+def test_load_key_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CRAG_PRIVACY_KEY_FILE", raising=False)
+    with pytest.raises(KeyFileError, match="--key-file"):
+        load_key(None)
+    with pytest.raises(KeyFileError, match="not found"):
+        load_key(tmp_path / "missing.key")
+    (tmp_path / "empty.key").write_text("  \n")
+    with pytest.raises(KeyFileError, match="empty"):
+        load_key(tmp_path / "empty.key")
+    (tmp_path / "short.key").write_text("abc123")
+    with pytest.raises(KeyFileError) as info:
+        load_key(tmp_path / "short.key")
+    assert "abc123" not in str(info.value)
+    (tmp_path / "good.key").write_bytes(KEY)
+    monkeypatch.setenv("CRAG_PRIVACY_KEY_FILE", str(tmp_path / "good.key"))
+    assert load_key(None) == KEY
+
+
+# --- files ----------------------------------------------------------------------------------------
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+ROWS = [
+    {"doc_id": "n1", "patient_id": "P1", "text": "Dr. Marder aware. Seen 03/14/2021.", "language": "en"},
+    {"doc_id": "n2", "patient_id": "P1", "text": "Mr. Nicholson doing well, per Dr. Marder.", "language": "en"},
+    {"doc_id": "n3", "text": "Frau Albers wurde am 15. März 2021 entlassen.", "phi": [{"start": 5, "end": 11}]},
+]
+
+
+def test_pseudonymize_file_resumes_and_reports_without_phi(tmp_path: Path, engine: Pseudonymizer,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import finetune.pseudonymize as module
+
+    monkeypatch.setattr(module, "Pseudonymizer", lambda key, **kw: Pseudonymizer(key, detector=engine.detector))
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    _write(src, ROWS[:2])
+    first = pseudonymize_file(src, out, KEY, progress=False)
+    assert first["documents_done_this_run"] == 2 and first["phi_counts_this_run"]["NAME"] >= 2
+    with out.open("a", encoding="utf-8") as fh:  # a crash mid-write leaves a torn line
+        fh.write('{"doc_id": "n3", "tex')
+    _write(src, ROWS)
+    second = pseudonymize_file(src, out, KEY, progress=False)
+    assert second["documents_skipped_already_done"] == 2 and second["documents_done_this_run"] == 1
+    assert second["documents_without_patient_id"] == 1
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["doc_id"] for r in rows] == ["n1", "n2", "n3"]
+    assert "phi" not in json.dumps(rows) and "Marder" not in json.dumps(rows) and "Albers" not in json.dumps(rows)
+    assert rows[2]["language"] == "de"  # detected
+    manifest = manifest_path(out).read_text(encoding="utf-8")
+    assert "Marder" not in manifest and KEY.decode() not in manifest
+    assert json.loads(manifest)["key_fingerprint"] == key_fingerprint(KEY)
+    with pytest.raises(KeyFileError, match="different key"):
+        pseudonymize_file(src, out, b"another-key-0123456789abcdef", progress=False)
+
+
+def test_bad_input_names_file_and_line(tmp_path: Path) -> None:
+    src = tmp_path / "bad.jsonl"
+    src.write_text('{"doc_id": "a", "patient_id": "P", "text": "ok"}\n{not json\n{"doc_id": "b", "text": 3}\n',
+                   encoding="utf-8")
+    with pytest.raises(CorpusError) as info:
+        pseudonymize_file(src, tmp_path / "out.jsonl", KEY, progress=False)
+    message = str(info.value)
+    assert f"{src}:2" in message and f"{src}:3" in message
+
+
+def test_cli_without_key_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("CRAG_PRIVACY_KEY_FILE", raising=False)
+    src = tmp_path / "in.jsonl"
+    _write(src, ROWS[:1])
+    assert main(["--in", str(src), "--out", str(tmp_path / "out.jsonl")]) == 2
+    assert "--key-file" in capsys.readouterr().err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_workers_give_the_same_output_as_one_process(tmp_path: Path, key_file: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    _write(src, [dict(r, doc_id=f"{r['doc_id']}-{i}") for i in range(3) for r in ROWS])
+    assert main(["--in", str(src), "--out", str(tmp_path / "one.jsonl"), "--key-file", str(key_file),
+                 "--no-progress"]) == 0
+    assert main(["--in", str(src), "--out", str(tmp_path / "two.jsonl"), "--key-file", str(key_file),
+                 "--workers", "2", "--batch-size", "2", "--no-progress"]) == 0
+    assert (tmp_path / "one.jsonl").read_text() == (tmp_path / "two.jsonl").read_text()
