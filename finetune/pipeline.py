@@ -85,6 +85,11 @@ def mark_complete(folder: Path, key: str, outputs: Sequence[Path], seconds: floa
     return manifest
 
 
+def corpus_slug(name: str) -> str:
+    """File-name form of a corpus given by name or path."""
+    return Path(name).stem if ("/" in name or name.endswith((".jsonl", ".csv"))) else name
+
+
 class Run:
     """The folders and shared state of one pipeline run."""
 
@@ -122,9 +127,9 @@ def _pseudonymize(run: Run) -> tuple[list[Path], dict]:
         key = load_key(run.key_file)
     for name, limit in run.corpora().items():
         corpus = load_corpus(name, run.settings, limit=limit)
-        src = source_dir / f"{name}.jsonl"
+        src = source_dir / f"{corpus_slug(name)}.jsonl"
         write_jsonl(corpus.documents, src)
-        dst = out_dir / f"{name}.jsonl"
+        dst = out_dir / f"{corpus_slug(name)}.jsonl"
         if key is not None:
             manifest = pseudonymize_file(src, dst, key, workers=run.preset.pseudonymize_workers,
                                          progress=run.progress)
@@ -153,7 +158,7 @@ def _synthesize(run: Run) -> tuple[list[Path], dict]:
                        "qa_pairs": sum(1 for line in out.open(encoding="utf-8") if line.strip())}
     from finetune import synthesize  # the QA engineer's module
 
-    docs = run.dir("pseudonymize") / f"{preset.qa_corpus}.jsonl"
+    docs = run.dir("pseudonymize") / f"{corpus_slug(preset.qa_corpus)}.jsonl"
     kwargs: dict[str, Any] = {"per_doc": preset.synthesize_per_doc}
     if preset.generator_gguf:
         kwargs["generator"] = preset.generator_gguf
@@ -169,12 +174,12 @@ def _split(run: Run) -> tuple[list[Path], dict]:
     preset = run.preset
     out_dir = run.dir("split")
     qa_path = run.dir("synthesize") / "qa.jsonl"
-    pseudo = load_jsonl(run.dir("pseudonymize") / f"{preset.qa_corpus}.jsonl", name=preset.qa_corpus)
+    pseudo = load_jsonl(run.dir("pseudonymize") / f"{corpus_slug(preset.qa_corpus)}.jsonl", name=preset.qa_corpus)
     rows, lines = read_qa(qa_path)
     t0 = time.perf_counter()
     result = split_by_patient(pseudo, rows, seed=preset.split_seed, fractions=preset.split_fractions,
                               by=preset.split_by, qa_lines=lines, qa_source=str(qa_path))
-    write_split(result, out_dir, inputs={"docs": str(run.dir("pseudonymize") / f"{preset.qa_corpus}.jsonl"),
+    write_split(result, out_dir, inputs={"docs": str(run.dir("pseudonymize") / f"{corpus_slug(preset.qa_corpus)}.jsonl"),
                                          "qa": str(qa_path)}, seconds=time.perf_counter() - t0)
     counts = {}
     for split in ("dev", "test"):
@@ -198,7 +203,7 @@ def _mine(run: Run) -> tuple[list[Path], dict]:
     cfg = ChunkingConfig(run.settings.chunk_tokens, run.settings.chunk_overlap_tokens)
     assignment = load_assignment(run.dir("split") / "splits.json")
     train_patients = {p for p, s in assignment.items() if s == "train"}
-    qa_corpus = load_jsonl(run.dir("pseudonymize") / f"{preset.qa_corpus}.jsonl", name=preset.qa_corpus)
+    qa_corpus = load_jsonl(run.dir("pseudonymize") / f"{corpus_slug(preset.qa_corpus)}.jsonl", name=preset.qa_corpus)
     qa_chunks = chunk_corpus(qa_corpus, base.token_offsets, cfg, patients=train_patients)
     pairs = []
     if preset.use_qa_pairs:
@@ -209,7 +214,7 @@ def _mine(run: Run) -> tuple[list[Path], dict]:
     if preset.ict_per_chunk and preset.ict_on_qa_corpus:
         pairs += inverse_cloze_pairs(qa_chunks, per_chunk=preset.ict_per_chunk, seed=preset.split_seed)
     for name in preset.extra_corpora:
-        extra = load_jsonl(run.dir("pseudonymize") / f"{name}.jsonl", name=name,
+        extra = load_jsonl(run.dir("pseudonymize") / f"{corpus_slug(name)}.jsonl", name=name,
                            one_patient_per_document=name in ("mtsamples",))
         chunks = chunk_corpus(extra, base.token_offsets, cfg)
         all_chunks += [c for cs in chunks.values() for c in cs]
@@ -254,7 +259,7 @@ def _evaluate(run: Run) -> tuple[list[Path], dict]:
     preset = run.preset
     out_dir = run.dir("evaluate")
     d = run.dir("split") / "test_beir"
-    test = load_beir(d / "corpus.jsonl", d / "queries.jsonl", d / "qrels.tsv", name=f"{preset.qa_corpus}-test")
+    test = load_beir(d / "corpus.jsonl", d / "queries.jsonl", d / "qrels.tsv", name=f"{corpus_slug(preset.qa_corpus)}-test")
     models = [m if m != "domain" else f"domain={preset.train.name}" for m in preset.eval_models]
     models = [m.replace("hybrid:domain", "hybrid:domain") for m in models]
     results = {"test": evaluate(test, models, scope=preset.eval_scope, settings=run.settings,
@@ -273,19 +278,19 @@ def _evaluate(run: Run) -> tuple[list[Path], dict]:
 # Summary against the issue's targets
 
 
-def _map(results: dict, model: str, scope: str) -> float | None:
-    try:
-        return float(results["aggregate"][model][scope]["map@100"]["mean"])
-    except (KeyError, TypeError):
-        return None
-
-
 def summarize(results: dict[str, dict], base: str = "me5-small") -> dict[str, Any]:
-    """MAP@100 per set, model and scope, and the target checks (domain vs base, minilm, BM25)."""
+    """MAP@100 per set, model and scope, and the target checks (domain vs base, minilm, BM25).
+
+    ``results`` maps a set name to what ``eval.ir.evaluate`` returned (``aggregate[scope][model]``).
+    """
     table: dict[str, dict[str, dict[str, float | None]]] = {}
+    cis: dict[str, dict[str, dict[str, list[float]]]] = {}
     for set_name, res in results.items():
-        aggregate = res.get("aggregate", {})
-        table[set_name] = {m: {s: _map(res, m, s) for s in aggregate[m]} for m in aggregate}
+        for scope, models in (res.get("aggregate") or {}).items():
+            for model, metrics in models.items():
+                entry = metrics.get("map@100") or {}
+                table.setdefault(set_name, {}).setdefault(model, {})[scope] = entry.get("mean")
+                cis.setdefault(set_name, {}).setdefault(model, {})[scope] = entry.get("ci95")
     checks: dict[str, Any] = {}
     test = table.get("test", {})
 
@@ -306,13 +311,11 @@ def summarize(results: dict[str, dict], base: str = "me5-small") -> dict[str, An
         if d is not None and b:
             checks[f"{set_name}_loss_vs_base"] = round(1 - d / b, 4)
             checks[f"{set_name}_loss_le_5pct"] = d >= 0.95 * b
-    best = None
     for scope in ("cross", "patient"):
         ranked = sorted(((v.get(scope) or 0.0, m) for m, v in test.items()), reverse=True)
         if ranked:
             checks[f"best_{scope}"] = ranked[0][1]
-            best = best or ranked[0][1]
-    return {"map@100": table, "checks": checks,
+    return {"map@100": table, "ci95": cis, "checks": checks,
             "formula": "AP@100 = (1/min(R,100)) * sum over relevant ranks k<=100 of precision@k; MAP = mean over queries"}
 
 
@@ -331,11 +334,16 @@ def _write_summary(summary: dict, out_dir: Path) -> None:
     (out_dir / "summary.md").write_text(md + "\n\nTargets\n\n" + checks + "\n\n" + summary["formula"] + "\n",
                                         encoding="utf-8")
     test = summary["map@100"].get("test", {})
-    data = {scope: {m: (v.get(scope) or 0.0, v.get(scope) or 0.0, v.get(scope) or 0.0) for m, v in test.items()
-                    if v.get(scope) is not None} for scope in ("cross", "patient")}
+    ci = summary.get("ci95", {}).get("test", {})
+    data: dict[str, dict[str, tuple[float, float, float]]] = {}
+    for scope in ("cross", "patient"):
+        for m, v in test.items():
+            if v.get(scope) is not None:
+                lo, hi = (ci.get(m, {}).get(scope) or [v[scope], v[scope]])
+                data.setdefault(scope, {})[m] = (v[scope], lo, hi)
     if any(data.values()):
         bar_chart({k: v for k, v in data.items() if v}, out_dir / "summary_map100.png", metric_name="MAP@100",
-                  title="Held-out patients (test split), MAP@100 (CIs: see test/results.md)")
+                  title="Held-out patients (test split): MAP@100 with 95% bootstrap CI")
 
 
 STAGE_FUNCS: dict[str, Callable[[Run], tuple[list[Path], dict]]] = {

@@ -1,0 +1,78 @@
+"""finetune.pipeline end to end on a tiny corpus and a tiny model: every stage runs, writes a complete
+manifest, training sees only training patients, and a rerun skips what is done."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from finetune.pipeline import STAGES, run_pipeline
+from finetune.presets import CPU_DEMO
+from tests.tiny_models import DEFAULT_CORPUS, build_tiny_st
+
+FINDINGS = ["heparin drip", "insulin sliding scale", "lasix diuresis", "propofol sedation", "vancomycin trough",
+            "blood cultures", "chest x-ray", "foley catheter", "tube feeds", "pressure ulcer", "atrial fibrillation",
+            "potassium repletion"]
+
+
+def _write_inputs(tmp: Path) -> tuple[Path, Path]:
+    docs, qa = [], []
+    for p in range(10):
+        for n in range(3):
+            f1, f2 = FINDINGS[(p + n) % len(FINDINGS)], FINDINGS[(p * 3 + n + 5) % len(FINDINGS)]
+            doc_id = f"P{p:02d}-N{n}"
+            text = (f"Nursing note {n} for the night. Patient on {f1} since admission. Plan to continue {f2}. "
+                    f"Vital signs stable overnight. Family updated at bedside.")
+            docs.append({"doc_id": doc_id, "patient_id": f"P{p:02d}", "text": text})
+            qa.append({"qa_id": f"q{p}-{n}", "doc_id": doc_id, "patient_id": f"P{p:02d}",
+                       "question": f"Which patient is on {f1}?", "answer": f1, "evidence": f"Patient on {f1}",
+                       "question_type": "medication", "language": "en"})
+    docs_path, qa_path = tmp / "docs.jsonl", tmp / "qa" / "qa.jsonl"
+    qa_path.parent.mkdir(parents=True)
+    docs_path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    qa_path.write_text("".join(json.dumps(q) + "\n" for q in qa))
+    (qa_path.parent / "manifest.json").write_text(json.dumps({"stage": "test fixture"}))
+    return docs_path, qa_path
+
+
+def test_pipeline_runs_end_to_end_and_resumes(tmp_path: Path, settings) -> None:
+    docs, qa = _write_inputs(tmp_path)
+    texts = DEFAULT_CORPUS + [json.loads(line)["text"] for line in docs.read_text().splitlines()]
+    base = build_tiny_st(tmp_path / "tiny", corpus=texts, dim=32, prompts={"query": "query: ", "passage": "passage: "})
+    preset = dataclasses.replace(
+        CPU_DEMO, name="tiny", qa_corpus=str(docs), pseudonymize=False, qa_file=str(qa),
+        split_fractions=(0.6, 0.2, 0.2), ict_per_chunk=1, mine=4, keep_negatives=1, dev_queries=6,
+        train=dataclasses.replace(CPU_DEMO.train, base=str(base), name="tiny-domain", max_steps=2, batch_size=6,
+                                  mini_batch_size=6, max_seq_length=48, learning_rate=1e-3),
+        eval_models=("domain", str(base), "bm25", "hybrid:domain"), eval_scope="both", general_sets=())
+    root = tmp_path / "run"
+    manifest = run_pipeline(preset, settings, root=root, progress=False)
+    assert all(not manifest["timings"][s]["skipped"] for s in STAGES)
+    for stage in STAGES:
+        m = json.loads((root / stage / "manifest.json").read_text())
+        assert m["pipeline"]["complete"], stage
+    # training saw only training patients
+    splits = json.loads((root / "split" / "splits.json").read_text())["patients"]
+    pairs = [json.loads(line) for line in (root / "mine" / "pairs.jsonl").read_text().splitlines()]
+    assert pairs and {splits[p["patient_id"]] for p in pairs} == {"train"}
+    assert {p["source"] for p in pairs} == {"qa", "ict"}
+    summary = json.loads((root / "evaluate" / "summary.json").read_text())
+    assert set(summary["map@100"]["test"]) >= {"domain", "bm25", "hybrid:domain"}
+    assert (root / "evaluate" / "summary.md").is_file() and (root / "evaluate" / "test" / "results.json").is_file()
+    assert (settings.home / "models" / "tiny-domain" / "README.md").is_file()
+
+    again = run_pipeline(preset, settings, root=root, progress=False)
+    assert all(again["timings"][s]["skipped"] for s in STAGES)
+    changed = preset.with_overrides(eval_scope="cross")  # only the evaluation depends on it
+    third = run_pipeline(changed, settings, root=root, progress=False)
+    assert [s for s in STAGES if not third["timings"][s]["skipped"]] == ["evaluate"]
+    assert preset.with_overrides(train_max_steps=3).train.max_steps == 3
+
+
+def test_pipeline_refuses_a_later_stage_before_earlier_ones(tmp_path: Path, settings) -> None:
+    from finetune.pipeline import PipelineError
+
+    with pytest.raises(PipelineError, match="not complete"):
+        run_pipeline(CPU_DEMO, settings, root=tmp_path / "r", stages=["train"], progress=False)
