@@ -80,8 +80,15 @@ def default_models(settings: "Settings") -> list[str]:
 
 
 def parse_models(text: str | None, settings: "Settings") -> list[RetrieverChoice]:
-    names = [n for n in (text.split(",") if text else default_models(settings)) if n.strip()]
-    choices = [RetrieverChoice.parse(n) for n in names]
+    """Retriever choices from ``--models`` (comma list) or the defaults.
+
+    BM25 scores the chunks of an index that is built anyway: the e5 base's where it is in the list,
+    else the first dense model's (one chunking fewer to build), else me5-small's.
+    """
+    names = [n.strip() for n in (text.split(",") if text else default_models(settings)) if n.strip()]
+    dense = [n for n in names if n != BM25]
+    chunks = BM25_CHUNKS_FROM if BM25_CHUNKS_FROM in dense or not dense else dense[0]
+    choices = [RetrieverChoice.parse(n, bm25_chunks=chunks) for n in names]
     keys = [c.key for c in choices]
     if len(set(keys)) != len(keys):
         raise ValueError(f"--models names a retriever twice: {keys}")
