@@ -1,0 +1,278 @@
+"""German -> English translation of clinical documents through the generator client (optional stage).
+
+    python -m finetune.translate --in grascco_phi --out var/translate/grascco_en.jsonl --endpoint http://gpu:8000/v1
+    python -m finetune.translate --in pseudo_de.jsonl --out en.jsonl --generator qwen2.5-coder-0.5b --limit 5
+
+Why optional: no translation model ships with the project. The CPU generators (SmolLM2-135M,
+Qwen2.5-Coder-0.5B) translate clinical German poorly (reference/models.md 2), so on CPU this stage
+is a plumbing check; on a GPU host, point it at a real instruct model served by vLLM.
+
+How: each document is cut at blank lines into pieces of at most ``--piece-chars`` and every piece is
+translated on its own and put back between the original separators, so the layout (paragraphs,
+lists, headers) survives by construction. The prompt (``prompts/translate.<source>.txt``) asks to copy
+names, dates, numbers and IDs unchanged, and each output document records how many of the source's
+"keep" tokens (tokens with digits, and the surrogate names from gold PHI spans where present) are
+still in the translation (``extra.translation.preserved_share``): the pseudonymized surrogates must
+survive translation, or the later stages see different patients. PHI span offsets no longer point
+into the translated text, so they are not carried over.
+
+Output is ``documents.jsonl`` (same ``doc_id``/``patient_id``, ``language`` = target), append-only
+and resumable like :mod:`finetune.synthesize` (finished documents are skipped), with
+``manifest.json`` next to it.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finetune.synthesize import _append, _input_info, _read_jsonl, _repair_tail, _versions, _write_json_atomic
+from rag.config import Settings, load_settings
+from rag.corpus import Document, load_corpus
+from rag.llm import LLMClient, LLMError
+from rag.prompts import load_prompt
+
+log = logging.getLogger(__name__)
+
+PROMPT_NAME = "translate"
+TARGET_NAMES = {"en": "English", "de": "German"}
+_BLANK = re.compile(r"\n[ \t]*\n+")
+_KEEP = re.compile(r"\S*\d\S*")
+NAME_LABELS = frozenset({"PTName", "HCPName", "RelativeProxyName", "NAME_PATIENT", "NAME_DOCTOR", "NAME_RELATIVE"})
+
+
+def split_pieces(text: str, max_chars: int = 1500) -> list[tuple[str, str]]:
+    """(piece, separator after it) pairs that join back to ``text`` exactly: cut at blank lines, a
+    paragraph longer than ``max_chars`` at line ends (or hard), neighbours packed up to ``max_chars``."""
+    parts: list[tuple[str, str]] = []
+    pos = 0
+    for m in _BLANK.finditer(text):
+        parts.append((text[pos:m.start()], m.group(0)))
+        pos = m.end()
+    parts.append((text[pos:], ""))
+    cut: list[tuple[str, str]] = []
+    for piece, sep in parts:
+        while len(piece) > max_chars:
+            i = piece.rfind("\n", 0, max_chars)
+            if i <= 0:
+                cut.append((piece[:max_chars], ""))
+                piece = piece[max_chars:]
+            else:
+                cut.append((piece[:i], "\n"))
+                piece = piece[i + 1:]
+        cut.append((piece, sep))
+    out: list[tuple[str, str]] = []
+    for piece, sep in cut:
+        if out and len(out[-1][0]) + len(out[-1][1]) + len(piece) <= max_chars:
+            prev, psep = out[-1]
+            out[-1] = (prev + psep + piece, sep)
+        else:
+            out.append((piece, sep))
+    return out
+
+
+def keep_tokens(doc: Document) -> list[str]:
+    """What a translation must copy unchanged: tokens with digits (dates, doses, IDs) and surrogate
+    names from the gold PHI spans, if the corpus has them."""
+    tokens = {t.strip(".,;:()[]") for t in _KEEP.findall(doc.text)}
+    for span in (doc.extra or {}).get("phi") or []:
+        if isinstance(span, dict) and span.get("label") in NAME_LABELS:
+            tokens |= {w for w in str(span.get("text", "")).split() if len(w) > 2 and w[0].isupper()}
+    return sorted(t for t in tokens if t)
+
+
+def preserved_share(tokens: Sequence[str], translation: str) -> float:
+    if not tokens:
+        return 1.0
+    return sum(1 for t in tokens if t in translation) / len(tokens)
+
+
+def _clean(reply: str, source: str) -> str:
+    """The reply without fences or the prompt's markers, and with no more line structure than the
+    source piece had (a one-line piece stays one line, no blank lines appear inside a paragraph), so
+    the document's layout stays what the splitter made it whatever the model does."""
+    text = reply.strip("\n")
+    if text.startswith("```"):
+        text = text.strip("`").strip("\n")
+    if text.startswith("<<<"):
+        text = text[3:]
+    if text.rstrip().endswith(">>>"):
+        text = text.rstrip()[:-3]
+    text = text.strip("\n")
+    if "\n" not in source:
+        text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    elif not _BLANK.search(source):
+        text = _BLANK.sub("\n", text)
+    return text
+
+
+@dataclass
+class TranslateStats:
+    started: float = field(default_factory=time.monotonic)
+    docs: int = 0
+    failed: int = 0
+    pieces: int = 0
+    completion_tokens: int = 0
+    preserved: list[float] = field(default_factory=list)
+
+
+async def _translate_doc(doc: Document, client: LLMClient, prompt: Any, target: str, piece_chars: int,
+                         stats: TranslateStats) -> dict[str, Any]:
+    out = []
+    for piece, sep in split_pieces(doc.text, piece_chars):
+        if not piece.strip():
+            out.append(piece + sep)
+            continue
+        lead = piece[: len(piece) - len(piece.lstrip())]
+        trail = piece[len(piece.rstrip()):]
+        messages = prompt.messages(text=piece.strip(), target_name=TARGET_NAMES[target])
+        result = await client.acomplete(messages, max_tokens=int(len(piece) / 2.5) + 64, temperature=0.0, seed=0)
+        stats.pieces += 1
+        stats.completion_tokens += int(result.usage.get("completion_tokens") or 0)
+        out.append(lead + _clean(result.text, piece.strip()) + trail + sep)
+    translated = "".join(out)
+    tokens = keep_tokens(doc)
+    share = preserved_share(tokens, translated)
+    stats.preserved.append(share)
+    row = Document(doc.doc_id, doc.patient_id, translated, case_id=doc.case_id, date=doc.date, doc_type=doc.doc_type,
+                   specialty=doc.specialty, language=target, source=doc.source).to_json()
+    row["extra"] = {"translation": {"from": doc.language or "de", "to": target, "prompt_version": prompt.version,
+                                    "model": client.model, "keep_tokens": len(tokens),
+                                    "preserved_share": round(share, 3),
+                                    "missing": [t for t in tokens if t not in translated][:20]}}
+    return row
+
+
+def translate_file(in_path: str | Path, out_path: str | Path, *, source: str = "de", target: str = "en",
+                   endpoints: list[str] | None = None, generator: str | None = None, model: str | None = None,
+                   concurrency: int = 2, limit: int | None = None, piece_chars: int = 1500,
+                   settings: Settings | None = None, progress: bool = True) -> dict[str, Any]:
+    """Translate the ``source``-language documents of ``in_path`` not yet in ``out_path``; returns the
+    manifest (also written as ``manifest.json`` next to the output)."""
+    from tqdm.auto import tqdm
+
+    settings = settings or load_settings()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _repair_tail(out)
+    corpus = load_corpus(in_path, settings)
+    docs = [d for d in corpus.documents if (d.language or source) == source]
+    docs = docs[:limit] if limit is not None else docs
+    done = {r.get("doc_id") for r in _read_jsonl(out)}
+    todo = [d for d in docs if d.doc_id not in done]
+    prompt = load_prompt(PROMPT_NAME, source)
+    if prompt.language != source:
+        raise ValueError(f"no prompt prompts/{PROMPT_NAME}.{source}.txt for source language {source!r}")
+    stats = TranslateStats()
+    server = None
+    clients: list[LLMClient] = []
+    gen: dict[str, Any] = {}
+    try:
+        if todo and endpoints:
+            clients = [LLMClient(u, model or settings.llm_model, settings.api_key(), timeout_s=settings.llm_timeout_s,
+                                 max_retries=settings.llm_max_retries) for u in endpoints]
+            gen = {"kind": "endpoints", "endpoints": [c.base_url for c in clients], "model": clients[0].model}
+        elif todo:
+            from rag.local_llm import EmbeddedLLMServer
+
+            server = EmbeddedLLMServer(generator or settings.llm_gguf, threads=settings.llm_threads,
+                                       ctx=settings.llm_ctx * concurrency, parallel=concurrency,
+                                       model_cache=settings.model_cache).start()
+            clients = [server.client(timeout_s=max(settings.llm_timeout_s, 600.0), max_retries=settings.llm_max_retries)]
+            gen = {"kind": "embedded llama.cpp", "model": server.alias, "label": server.label}
+
+        async def run() -> None:
+            queue: asyncio.Queue[Document] = asyncio.Queue()
+            for d in todo:
+                queue.put_nowait(d)
+            bar = tqdm(total=len(todo), unit="doc", desc="translate", disable=not progress)
+            turn = 0
+
+            async def worker() -> None:
+                nonlocal turn
+                while True:
+                    try:
+                        doc = queue.get_nowait()
+                    except asyncio.QueueEmpty:
+                        return
+                    client = clients[turn % len(clients)]
+                    turn += 1
+                    try:
+                        row = await _translate_doc(doc, client, prompt, target, piece_chars, stats)
+                    except LLMError as exc:
+                        stats.failed += 1
+                        log.warning("document %s left untranslated (%s); rerun to retry", doc.doc_id, type(exc).__name__)
+                    else:
+                        _append(out, [row])
+                        stats.docs += 1
+                    bar.update(1)
+
+            try:
+                await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(todo))))))
+            finally:
+                bar.close()
+                for c in clients:
+                    await c.aclose()
+
+        if todo:
+            asyncio.run(run())
+    finally:
+        for c in clients:
+            c.close()
+        if server is not None:
+            server.stop()
+    rows = _read_jsonl(out)
+    shares = [r["extra"]["translation"]["preserved_share"] for r in rows if "extra" in r]
+    elapsed = time.monotonic() - stats.started
+    manifest = {
+        "stage": "finetune.translate", "output": str(out), "inputs": _input_info([in_path], [corpus]),
+        "parameters": {"source": source, "target": target, "piece_chars": piece_chars, "concurrency": concurrency,
+                       "limit": limit, "temperature": 0.0},
+        "generator": gen, "prompt_version": prompt.version, "versions": _versions(),
+        "totals": {"documents_selected": len(docs), "documents_translated": len(rows),
+                   "mean_preserved_share": round(sum(shares) / len(shares), 3) if shares else None},
+        "this_run": {"documents": stats.docs, "failed": stats.failed, "pieces": stats.pieces,
+                     "completion_tokens": stats.completion_tokens, "wall_s": round(elapsed, 1),
+                     "skipped_as_done": len(docs) - len(todo)},
+    }
+    _write_json_atomic(out.with_name("manifest.json"), manifest)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m finetune.translate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--in", dest="inp", required=True, help="documents.jsonl or a named corpus (e.g. grascco_phi)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--source", default="de")
+    ap.add_argument("--target", default="en", choices=sorted(TARGET_NAMES))
+    ap.add_argument("--endpoint", action="append", default=None, help="OpenAI-compatible /v1 URL (repeatable)")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--generator", default=None, help="embedded server: smollm2, qwen2.5-coder-0.5b or a GGUF path")
+    ap.add_argument("--concurrency", type=int, default=2)
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--piece-chars", type=int, default=1500)
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        m = translate_file(args.inp, args.out, source=args.source, target=args.target, endpoints=args.endpoint,
+                           generator=args.generator, model=args.model, concurrency=args.concurrency,
+                           limit=args.limit, piece_chars=args.piece_chars, progress=not args.no_progress)
+    except (LLMError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"totals": m["totals"], "this_run": m["this_run"]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
