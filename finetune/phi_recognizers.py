@@ -572,6 +572,8 @@ def hospitals(view: TextView) -> Iterator[PhiSpan]:
         if view.language == "de" and DE_HOSPITAL.search(tok.core) and tok.is_word:
             yield from _german_hospital(view, i)
             continue
+        if "-" in low and low.split("-")[0] in HOSPITAL_TAIL_IN | HOSPITAL_TAIL_OUT:
+            low = low.split("-")[0]  # "BALTIMORE VA-INTUBATED"
         if low not in HOSPITAL_TAIL_IN and low not in HOSPITAL_TAIL_OUT:
             continue
         if low in {"home", "house", "general", "medical", "health", "nursing"} and not (
@@ -586,13 +588,14 @@ def hospitals(view: TextView) -> Iterator[PhiSpan]:
                                               and not toks[k].is_title_case):
                 break  # "HAD PROLONGED HOSPITAL STAY" (but "sacred heart hospital" is a name)
             if view.ordinary(toks[k]) and low not in HOSPITAL_STRONG and not (
-                    low in HOSPITAL_CAPITAL and view.case == "mixed" and toks[k].is_title_case):
+                    low in HOSPITAL_CAPITAL and (view.case == "mixed" and toks[k].is_title_case
+                                                 or view.case == "upper" and not view.common(toks[k]))):
                 break
             first = k
             k -= 1
         if first is None:
             continue
-        last = i if low in HOSPITAL_TAIL_IN else i - 1
+        last = i if low in HOSPITAL_TAIL_IN and "-" not in tok.low else i - 1
         yield view.span(toks[first], toks[last], PhiType.HOSPITAL, "hospital", strong=True)
 
 
@@ -708,6 +711,11 @@ STREET_EN = re.compile(
     rf"\b\d{{1,5}}\s+(?:[{L_UP}][{L_LOW}]+\s+){{1,2}}(?:St|Street|Ave|Avenue|Rd|Road|Blvd|Boulevard|Lane|Ln|Drive|Dr|Way|Court|Ct|Place|Pl|Terrace|Circle)\b\.?")
 ZIP_CITY = re.compile(
     rf"(?P<zip>\b(?:D-|A-|CH-)?\d{{5}}\b|\b(?:A|CH)-\d{{4}}\b|(?<![\d.,/])\b\d{{4}}\b)(?:[ \t]+|-)(?P<city>[{L_UP}][{LETTER}]+(?:[ \t-](?:[{L_UP}][{LETTER}]+|an der|am|im|ob der|bei)(?:\s[{L_UP}][{LETTER}]+)?)?(?:\s\([A-Z]{{2}}\))?)")
+#: "from ANNAPOLIS, MD", "in hampton,ma": a place preposition, a city, a state code that is not also a
+#: clinical abbreviation (ID, PA, CT, MI, MS, SC and OR are left out on purpose).
+CITY_STATE = re.compile(
+    rf"(?i:\b(?:from|in|to|at|near|of)\s+)(?P<city>[{LETTER}]{{4,}}(?:\s[{LETTER}]+)?),\s?(?i:ak|az|ca|fl|ga|il|ia|ks|"
+    r"ky|md|ma|mn|mo|mt|nv|nh|nj|nm|ny|nc|nd|oh|ri|sd|tn|tx|ut|vt|va|wa|wv|wi|wy)\b(?![\w/])")
 US_STATE_ZIP = re.compile(
     r"\b(?:AL|AK|AZ|AR|CA|CO|CT|DE|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|NE|NV|NH|NJ|NM|NY|NC|ND|OH|"
     r"OK|OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY|DC)\s+\d{5}(?:-\d{4})?\b")
@@ -738,6 +746,10 @@ def addresses(view: TextView) -> Iterator[PhiSpan]:
             continue
         yield PhiSpan(m.start("zip"), m.end("zip"), PhiType.ADDRESS, 0.8, "zip", True)
         yield PhiSpan(m.start("city"), m.end("city"), PhiType.LOCATION, 0.8, "zip_city", True)
+    if view.language == "en":
+        for m in CITY_STATE.finditer(text):  # "ANNAPOLIS, MD", "Hampton, MA"
+            if not view.common_word(m.group("city").split()[0]):
+                yield PhiSpan(m.start("city"), m.end("city"), PhiType.LOCATION, 0.7, "city_state", True)
     for m in US_STATE_ZIP.finditer(text):
         yield PhiSpan(m.start(), m.end(), PhiType.ADDRESS, 0.7, "us_zip", True)
 
@@ -763,7 +775,7 @@ MONTH_WORD_DE = re.compile(r"\b(?:Januar|Jänner|Februar|März|April|Mai|Juni|Ju
                            r"Dezember)\b")
 MONTH_WORD_EN = re.compile(r"\b(?:January|February|April|June|July|August|September|October|November|December|"
                            r"JANUARY|FEBRUARY|MARCH|APRIL|JUNE|JULY|AUGUST|SEPTEMBER|OCTOBER|NOVEMBER|DECEMBER)\b")
-RANGE_START = re.compile(r"(?P<d>\b\d{1,2}\.?)\s*(?:-|–|/|bis(?:\s+zum)?|und|to|through)\s*$")
+RANGE_START = re.compile(r"(?P<d>\b\d{1,2}\.?)\s*(?:->|-|–|/|bis(?:\s+zum)?|und|to|through)\s*$")
 
 
 def dates(view: TextView) -> Iterator[PhiSpan]:
