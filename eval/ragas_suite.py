@@ -79,6 +79,7 @@ class SuiteConfig:
     beir_name: str | None = None
     qa_path: str | None = None
     qa_corpus: str = "synthea"
+    find_qa_split: bool = True  # add the finetune.pipeline test split(s) where present
     models: str | None = None
     modes: tuple[str, ...] = MODES
     k: int = 5
@@ -134,11 +135,12 @@ def synthea_reference_answers(beir: "BeirSet", settings: "Settings") -> int:
     return added
 
 
-def qa_test_split_candidates(settings: "Settings") -> list[Path]:
-    """Where the synthetic QA test split is looked for when no ``--qa`` is given."""
-    home = Path(settings.home)
-    return [home / "finetune" / "split" / "test" / "qa.jsonl", home / "split" / "test" / "qa.jsonl",
-            home / "qa" / "split" / "test" / "qa.jsonl"]
+def find_qa_test_splits(settings: "Settings") -> list[Path]:
+    """The synthetic QA test splits ``python -m finetune.pipeline`` wrote, as BEIR folders:
+    ``<home>/pipeline/<preset>/split/test_beir/`` (held-out patients' records, questions, qrels)."""
+    root = Path(settings.home) / "pipeline"
+    return sorted(d.parent for d in root.glob("*/split/test_beir/queries.jsonl")
+                  if (d.parent / "corpus.jsonl").is_file() and (d.parent / "qrels.tsv").is_file())
 
 
 def load_sets(cfg: SuiteConfig, settings: "Settings") -> tuple[list["BeirSet"], dict[str, Any], list[str]]:
@@ -158,15 +160,20 @@ def load_sets(cfg: SuiteConfig, settings: "Settings") -> tuple[list["BeirSet"], 
             notes.append(f"synthea-conditions: reference answers for {n} of {len(beir.queries)} questions derived "
                          "from conditions.jsonl (condition + earliest onset date)")
         sets.append(beir)
-    qa_path = Path(cfg.qa_path) if cfg.qa_path else next(
-        (p for p in qa_test_split_candidates(settings) if p.is_file()), None)
-    if qa_path is not None:
+    if cfg.qa_path:
         corpus = load_corpus(cfg.qa_corpus, settings)
-        sets.append(qa_to_beir(qa_path, corpus, name=f"qa-test ({qa_path.parent.name})"))
-        notes.append(f"synthetic QA test split: {qa_path} over corpus {cfg.qa_corpus!r}")
-    elif not cfg.beir_paths:
-        looked = ", ".join(str(p) for p in qa_test_split_candidates(settings))
-        notes.append(f"synthetic QA test split: not found (looked for {looked}; pass --qa PATH) - skipped")
+        sets.append(qa_to_beir(cfg.qa_path, corpus, name=f"qa ({Path(cfg.qa_path).name})"))
+        notes.append(f"QA pairs {cfg.qa_path} over corpus {cfg.qa_corpus!r}")
+    elif cfg.find_qa_split:
+        found = find_qa_test_splits(settings)
+        for folder in found:
+            preset = folder.parent.parent.name
+            sets.append(load_beir(folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels.tsv",
+                                  name=f"qa-test ({preset})"))
+            notes.append(f"synthetic QA test split of finetune.pipeline preset {preset!r}: {folder}")
+        if not found:
+            notes.append(f"synthetic QA test split: none found ({Path(settings.home) / 'pipeline'}/*/split/test_beir; "
+                         "run python -m finetune.pipeline, or pass --qa / --corpus --queries --qrels) - skipped")
     inputs = {f"{beir.name}:{role}": path for beir in sets for role, path in (beir.files or {}).items()
               if path and Path(str(path)).exists()}
     if not sets:
@@ -625,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--set", dest="sets", action="append", default=None,
                    help=f"named evaluation set (repeatable; default {', '.join(DEFAULT_SETS)} plus the QA test "
-                        "split if found)")
+                        "split of finetune.pipeline where one exists)")
     p.add_argument("--corpus", help="BEIR-like corpus.jsonl (with --queries and --qrels)")
     p.add_argument("--queries", help="queries.jsonl {query_id, text, patient_id?, answer?}")
     p.add_argument("--qrels", help="qrels.tsv (query_id, doc_id, grade)")
@@ -665,6 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import bm25s  # noqa: F401  (sets its logger to DEBUG on import; keep the terminal table readable)
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
     from rag.config import load_settings
 
     beir_paths = None
@@ -677,6 +687,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sets = args.sets if args.sets is not None else ([] if beir_paths or args.qa else list(DEFAULT_SETS))
     cfg = SuiteConfig(
         sets=sets, beir_paths=beir_paths, beir_name=args.name, qa_path=args.qa, qa_corpus=args.qa_corpus,
+        find_qa_split=args.sets is None and not beir_paths and not args.qa,
         models=args.models, modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
         k=args.k or settings.top_k, limit=args.limit, seed=args.seed, answer_limit=max(0, args.answer_limit),
         judge=not args.no_judge, judge_limit=max(0, args.judge_limit), judge_endpoint=args.judge_endpoint,
