@@ -311,3 +311,21 @@ def _run(folder: Path, home: Path, *, models: str, limit: int, answer_limit: int
 
 def _records(doc: dict) -> list[dict]:
     return [json.loads(line) for line in (Path(doc["out_dir"]) / "per_question.jsonl").open(encoding="utf-8")]
+
+
+def test_judge_endpoint_and_generator_options(monkeypatch, settings):
+    """--judge-endpoint/--judge-model (a vLLM server) with the key from the environment; --generator."""
+    from eval.ragas_suite import generator_settings, judge_client
+
+    monkeypatch.setenv("CRAG_JUDGE_API_KEY", "judge-secret")
+    with OpenAIDouble(text="ok") as double:
+        cfg = SuiteConfig(judge_endpoint=double.base_url, judge_model="qwen-judge")
+        client, label = judge_client(cfg, settings, generator=None)
+        assert client.chat([{"role": "user", "content": "hi"}]) == "ok"
+        sent = double.requests[-1]
+        assert sent["body"]["model"] == "qwen-judge" and sent["auth"] == "Bearer judge-secret"
+        assert "qwen-judge at" in label and "judge-secret" not in label + repr(client)
+    remote = generator_settings(settings, "http://gpu:8000/v1", "clinical-llm")
+    assert (remote.llm_base_url, remote.llm_model) == ("http://gpu:8000/v1", "clinical-llm")
+    local = generator_settings(settings, "/models/x.gguf", None)
+    assert local.llm_base_url == "" and str(local.llm_gguf) == "/models/x.gguf"
