@@ -358,8 +358,8 @@ def render_tables(results: dict[str, Any], labels: dict[str, str], choices: Sequ
                    f"{labels.get(REFERENCE_MODEL, REFERENCE_MODEL)}."]))
         parts.append(write_markdown_table(
             ans_rows, ans_cols, None,
-            title=f"{set_name}: answers ({c['answered']} questions per retriever and mode) and judge "
-                  f"({c['judged']} per retriever and mode)",
+            title=f"{set_name}: answers (up to {c['answered']} questions per retriever and mode) and judge "
+                  f"(up to {c['judged']})",
             notes=["cited = share of answers in which the generator cited a passage number itself; "
                    "gen s = generation time (s, median)."]))
     return "\n".join(parts)
