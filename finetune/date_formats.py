@@ -38,7 +38,7 @@ _Y = r"(?P<y>(?:18|19|20)\d{2}|\d{2})"
 _Y4 = r"(?P<y>(?:18|19|20)\d{2})"
 _ORD = r"(?P<ord>st|nd|rd|th|ST|ND|RD|TH)"
 _L = r"(?<![\d/.,])(?<![xX#])"  # left boundary: not inside a number or another date ("LA-10/3", "6/29-11/29" are fine)
-_R = r"(?![\w/]|[.,]\d)"  # right boundary
+_R = r"(?![\w/]|[.,]\d|\s?(?:mg|µg|ug|ml|mmol|g\b|IE\b|%))"  # right boundary; "Inegy 10/20 mg" is a dose
 
 
 @dataclass(frozen=True)

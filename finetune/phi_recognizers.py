@@ -183,6 +183,8 @@ TITLE_CHAIN = TITLES | {"med", "univ", "univers", "rer", "nat", "dent", "mult", 
 WEAK_TITLES = {"ms", "np", "pa", "md", "ho", "oa", "oä", "pd", "rn", "ass", "gez", "chefarzt", "oberarzt",
                "oberärztin", "assistenzarzt", "assistenzärztin", "stationsarzt", "stationsärztin",
                "primar", "primaria", "primarin", "nurse", "attending", "pcp", "doctor", "docter"}
+ENGLISH_TITLES = {"mr", "mrs", "ms", "miss", "mister", "np", "pa", "md", "ho", "rn", "nurse", "attending",
+                  "pcp", "doctor", "docter"}
 #: Titles that are also clinical abbreviations; they count only as "Hr.", "Fr.", "Sr.", "Mag.".
 DOTTED_TITLES = {"hr", "fr", "sr", "mag"}
 def _stop_words() -> frozenset[str]:
@@ -224,7 +226,10 @@ def _name_sequence(view: TextView, i: int, *, max_words: int = 3, any_case: bool
         if tok.is_initial and not view.common(tok) or (tok.is_initial and len(tok.core) == 1):
             last, j = j, j + 1
             continue
+        if tok.low in WEAK_TITLES and last is not None:
+            break  # "PD Dr. Hauser Chefarzt"
         if tok.low in PARTICLES and j + 1 < len(toks) and view.name_like(toks[j + 1], any_case=any_case) \
+                and not ORDINARY_SUFFIX.search(toks[j + 1].low) \
                 and (last is not None or tok.low in {"van", "von", "de", "mc", "zur", "dos", "st"}):
             j += 1
             continue
@@ -285,6 +290,8 @@ def title_names(view: TextView) -> Iterator[PhiSpan]:
             continue
         if low in DOTTED_TITLES and not (tok.text.endswith(".") and tok.is_title_case):
             continue  # "HR 80", "20 FR", "SR": heart rate, French size, sinus rhythm
+        if low in ENGLISH_TITLES and (view.language == "de" or (view.case == "mixed" and tok.core.isupper())):
+            continue  # "MR Becken" (MRT), "MS II°" (mitral stenosis)
         if low == "ms" and view.case != "mixed" and not tok.text.endswith("."):
             weak = True
         j = i + 1
@@ -324,6 +331,8 @@ def relation_names(view: TextView) -> Iterator[PhiSpan]:
         # in mixed case a relative's name is capitalised; lower-case words are ordinary words there
         if view.case == "mixed" and not toks[j].capitalised and not view.gaz.is_name_word(toks[j].core):
             continue
+        if view.language == "de" and not view.gaz.is_name_word(toks[j].core) and tok.low not in {"liebe", "lieber"}:
+            continue  # German nouns are capitalised too: "Tante Glaukom" (but "liebe Vroni")
         if toks[j].low in RELATIONS or (view.ordinary(toks[j]) and not view.gaz.is_name_word(toks[j].core)) \
                 or toks[j].low in STOP_WORDS or ("-" in toks[j].core and view.case != "mixed"):
             continue
@@ -401,6 +410,8 @@ def initial_names(view: TextView) -> Iterator[PhiSpan]:
         a, b = toks[i], toks[i + 1]
         if not (a.is_initial and len(a.core) == 1 and b.line == a.line) or view.text[a.start - 1: a.start] == "/":
             continue  # "N/V. Droperidol"
+        if i > 0 and re.fullmatch(r"[a-zA-Z]\.", toks[i - 1].text) and toks[i - 1].line == a.line:
+            continue  # German "z. B. Panthenol", "o. B.", "z. T. Fieber"
         if view.case == "mixed":
             ok = a.core.isupper() and b.capitalised and view.name_like(b)
         else:
@@ -423,15 +434,15 @@ def gazetteer_names(view: TextView) -> Iterator[PhiSpan]:
         if tok.low in gaz.allow_terms:
             continue
         if view.case == "mixed":
-            if not tok.capitalised:
-                continue
+            if not tok.capitalised or (tok.core.isupper() and len(tok.core) <= 4):
+                continue  # "PIA", "EMA", "RITA": abbreviations, not Pia or Rita
             end = _name_sequence(view, i, max_words=3)
             if end is None:
                 continue
             # "Surname, Firstname" written the other way round
             start = i
             if i >= 2 and toks[i - 1].text == "," and view.name_like(toks[i - 2]) and toks[i - 2].line == tok.line \
-                    and (toks[i - 2].is_upper or gaz.is_name_word(toks[i - 2].core)):
+                    and (toks[i - 2].is_upper and len(toks[i - 2].core) > 4 or gaz.is_name_word(toks[i - 2].core)):
                 start = i - 2
             yield view.span(toks[start], toks[end], PhiType.NAME, "gazetteer", strong=end > i or start < i)
         else:
@@ -605,9 +616,13 @@ def _german_hospital(view: TextView, i: int) -> Iterator[PhiSpan]:
     j, last = i + 1, None
     while j < len(toks) and toks[j].line == tok.line and j - i <= 5:
         t = toks[j]
-        if t.low in DE_NAME_LINK and j + 1 < len(toks) and toks[j + 1].capitalised:
+        if t.low in DE_NAME_LINK and j + 1 < len(toks) and toks[j + 1].capitalised \
+                and toks[j + 1].low not in TITLE_CHAIN:
             j += 1
             continue
+        if t.low in STOP_WORDS or t.low in TITLE_CHAIN or (last is not None and toks[last].text.endswith(".")
+                                                           and not toks[last].is_initial):
+            break
         if t.is_word and t.capitalised and not DE_HOSPITAL.search(t.core) \
                 and not re.search(r"(ung|heit|keit|ion|tät|schaft|logie|ik|ie)$", t.low):
             if not view.common(t) or t.low in view.gaz.cities:
@@ -657,7 +672,7 @@ def saints_and_wards(view: TextView) -> Iterator[PhiSpan]:
 
 
 LIVES = {"lives", "live", "living", "resides", "reside", "lived", "wohnhaft", "wohnt", "lebt", "gelebt",
-         "vacationing", "wohnort", "aus"}
+         "vacationing", "wohnort"}
 
 
 def places(view: TextView) -> Iterator[PhiSpan]:
@@ -681,7 +696,7 @@ def places(view: TextView) -> Iterator[PhiSpan]:
             for j in range(i + 1, min(i + 9, len(toks))):
                 if toks[j].text in {".", ";"} or toks[j].line != tok.line:
                     break
-                if toks[j].low in {"in", "at", "nach", "bei"} or (low in {"wohnhaft", "aus", "wohnort"} and j == i + 1):
+                if toks[j].low in {"in", "at", "nach", "bei"} or (low in {"wohnhaft", "wohnort"} and j == i + 1):
                     k = j + 1 if toks[j].low in {"in", "at", "nach", "bei"} else j
                     while k < len(toks) and re.fullmatch(r"[A-Z]{0,2}-?\d{4,5}-?", toks[k].text):
                         k += 1  # 'wohnhaft in A-9580-Villach'
@@ -691,24 +706,30 @@ def places(view: TextView) -> Iterator[PhiSpan]:
                         break
     # "Flensburg, 27. März 2025", "Berlin, den 22.06.2032" at the start of a line
     for m in LETTER_PLACE_DATE.finditer(view.text) if view.language == "de" else ():
-        if view.common_word(m.group("city").split()[0]):
+        city = m.group("city")
+        if view.common_word(city.split()[0]) or (not m.group("comma") and city.lower() not in gaz.cities) \
+                or GERMAN_NOUN_SUFFIX.search(city.lower()):
             continue
         yield PhiSpan(m.start("city"), m.end("city"), PhiType.LOCATION, 0.8, "letter_date", True)
 
 
 LETTER_PLACE_DATE = re.compile(
-    rf"(?m)^[ \t]*(?P<city>[{L_UP}][{LETTER}\-]+(?:[ \-][{L_UP}][{LETTER}]+)?)(?:\s*\([A-Z]{{2}}\))?,?\s+(?:den|am)?\s*\d{{1,2}}\.")
+    rf"(?m)^[ \t]*(?P<city>[{L_UP}][{LETTER}\-]+(?:[ \-][{L_UP}][{LETTER}]+)?)(?:\s*\([A-Z]{{2}}\))?(?P<comma>,?)\s+"
+    rf"(?:den|am)?\s*\d{{1,2}}\.\s?(?:\d{{1,2}}\.\s?\d{{2,4}}|[{L_UP}][{L_LOW}]+\.?\s\d{{4}})")
 
+#: Endings of German common nouns that place names do not have ("Anlage", "Untersuchung", "Thrombose").
+GERMAN_NOUN_SUFFIX = re.compile(r"(?:ung|ungen|ion|ie|ik|ose|ium|tät|ektomie|tomie|graphie|anlage|ismus|heit|keit)$")
 STREET_DE = re.compile(
     rf"(?<![{LETTER}\-])(?P<street>(?:[{L_UP}][{LETTER}]*-)*[{L_UP}][{LETTER}]*"
-    rf"(?:straße|strasse|strße|str\.|weg|allee|platz|gasse|ring|damm|pfad|ufer|kamp|markt|chaussee|steig|graben|berg|hof|zeile|promenade)"
+    rf"(?:straße|strasse|strße|str\.|weg|allee|platz|gasse|ring|damm|pfad|ufer|kamp|markt|chaussee|steig|graben|zeile|promenade)"
     rf"|(?:[{L_UP}][{L_LOW}]+(?:er|e|sche|sches)\s)(?:Str\.|Straße|Strasse|Allee|Weg|Platz|Landstraße|Gasse|Ring)"
-    rf"|(?:Am|An der|Im|In der|Auf der|Zum|Zur|Unter den)\s[{L_UP}][{L_LOW}]+"
     rf"|(?:[{L_UP}][{LETTER}]*-)+(?:Straße|Strasse|Str\.|Weg|Platz|Gasse|Allee|Ring|Damm|Ufer))"
     r"\.?\s*(?P<no>\d{1,4}\s?[a-zA-Z]?\b)(?:\s?-\s?\d{1,4})?")
+STREET_DE_PREP = re.compile(  # "Am Waldsaum 21" at a line start or after a comma
+    rf"(?m)(?:^|(?<=, ))[ \t]*(?:Am|An der|Im|In der|Auf der|Zum|Zur|Unter den)\s[{L_UP}][{L_LOW}]+\s\d{{1,3}}\s?[a-z]?\b(?!\s*[A-Z]{{2}})")
 STREET_DE_BARE = re.compile(rf"(?<![{LETTER}\-])(?:[{L_UP}][{LETTER}]*-)*[{L_UP}][{L_LOW}]*(?:straße|strasse|gasse|allee)(?=\s*,)")
 STREET_EN = re.compile(
-    rf"\b\d{{1,5}}\s+(?:[{L_UP}][{L_LOW}]+\s+){{1,2}}(?:St|Street|Ave|Avenue|Rd|Road|Blvd|Boulevard|Lane|Ln|Drive|Dr|Way|Court|Ct|Place|Pl|Terrace|Circle)\b\.?")
+    rf"\b\d{{1,5}}[ \t]+(?:[{L_UP}][{L_LOW}]+[ \t]+){{1,2}}(?:St|Street|Ave|Avenue|Rd|Road|Blvd|Boulevard|Lane|Ln|Drive|Dr|Way|Court|Ct|Place|Pl|Terrace|Circle)\b\.?")
 ZIP_CITY = re.compile(
     rf"(?P<zip>\b(?:D-|A-|CH-)?\d{{5}}\b|\b(?:A|CH)-\d{{4}}\b|(?<![\d.,/])\b\d{{4}}\b)(?:[ \t]+|-)(?P<city>[{L_UP}][{LETTER}]+(?:[ \t-](?:[{L_UP}][{LETTER}]+|an der|am|im|ob der|bei)(?:\s[{L_UP}][{LETTER}]+)?)?(?:\s\([A-Z]{{2}}\))?)")
 #: "from ANNAPOLIS, MD", "in hampton,ma": a place preposition, a city, a state code that is not also a
@@ -727,9 +748,11 @@ def addresses(view: TextView) -> Iterator[PhiSpan]:
     if view.language == "de":
         for m in STREET_DE.finditer(text):
             yield PhiSpan(m.start(), m.end(), PhiType.ADDRESS, 0.85, "street", True)
+        for m in STREET_DE_PREP.finditer(text):
+            yield PhiSpan(m.start(), m.end(), PhiType.ADDRESS, 0.7, "street", True)
         for m in STREET_DE_BARE.finditer(text):
             yield PhiSpan(m.start(), m.end(), PhiType.ADDRESS, 0.7, "street", True)
-    for m in STREET_EN.finditer(text):
+    for m in STREET_EN.finditer(text) if view.language == "en" else ():
         yield PhiSpan(m.start(), m.end(), PhiType.ADDRESS, 0.85, "street", True)
     for m in ZIP_CITY.finditer(text) if view.language == "de" else ():
         before = text[max(0, m.start() - 12): m.start()]
@@ -740,8 +763,10 @@ def addresses(view: TextView) -> Iterator[PhiSpan]:
         city_known = city.split()[0].lower() in view.gaz.cities
         if view.common_word(city.split()[0]) and not city_known and len(city.split()) == 1:
             continue
-        if plain4 and not (city_known or context and re.search(r"(,|\n|:)\s*$", before)):
+        if plain4 and not (city_known or re.search(r":\s*$", before)):
             continue
+        if GERMAN_NOUN_SUFFIX.search(city.split()[0].lower()):
+            continue  # "2044 TIPS-Anlage", "1990 Tonsillektomie": a year before a noun
         if not (context or city_known):
             continue
         yield PhiSpan(m.start("zip"), m.end("zip"), PhiType.ADDRESS, 0.8, "zip", True)
@@ -836,12 +861,12 @@ ID_TRIGGER = re.compile(
     r"sv-?nr\.?|sv(?=\s*:)|sozialversicherungs-?nr\.?|sozialversicherungsnummer|histologie|histo-?nr\.?))"
     r"\s*[:#.]?\s*(?:Nr\.?\s*[:.]?\s*)?(?P<id>[A-Z]{0,4}[-/ ]?\d[\dA-Za-z]*(?:[-/.][\dA-Za-z]+)*)")
 ROOM_TRIGGER = re.compile(
-    r"(?:\b|(?<=-))(?:Station|Stat\.|Ambulanz|Zimmer|Zi\.?|Raum|Bett|OP|Intensiv|Room|Rm\.?|Bed|Ward|Intensivstation|"
+    r"(?:\b|(?<=-))(?:Station|Stat\.|Ambulanz|Zimmer|Zi\.?|Raum|Bett|OP|Intensiv|Room|Rm\.?|Bed(?!\.)|Ward|Intensivstation|"
     r"Onkologie|Chirurgie|Kardiologie|Neurologie|Psychiatrie|Pädiatrie|Urologie|Gynäkologie|Dermatologie)"
     r"\s*[:.]?\s*(?P<id>[A-Z]{1,4}-?\d{1,4}[a-z]?\b|\d{1,4}[A-Z]?\b|[IVX]{1,4}\b)(?!\s*(?:mg|ml|%|h\b|Uhr|Tage|x))")
 
 
-WARD_CODE_DE = re.compile(r"\b(?:auf|von|zur|nach)\s+(?:der\s+)?(?P<id>[A-Z]{1,5}-?\d{1,3}[a-z]?)\b(?![.,]\d)")
+WARD_CODE_DE = re.compile(r"\b(?:auf|zur|nach)\s+(?:der\s+)?(?P<id>[A-Z]{1,5}-?\d{1,3}[a-z]?)\b(?![.,]\d)")
 
 
 def identifiers(view: TextView) -> Iterator[PhiSpan]:
