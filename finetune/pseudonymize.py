@@ -392,6 +392,8 @@ def pseudonymize_file(in_path: str | Path, out_path: str | Path, key: bytes, *, 
         "languages_this_run": dict(languages),
         "phi_counts_this_run": {t.value: counts.get(t.value, 0) for t in PhiType if counts.get(t.value)},
         "phi_counts_total": dict(total_counts),
+        "counts": dict(total_counts),  # short alias read by finetune.pipeline
+        "manifest_name": mpath.name,
         "placeholders_this_run": placeholders,
         "timing": {"seconds": round(elapsed, 2),
                    "documents_per_second": round(len(todo) / elapsed, 2) if elapsed > 0 and todo else None},
