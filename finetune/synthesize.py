@@ -13,12 +13,15 @@ How one document is turned into pairs, and why:
   Longer documents (mtsamples, long German letters) are cut at paragraph boundaries into windows
   that each fit; the questions are spread over the windows and each record carries its window
   (``chunk_id = "<doc_id>@start-end"``). Evidence is still checked against the whole document.
-* **Several calls per document**, at most ``--per-call`` (default 6) questions each, with a rotating
+* **Several calls per document**, at most ``--per-call`` (default 3) questions each, with a rotating
   focus (diagnoses/findings, medication/therapy, labs/timeline, procedures/plan/history) and style
   hint (keyword query, full clinical question, handover question). The texts of both live in
   ``prompts/qa_hints.<lang>.txt``; the prompt in ``prompts/qa_generate.<lang>.txt``; the note's
   language picks the prompt. Each call has a fixed seed derived from ``--seed``, the document and
-  the call number, so a rerun sends the same requests.
+  the call number, so a rerun sends the same requests. Calls on one document run one after the
+  other, and a quote used by an earlier call leaves the evidence enum of the next, so every call
+  grounds its questions somewhere new (sub-1B generators otherwise repeat one item within a call:
+  measured, Qwen2.5-Coder-0.5B at 5 per call kept 0 of 14, at 1 per call 2 of 14 on three notes).
 * **Structured output**: ``response_format`` with the JSON schema of :mod:`finetune.qa_schema`, whose
   ``evidence`` is an enum of the note's sentences, so the quote is verbatim by construction
   (llama.cpp and vLLM enforce the schema while decoding). A reply cut off at ``max_tokens`` is salvaged item
@@ -455,21 +458,29 @@ def _totals(files: OutputFiles) -> dict[str, Any]:
 
 
 async def _run_call(call: Call, endpoints: _Endpoints, *, prompts: dict[str, Any], hints: dict[str, Hints],
-                    temperature: float, stats: RunStats, evidence_enum: bool = True) -> tuple[list[Candidate], int]:
-    """One generation call -> candidates (+ number of items lost to a cut-off reply)."""
+                    temperature: float, stats: RunStats, evidence_enum: bool = True,
+                    used_evidence: set[str] | None = None,
+                    request_extra: dict[str, Any] | None = None) -> tuple[list[Candidate], int]:
+    """One generation call -> candidates (+ number of items lost to a cut-off reply).
+
+    ``used_evidence``: quotes earlier calls on this document already asked about; they leave the
+    enum, so each call has to ground its questions somewhere new (small models otherwise return the
+    same item again and again)."""
     text = call.doc.text if call.window is None else call.doc.text[call.window[0]:call.window[1]]
     hint = hints[call.language]
     messages = prompts[call.language].messages(
         document=text.strip(), n=str(call.n), focus=hint.focus[call.focus], style=hint.style[call.style],
         lang_name=LANGUAGE_NAMES[call.language][call.language])
     options = evidence_options(text) if evidence_enum else None
+    if options and used_evidence:
+        options = [o for o in options if o not in used_evidence] or options
     rf = {"type": "json_schema", "json_schema": {"name": SCHEMA_NAME, "schema": generation_schema(call.n, options)}}
     i = endpoints.pick()
     endpoints.inflight[i] += 1
     try:
         result = await endpoints.clients[i].acomplete(
             messages, max_tokens=TOKENS_PER_ITEM * call.n + 60, temperature=temperature, seed=call.seed,
-            response_format=rf)
+            response_format=rf, extra_body=request_extra)
     finally:
         endpoints.inflight[i] -= 1
     stats.calls += 1
@@ -482,6 +493,23 @@ async def _run_call(call: Call, endpoints: _Endpoints, *, prompts: dict[str, Any
         stats.truncated_replies += 1
         lost = 1  # the item that was being written when the reply was cut off
     return candidates_from(items, call), lost
+
+
+def default_generator(generator: str | None, settings: Settings) -> str | Path:
+    """``generator``, else ``CRAG_LLM_GGUF``, else Qwen2.5-Coder-0.5B where the ``[qwen]`` extra is
+    installed (SmolLM2-135M produced almost no pairs that pass the filters), else the bundled SmolLM2."""
+    if generator:
+        return generator
+    if settings.llm_gguf:
+        return settings.llm_gguf
+    from rag.local_llm import QWEN_NAME, qwen_gguf_path
+
+    try:
+        qwen_gguf_path(settings.model_cache)
+    except (FileNotFoundError, ValueError) as exc:
+        log.warning("QA synthesis falls back to the bundled SmolLM2-135M, which passes few pairs: %s", exc)
+        return "smollm2"
+    return QWEN_NAME
 
 
 def synthesize_file(
@@ -497,7 +525,7 @@ def synthesize_file(
     settings: Settings | None = None,
     progress: bool = True,
     model: str | None = None,
-    per_call: int = 6,
+    per_call: int = 3,
     temperature: float = 0.7,
     window_chars: int | None = None,
     roundtrip: str = "bm25",
@@ -505,6 +533,7 @@ def synthesize_file(
     skip_filters: Sequence[str] = (),
     evidence_enum: bool = True,
     interleave_patients: bool = False,
+    request_extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Generate, filter and append QA pairs for every document of ``in_path`` not done yet.
 
@@ -518,6 +547,8 @@ def synthesize_file(
     ``interleave_patients``: take documents patient by patient in turn (one of each, then the next
     of each), so a partial output already covers many patients (a reader training while it grows
     can split by patient).
+    ``request_extra``: more fields for every request body (sampling options such as
+    ``{"presence_penalty": 0.5}``, or vLLM's ``chat_template_kwargs``).
     Returns the manifest (also written to ``manifest.json`` next to ``out_path``).
     """
     settings = settings or load_settings()
@@ -588,7 +619,7 @@ def synthesize_file(
         else:
             from rag.local_llm import EmbeddedLLMServer
 
-            server = EmbeddedLLMServer(generator or settings.llm_gguf, threads=settings.llm_threads,
+            server = EmbeddedLLMServer(default_generator(generator, settings), threads=settings.llm_threads,
                                        ctx=ctx * concurrency, parallel=concurrency, model_cache=settings.model_cache)
             server.start()
             clients.append(server.client(timeout_s=max(settings.llm_timeout_s, 600.0),
@@ -607,7 +638,7 @@ def synthesize_file(
         params = {"per_doc": per_doc, "per_call": per_call, "concurrency": concurrency, "seed": seed,
                   "limit": limit, "temperature": temperature, "window_chars": window_chars,
                   "max_tokens_per_call": max_out, "roundtrip": roundtrip, "evidence_enum": evidence_enum,
-                  "interleave_patients": interleave_patients,
+                  "interleave_patients": interleave_patients, "request_extra": request_extra,
                   "roundtrip_k": next((getattr(f, "k", None) for f in state.filters if f.name == "roundtrip"), None),
                   "filters": state.names, "llm_ctx": ctx, "llm_threads": settings.llm_threads}
 
@@ -646,7 +677,7 @@ def synthesize_file(
             asyncio.run(_run_all(todo, _Endpoints(clients), files=files, state=state, prompts=prompts,
                                  hints=hints, per_doc=per_doc, per_call=per_call, window_chars=window_chars,
                                  seed=seed, temperature=temperature, concurrency=concurrency, stats=stats,
-                                 evidence_enum=evidence_enum,
+                                 evidence_enum=evidence_enum, request_extra=request_extra,
                                  gen_name=gen_name, prompt_versions=prompt_versions, progress=progress,
                                  checkpoint=lambda: _write_json_atomic(files.manifest, manifest(False))))
         result = manifest(True)
@@ -666,7 +697,8 @@ def synthesize_file(
 async def _run_all(todo: Sequence[Document], endpoints: _Endpoints, *, files: OutputFiles, state: FilterState,
                    prompts: dict[str, Any], hints: dict[str, Hints], per_doc: int, per_call: int,
                    window_chars: int, seed: int, temperature: float, concurrency: int, stats: RunStats,
-                   evidence_enum: bool, gen_name: str, prompt_versions: dict[str, str], progress: bool, checkpoint: Any) -> None:
+                   evidence_enum: bool, request_extra: dict[str, Any] | None, gen_name: str,
+                   prompt_versions: dict[str, str], progress: bool, checkpoint: Any) -> None:
     from tqdm.auto import tqdm
 
     queue: asyncio.Queue[Document] = asyncio.Queue()
@@ -688,11 +720,14 @@ async def _run_all(todo: Sequence[Document], endpoints: _Endpoints, *, files: Ou
             cands: list[Candidate] = []
             lost = 0
             error: str | None = None
+            used: set[str] = set()
             try:
                 for call in calls:  # sequential within a document; documents run in parallel
                     got, cut = await _run_call(call, endpoints, prompts=prompts, hints=hints,
                                                temperature=temperature, stats=stats,
-                                               evidence_enum=evidence_enum)
+                                               evidence_enum=evidence_enum, used_evidence=used,
+                                               request_extra=request_extra)
+                    used |= {c.evidence for c in got}
                     cands += got
                     lost += cut
             except LLMRequestError as exc:  # a 4xx the server will always refuse: record, do not retry
@@ -780,12 +815,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="documents.jsonl or a named corpus; repeat for several (doc_ids must be unique)")
     ap.add_argument("--out", required=True, help="qa.jsonl to append to (manifest.json is written next to it)")
     ap.add_argument("--per-doc", type=int, default=8, help="questions asked per document (default 8)")
-    ap.add_argument("--per-call", type=int, default=6, help="at most this many questions per call (default 6)")
+    ap.add_argument("--per-call", type=int, default=3,
+                    help="at most this many questions per call (default 3; 1 for sub-1B generators)")
     ap.add_argument("--endpoint", action="append", default=None,
                     help="OpenAI-compatible base URL ending in /v1 (repeatable); none = embedded llama.cpp")
     ap.add_argument("--model", default=None, help="model name at the endpoint(s) (default CRAG_LLM_MODEL)")
     ap.add_argument("--generator", default=None,
-                    help="embedded server: smollm2, qwen2.5-coder-0.5b or a GGUF path (default CRAG_LLM_GGUF)")
+                    help="embedded server: smollm2, qwen2.5-coder-0.5b or a GGUF path (default CRAG_LLM_GGUF, "
+                         "else qwen2.5-coder-0.5b where installed)")
     ap.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--temperature", type=float, default=0.7)
@@ -798,6 +835,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="evidence as a free string instead of an enum of the note's sentences")
     ap.add_argument("--interleave-patients", action="store_true",
                     help="one document per patient in turn, so a partial output covers many patients")
+    ap.add_argument("--request-extra", type=json.loads, default=None,
+                    help='JSON object merged into every request, e.g. \'{"presence_penalty": 0.5}\'')
     ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default CRAG_LLM_THREADS=1)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
@@ -813,7 +852,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress, model=args.model, per_call=args.per_call,
             temperature=args.temperature, window_chars=args.window_chars, roundtrip=args.roundtrip,
             roundtrip_k=args.roundtrip_k, skip_filters=args.skip_filter, evidence_enum=not args.free_evidence,
-            interleave_patients=args.interleave_patients)
+            interleave_patients=args.interleave_patients, request_extra=args.request_extra)
     except (SynthesisError, LLMError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
