@@ -215,3 +215,29 @@ def read_pairs(path: str | Path) -> list[Pair]:
     if problems:
         raise CorpusError(problems, str(path))
     return out
+
+
+def cloze_test_documents(documents: Sequence[Any], token_offsets: TokenOffsets, *, min_words: int = 6,
+                         max_words: int = 40, seed: int = 0) -> tuple[list[Any], list[dict[str, Any]]]:
+    """A held-out retrieval task that needs no generator: one sentence per document becomes the query
+    and is *cut out* of that document, so neither BM25 nor a dense model can match it verbatim.
+
+    Returns the edited documents (same ids and patients; documents without a usable sentence are
+    kept unchanged as distractors) and query rows ``{query_id, text, patient_id, doc_id}``. Use it
+    only on held-out patients: it measures the inverse-cloze skill the self-supervised pairs teach,
+    which is a proxy for, not a replacement of, QA retrieval.
+    """
+    import dataclasses
+
+    rng = random.Random(seed)
+    docs_out, queries = [], []
+    for doc in documents:
+        spans = [s for s in sentences(doc.text) if min_words <= _words(doc.text[s[0]:s[1]]) <= max_words]
+        if len(spans) < 2:
+            docs_out.append(doc)
+            continue
+        a, b = spans[rng.randrange(len(spans))]
+        queries.append({"query_id": f"cloze-{doc.doc_id}", "text": doc.text[a:b], "patient_id": doc.patient_id,
+                        "doc_id": doc.doc_id})
+        docs_out.append(dataclasses.replace(doc, text=(doc.text[:a] + doc.text[b:]).strip()))
+    return docs_out, queries

@@ -73,12 +73,13 @@ CPU_DEMO = Preset(
     qa_file=str(COMMITTED_QA),
     ict_per_chunk=1,
     mine=10,
-    keep_negatives=1,
+    keep_negatives=0,
     train=TrainConfig(
-        base="me5-small", name="domain", epochs=1.0, learning_rate=5e-5, warmup_ratio=0.1,
-        batch_size=32, mini_batch_size=16, max_seq_length=192, freeze_embeddings=True,
-        matryoshka_dims=None, num_negatives=1, scale=20.0, max_per_patient=1, seed=0,
+        base="me5-small", name="domain", max_steps=30, learning_rate=1e-4, warmup_ratio=0.1,
+        batch_size=32, mini_batch_size=32, max_seq_length=128, freeze_embeddings=True, freeze_layers=4,
+        matryoshka_dims=None, num_negatives=0, scale=20.0, max_per_patient=1, eval_steps=15, seed=0,
     ),
+    dev_queries=60,
 )
 
 # One GPU (80 GB), the study's model. The pipeline's CPU stages are the same; training differs in

@@ -57,6 +57,7 @@ class TrainConfig:
     mini_batch_size: int = 16  # GradCache chunk: memory, not the loss, depends on it
     max_seq_length: int = 256  # training length; the saved model keeps the base's inference length
     freeze_embeddings: bool = True
+    freeze_layers: int = 0  # also freeze the lowest N transformer layers (CPU: less backward work)
     matryoshka_dims: list[int] | None = None  # e.g. [384, 256, 128, 64]; None: plain cached MNRL
     num_negatives: int = 1  # hard-negative columns per pair (0: in-batch negatives only)
     scale: float = 20.0
@@ -267,6 +268,20 @@ def load_trainable(base: str, settings: Settings, max_seq_length: int) -> tuple[
     return model, base_emb
 
 
+def freeze_lower_layers(model: "SentenceTransformer", n: int) -> int:
+    """Freeze the lowest ``n`` encoder layers (BERT/XLM-R layout); returns frozen parameters."""
+    auto = model[0].auto_model
+    layers = getattr(getattr(auto, "encoder", None), "layer", None)
+    if layers is None:
+        raise ValueError(f"{type(auto).__name__}: no encoder.layer list to freeze")
+    frozen = 0
+    for layer in list(layers)[:n]:
+        for p in layer.parameters():
+            p.requires_grad_(False)
+            frozen += p.numel()
+    return frozen
+
+
 def freeze_word_embeddings(model: "SentenceTransformer") -> int:
     """Freeze the token embedding matrix of the first (transformer) module; returns frozen parameters."""
     auto = model[0].auto_model
@@ -326,6 +341,8 @@ def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None =
     total = sum(p.numel() for p in model.parameters())
     if cfg.freeze_embeddings:
         freeze_word_embeddings(model)
+    if cfg.freeze_layers:
+        freeze_lower_layers(model, cfg.freeze_layers)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     dataset = _dataset(pairs, cfg.num_negatives)
@@ -484,7 +501,7 @@ scale {cfg.scale}) by `python -m finetune.train` of this project.
 {json.dumps(asdict(cfg), indent=2)}
 ```
 Trainable parameters: {result.trainable_parameters:,} of {result.total_parameters:,}
-(word embeddings {'frozen' if cfg.freeze_embeddings else 'trained'}).
+(word embeddings {'frozen' if cfg.freeze_embeddings else 'trained'}; lowest {cfg.freeze_layers} layers frozen).
 
 ## Dev metrics (InformationRetrievalEvaluator on whole documents, cosine; before -> after)
 | metric | base | fine-tuned |
@@ -536,7 +553,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.add_argument(f"--{f}")
     for f in ("epochs", "learning_rate", "warmup_ratio", "scale"):
         parser.add_argument(f"--{f.replace('_', '-')}", type=float)
-    for f in ("max_steps", "batch_size", "mini_batch_size", "max_seq_length", "num_negatives", "eval_steps", "seed", "threads"):
+    for f in ("max_steps", "batch_size", "mini_batch_size", "max_seq_length", "num_negatives", "eval_steps", "seed",
+              "threads", "freeze_layers"):
         parser.add_argument(f"--{f.replace('_', '-')}", type=int)
     parser.add_argument("--freeze-embeddings", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--matryoshka-dims", help="comma-separated, e.g. 384,256,128,64 ('' = off)")

@@ -60,6 +60,12 @@ def test_pipeline_runs_end_to_end_and_resumes(tmp_path: Path, settings) -> None:
     assert {p["source"] for p in pairs} == {"qa", "ict"}
     summary = json.loads((root / "evaluate" / "summary.json").read_text())
     assert set(summary["map@100"]["test"]) >= {"domain", "bm25", "hybrid:domain"}
+    assert set(summary["map@100"]["test-cloze"]) >= {"domain", "bm25"}
+    cloze = [json.loads(line) for line in (root / "split" / "test_cloze" / "queries.jsonl").read_text().splitlines()]
+    corpus = {json.loads(line)["doc_id"]: json.loads(line)["text"]
+              for line in (root / "split" / "test_cloze" / "corpus.jsonl").read_text().splitlines()}
+    assert cloze and all(q["text"] not in corpus[q["extra"]["doc_id"]] for q in cloze)  # the sentence is cut out
+    assert {splits[q["patient_id"]] for q in cloze} == {"test"}
     assert (root / "evaluate" / "summary.md").is_file() and (root / "evaluate" / "test" / "results.json").is_file()
     assert (settings.home / "models" / "tiny-domain" / "README.md").is_file()
 
