@@ -14,7 +14,8 @@ Metrics (DESIGN.md 7), counted on alphanumeric characters so spaces and punctuat
   not a false alarm);
 - non-PHI masked = characters outside every annotated span that were masked / all such characters;
 - residual PHI = counted gold strings (>= 3 characters) still present, as whole words, in the
-  pseudonymized text (the surrogate step's output, not just the detector's).
+  pseudonymized text (the surrogate step's output, not just the detector's), outside the
+  surrogates themselves (a date shifted onto another date of the same note is not a leak).
 Writes ``deid_metrics.json``, ``deid_metrics.md``, ``deid_recall.png`` and ``manifest.json``.
 """
 from __future__ import annotations
@@ -119,7 +120,9 @@ class Tally:
     residuals: list[dict[str, Any]] = field(default_factory=list)
 
 
-def score_document(gd: GoldDoc, predicted: list, output_text: str, tally: Tally, keep_examples: bool) -> None:
+def score_document(gd: GoldDoc, predicted: list, output_text: str, tally: Tally, keep_examples: bool,
+                   replaced: list[tuple[int, int]] | None = None) -> None:
+    """Add one document to the tally; ``replaced`` are the surrogate regions of ``output_text``."""
     text = gd.document.text
     alnum = _alnum_mask(text)
     masked = [False] * len(text)
@@ -145,7 +148,9 @@ def score_document(gd: GoldDoc, predicted: list, output_text: str, tally: Tally,
         value = text[g.start:g.end].strip()
         if sum(c.isalnum() for c in value) >= 3:
             tally.residual_checked[g.kind] += 1
-            if re.search(r"(?<![\w])" + re.escape(value) + r"(?![\w])", output_text):
+            leaks = [m for m in re.finditer(r"(?<![\w])" + re.escape(value) + r"(?![\w])", output_text)
+                     if not any(a <= m.start() and m.end() <= b for a, b in replaced or ())]
+            if leaks:
                 tally.residual[g.kind] += 1
                 if keep_examples:
                     tally.residuals.append({"doc_id": gd.document.doc_id, "type": g.kind.value, "text": value})
@@ -259,7 +264,7 @@ def evaluate(data: Path, *, key: bytes = EVAL_KEY, language: str | None = None, 
         results = engine.pseudonymize_many([g.document for g in batch], language)
         for gd, result in zip(batch, results):
             languages[result.language] += 1
-            score_document(gd, result.spans, result.document.text, tally, keep_examples)
+            score_document(gd, result.spans, result.document.text, tally, keep_examples, result.replaced)
     elapsed = time.perf_counter() - started
     summary = summarize(tally)
     summary["run"] = {"documents": len(docs), "characters": sum(len(g.document.text) for g in docs),

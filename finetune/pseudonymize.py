@@ -106,6 +106,9 @@ class PseudoResult:
     language: str
     placeholders: int = 0
     patient_scope: str = "patient"  # "document" when the input had no patient id
+    #: (start, end) of every surrogate in the NEW text, so a check for leftover PHI can tell a
+    #: surrogate that happens to equal another original value (a shifted date) from a leak
+    replaced: list[tuple[int, int]] = field(default_factory=list)
 
     def counts(self) -> Counter[str]:
         return Counter(span.label.value for span in self.spans)
@@ -159,12 +162,17 @@ class Pseudonymizer:
         pieces: list[str] = []
         last = 0
         placeholders = 0
+        position = 0
+        replaced: list[tuple[int, int]] = []
         for span in spans:
             original = text[span.start: span.end]
             new, real = self.surrogates.replace(patient, span.label, original, language, reference)
             placeholders += not real
             pieces.append(text[last: span.start])
+            position += span.start - last
             pieces.append(new)
+            replaced.append((position, position + len(new)))
+            position += len(new)
             last = span.end
         pieces.append(text[last:])
         new_date = None
@@ -177,7 +185,7 @@ class Pseudonymizer:
             case_id=self.surrogates.code(patient, "case_id", doc.case_id) if doc.case_id else None,
             date=new_date, doc_type=doc.doc_type, specialty=doc.specialty, language=language,
             source=doc.source, extra=extra)
-        return PseudoResult(new_doc, spans, language, placeholders, scope)
+        return PseudoResult(new_doc, spans, language, placeholders, scope, replaced)
 
 
 # --------------------------------------------------------------------------------------------

@@ -90,3 +90,17 @@ def test_cli_writes_json_markdown_plot_and_manifest(tmp_path: Path) -> None:
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["input"]["documents"] == 1 and len(manifest["input"]["sha256"]) == 64
     assert "misses" not in metrics  # PHI strings only with --show-misses
+
+
+def test_a_surrogate_equal_to_another_original_is_not_a_leak() -> None:
+    text = "Seen 03/07/2021, again 03/14/2021."
+    gold = GoldDoc(Document(doc_id="d", patient_id="P", text=text),
+                   [GoldSpan(5, 15, "Date", PhiType.DATE), GoldSpan(23, 33, "Date", PhiType.DATE)])
+    output = "Seen 03/14/2021, again 03/21/2021."  # shifted by a week: the first surrogate equals gold #2
+    predicted = [PhiSpan(5, 15, PhiType.DATE), PhiSpan(23, 33, PhiType.DATE)]
+    tally = Tally()
+    score_document(gold, predicted, output, tally, keep_examples=False, replaced=[(5, 15), (23, 33)])
+    assert summarize(tally)["overall"]["residual_in_output"] == 0
+    leaky = Tally()
+    score_document(gold, predicted, output, leaky, keep_examples=False, replaced=[(23, 33)])
+    assert summarize(leaky)["overall"]["residual_in_output"] == 1
