@@ -857,9 +857,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     md = _markdown(manifest)
-    Path(OutputFiles.for_output(args.out).qa.with_name("summary.md")).write_text(md + "\n", encoding="utf-8")
+    qa = OutputFiles.for_output(args.out).qa
+    qa.with_name("summary.md").write_text(md + "\n", encoding="utf-8")
+    _plot(manifest, qa.with_name("summary.png"))
     print(md)
     return 0
+
+
+def _plot(manifest: dict[str, Any], path: Path) -> None:
+    """Kept pairs and drops per filter (all runs) as a bar chart next to the output."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # plotting is a convenience; the JSON and markdown carry the numbers
+        return
+    t = manifest["totals"]
+    labels = ["kept"] + list(t["drop_reasons"])
+    values = [t["kept"]] + list(t["drop_reasons"].values())
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.barh(labels[::-1], values[::-1], color=["#999"] * (len(values) - 1) + ["#2a7"])
+    ax.set_xlabel("candidate QA pairs")
+    gen = manifest.get("generator", {})
+    ax.set_title(f"{t['documents_done']} documents, {gen.get('label') or gen.get('model', '')}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
