@@ -63,6 +63,8 @@ EN_CASES = [
     ("Will be discharged to Sacred Heart Memorial tomorrow.", "Sacred Heart Memorial", PhiType.HOSPITAL),
     ("She lives in Lansdowne with her son.", "Lansdowne", PhiType.LOCATION),
     ("Lives alone at 19 Clover St. near the park.", "19 Clover St.", PhiType.ADDRESS),
+    ("Results on https://portal.example-clinic.org/p/123 tomorrow.", "https://portal.example-clinic.org/p/123",
+     PhiType.URL),
 ]
 
 DE_CASES = [
@@ -80,6 +82,8 @@ DE_CASES = [
     ("Verlegung in das Universitätsklinikum Klein Haasbeck erfolgt.", "Universitätsklinikum Klein Haasbeck",
      PhiType.HOSPITAL),
     ("Mit freundlichen Grüßen\nProf. Dr. Norbert Breuer", "Norbert Breuer", PhiType.NAME),
+    ("Überweisung auf IBAN DE89 3704 0044 0532 0130 00 erbeten.", "DE89 3704 0044 0532 0130 00", PhiType.ID),
+    ("Termin unter termin@uniklinik-berlin.de vereinbaren.", "termin@uniklinik-berlin.de", PhiType.EMAIL),
 ]
 
 
