@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 SCOPES = ("cross", "patient")
 METRIC_TITLES = {"map@100": "MAP@100", "ndcg@10": "nDCG@10", "recall@10": "Recall@10",
                  "recall@100": "Recall@100", "mrr@10": "MRR@10"}
-RUN_FORMAT = 1  # bump when the stored run layout or the retrieval procedure changes
+RUN_FORMAT = 2  # bump when the stored run layout or the retrieval procedure changes
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,17 +132,41 @@ class _PrecomputedQueryDense(DenseRetriever):
 
     Only the query encoding is batched (the same ``Embedder.embed_queries`` call, prefix
     included); the store query with its patient filter is the unchanged ``retrieve_by_vector``.
+
+    It also checks completeness: a cosine search must return ``min(k, chunks in scope)`` chunks.
+    A shorter answer was seen from the persistent Chroma store while other processes wrote to it;
+    such a query is retried (``SHORT_RETRIES`` times) and, if still short, counted in
+    ``short_returns`` so the report says so instead of scoring a truncated list silently.
     """
 
-    def __init__(self, index: "ChunkIndex", vectors: dict[str, list[float]]) -> None:
+    SHORT_RETRIES = 2
+
+    def __init__(self, index: "ChunkIndex", vectors: dict[str, list[float]],
+                 scope_size: Callable[[Scope], int] | None = None) -> None:
         super().__init__(index)
         self.vectors = vectors
+        self.scope_size = scope_size
+        self.short_returns = 0
+        self.retries = 0
 
     def retrieve(self, query: str, scope: Scope, k: int = 10):  # type: ignore[override]
         vector = self.vectors.get(query)
         if vector is None:
-            return super().retrieve(query, scope, k)
-        return self.retrieve_by_vector(vector, scope, k)
+            vector = self.index.embedder.embed_queries([query])[0].tolist()
+        hits = self.retrieve_by_vector(vector, scope, k)
+        if self.scope_size is None:
+            return hits
+        expected = min(k, self.scope_size(scope))
+        for _ in range(self.SHORT_RETRIES):
+            if len(hits) >= expected:
+                return hits
+            self.retries += 1
+            time.sleep(0.5)
+            hits = self.retrieve_by_vector(vector, scope, k)
+        if len(hits) < expected:
+            self.short_returns += 1
+            log.warning("dense store returned %d of %d chunks for a query in %s", len(hits), expected, scope.describe())
+        return hits
 
 
 @dataclass
@@ -268,17 +292,23 @@ def _run_model(spec: ModelSpec, scope_name: str, queries: list[Query], indexes: 
         t0 = time.perf_counter()
         vecs = index.embedder.embed_queries(texts, show_progress=False)
         encode_s = time.perf_counter() - t0
-        dense = _PrecomputedQueryDense(index, {t: v.tolist() for t, v in zip(texts, vecs)})
     else:
         encode_s = 0.0
+    per_patient = indexes.chunks_per_patient(spec.embedder)
+    total_chunks = sum(per_patient.values())
+
+    def scope_size(scope: Scope) -> int:
+        return total_chunks if scope.patients is None else sum(per_patient.get(p, 0) for p in scope.patients)
+
+    dense = None
+    if spec.kind in ("dense", "hybrid"):
+        dense = _PrecomputedQueryDense(index, {t: v.tolist() for t, v in zip(texts, vecs)}, scope_size)
     if spec.kind == "dense":
         retriever: Any = dense
     elif spec.kind == "bm25":
         retriever = indexes.bm25_for(spec.embedder)
     else:
         retriever = HybridRetriever(dense, indexes.bm25_for(spec.embedder))
-    per_patient = indexes.chunks_per_patient(spec.embedder)
-    total_chunks = sum(per_patient.values())
 
     ranked: dict[str, list[str]] = {}
     needed: dict[str, int | None] = {}
@@ -305,7 +335,8 @@ def _run_model(spec: ModelSpec, scope_name: str, queries: list[Query], indexes: 
         start = math.ceil(1.2 * result.chunks_needed) if result.chunks_needed else result.chunks_fetched
     seconds = time.perf_counter() - t0
     return {"ranked": ranked, "chunks_needed": needed, "chunks_fetched": fetched, "skipped_no_patient": skipped,
-            "seconds": round(seconds, 2), "query_encode_seconds": round(encode_s, 2)}
+            "seconds": round(seconds, 2), "query_encode_seconds": round(encode_s, 2),
+            "dense_retries": dense.retries if dense else 0, "dense_short_returns": dense.short_returns if dense else 0}
 
 
 def _fetch_summary(run: dict, k: int) -> dict:
@@ -323,6 +354,8 @@ def _fetch_summary(run: dict, k: int) -> dict:
         "seconds": run["seconds"],
         "ms_per_query": round(1000 * run["seconds"] / n, 1) if n else None,
         "query_encode_seconds": run["query_encode_seconds"],
+        "dense_retries": run.get("dense_retries", 0),
+        "dense_short_returns": run.get("dense_short_returns", 0),
     }
 
 
@@ -503,7 +536,9 @@ def _write_outputs(results: dict, out: Path) -> str:
             short = f[f"queries_with_fewer_than_{results['k']}_docs"]
             notes.append(f"- {scope_name} / {label}: {need_s}; {short} "
                          f"of {f['queries']} queries got fewer than {results['k']} documents "
-                         f"(mean {f['mean_docs_returned']}); {f['ms_per_query']} ms/query")
+                         f"(mean {f['mean_docs_returned']}); {f['ms_per_query']} ms/query"
+                         + (f"; dense store answers short after retries: {f['dense_short_returns']} "
+                            f"(retried {f['dense_retries']})" if f["dense_retries"] else ""))
     title = f"Retrieval on {results['set']} (k={results['k']}, base {results['base']})"
     markdown = write_markdown_table(results_rows(results), RESULT_COLUMNS, out / "results.md", title=title, notes=notes)
     write_json({k: v for k, v in results.items() if k != "markdown"}, out / "results.json")

@@ -174,6 +174,8 @@ def test_evaluate_end_to_end_and_rerun_reuses_everything(tmp_path, settings, tin
         if label == "tiny":  # 48 documents in all: 20 distinct ones per query, found by doubling the fetch
             assert all(len(d) == 20 for d in cross["ranked"].values())
             assert all(v is not None and v >= 20 for v in cross["chunks_needed"].values())
+    # every dense store answer was complete (min(k, chunks in scope)) on the first try
+    assert all(f["dense_short_returns"] == 0 and f["dense_retries"] == 0 for s in res["fetch"].values() for f in s.values())
     md = (out / "results.md").read_text()
     assert "AP@100 = (1/min(R,100))" in md and "| cross | bm25 |" in md
     manifest = json.loads((out / "manifest.json").read_text())
