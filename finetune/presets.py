@@ -50,7 +50,8 @@ class Preset:
     eval_scope: str = "both"
     general_sets: tuple[str, ...] = ("synthea-conditions", "pubmedqa")
     general_models: tuple[str, ...] = ("domain", "me5-small")
-    general_query_limit: int | None = None
+    general_query_limit: int | None = None  # a seeded sample of queries (None: all)
+    general_max_docs: int | None = None  # corpus = their relevant documents + random distractors up to this
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -80,6 +81,8 @@ CPU_DEMO = Preset(
         matryoshka_dims=None, num_negatives=0, scale=20.0, max_per_patient=1, eval_steps=15, seed=0,
     ),
     dev_queries=60,
+    general_query_limit=100,
+    general_max_docs=400,
 )
 
 # One GPU (80 GB), the study's model. The pipeline's CPU stages are the same; training differs in

@@ -82,3 +82,17 @@ def test_pipeline_refuses_a_later_stage_before_earlier_ones(tmp_path: Path, sett
 
     with pytest.raises(PipelineError, match="not complete"):
         run_pipeline(CPU_DEMO, settings, root=tmp_path / "r", stages=["train"], progress=False)
+
+
+def test_subsample_keeps_relevant_documents_and_is_seeded(synthea) -> None:
+    from eval.beir import load_named_set
+    from finetune.pipeline import subsample
+
+    full = load_named_set("synthea-conditions")
+    small = subsample(full, 20, 150, seed=1)
+    assert len(small.queries) == 20 and len(small.corpus) == 150
+    ids = {d.doc_id for d in small.corpus.documents}
+    assert all(set(small.qrels[q.query_id]) <= ids for q in small.queries)
+    again = subsample(full, 20, 150, seed=1)
+    assert [q.query_id for q in again.queries] == [q.query_id for q in small.queries]
+    assert subsample(full, None, None) is full
