@@ -145,17 +145,23 @@ def _ordinal(day: int, template: str) -> str:
     return suffix.upper() if template.isupper() else suffix
 
 
+_EN_ONLY = {m for m in MONTHS_EN if m not in MONTHS_DE} | {"mar", "oct", "dec"}
+_DE_ONLY = {m for m in MONTHS_DE if m not in MONTHS_EN} | {"mär", "mrz", "okt", "dez", "maerz", "jänner"}
+
+
 def _month_name(month: int, template: str, language: str) -> str:
-    """The new month in the original's language, form (full/abbreviated) and case."""
+    """The new month in the original's language, form (full/abbreviated) and case.
+
+    "April", "August", "September", "November" are spelled alike in both languages: the
+    document's language decides; "März" or "October" decide by themselves.
+    """
     low = template.lower()
-    german = low in MONTHS_DE or low in ("mär", "mrz", "okt", "dez", "maerz", "jänner") or language == "de"
-    if low in MONTHS_EN and low not in MONTHS_DE:
-        german = False
+    german = low in _DE_ONLY or (low not in _EN_ONLY and language == "de")
     full = (MONTHS_DE if german else MONTHS_EN)[month - 1]
     if low in MONTH_ABBR:
         value = full[:4] if low == "sept" and month == 9 else full[:3]
         if german and month == 3:
-            value = "mär" if low != "mrz" else "mrz"
+            value = "mrz" if low == "mrz" else "mär"
     else:
         value = full
     if template.isupper():
@@ -230,6 +236,12 @@ def shift_date(text: str, days: int, language: str, *, reference: dt.date | None
             last = match.end(name)
         out.append(stripped[last:])
         return ShiftResult(lead + "".join(out) + trail, True)
+    month_only = re.fullmatch(MON + r"\.?", stripped, re.IGNORECASE)
+    if month_only:  # "in April", "im Februar": the patient's offset applied to the 15th
+        base = dt.date(reference.year, MONTH_NUMBER[month_only.group("mon").lower()], 15)
+        shifted = base + dt.timedelta(days=days)
+        name = _month_name(shifted.month, month_only.group("mon"), language)
+        return ShiftResult(lead + name + stripped[month_only.end("mon"):] + trail, True)
     day_only = re.fullmatch(r"(?P<d>0?[1-9]|[12]\d|3[01])(?P<ord>st|nd|rd|th|ST|ND|RD|TH)?\.?", stripped)
     if day_only:  # "the 11th", "am 3.": shift within the reference month, still a plausible day
         base = dt.date(reference.year, reference.month, 1)

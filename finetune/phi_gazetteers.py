@@ -56,6 +56,7 @@ class Gazetteers:
     states: frozenset[str]
     allow_terms: frozenset[str]  # eponyms/abbreviations kept as clinical terms (resources/allow_list.txt)
     english_words: frozenset[str]  # a larger English vocabulary minus every known name (weak rules only)
+    english_all: frozenset[str]  # the same vocabulary with the names left in ("kidney", "smith")
 
     @property
     def first_names(self) -> frozenset[str]:
@@ -119,9 +120,10 @@ def load_gazetteers() -> Gazetteers:
     states = {s.lower() for s in getattr(states_provider, "states", ())}
     allow = frozenset(_read_list("allow_list.txt"))
     cities -= common
-    english = _english_vocabulary() - male - female - last
+    vocabulary = _english_vocabulary()
+    english = vocabulary - male - female - last
     return Gazetteers(frozenset(male), frozenset(female), frozenset(last), frozenset(common),
-                      frozenset(cities), frozenset(states), allow, frozenset(english))
+                      frozenset(cities), frozenset(states), allow, frozenset(english), frozenset(vocabulary))
 
 
 def _english_vocabulary() -> set[str]:

@@ -444,6 +444,8 @@ def gazetteer_names(view: TextView) -> Iterator[PhiSpan]:
             if i >= 2 and toks[i - 1].text == "," and view.name_like(toks[i - 2]) and toks[i - 2].line == tok.line \
                     and (toks[i - 2].is_upper and len(toks[i - 2].core) > 4 or gaz.is_name_word(toks[i - 2].core)):
                 start = i - 2
+            if end == i and start == i and i > 0 and (toks[i - 1].low in DRUG_CONTEXT or DRUG_SUFFIX.search(tok.low)):
+                continue  # "has used Allegra", "the Allegra": a drug that shares a first name
             yield view.span(toks[start], toks[end], PhiType.NAME, "gazetteer", strong=end > i or start < i)
         else:
             # no case information: a first name needs a second name-like word next to it
@@ -452,6 +454,15 @@ def gazetteer_names(view: TextView) -> Iterator[PhiSpan]:
                     view.ordinary(t) or len(t.core) < 3 or "'" in t.core for t in toks[i + 1: end + 1]
                     if t.is_word and not t.is_initial):
                 yield view.span(tok, toks[end], PhiType.NAME, "gazetteer", strong=False)
+
+
+#: Words before a drug name ("has used Allegra", "instead of Allegra"), and drug-name endings.
+DRUG_CONTEXT = {"used", "use", "using", "try", "tried", "trying", "take", "takes", "taking", "took", "on", "started",
+                "start", "stopped", "stop", "continue", "continued", "of", "the", "a", "an", "to", "with", "and",
+                "mg", "dose", "dosed", "prescribed", "given", "gave"}
+DRUG_SUFFIX = re.compile(r"(?:cillin|mycin|micin|floxacin|cycline|pril|sartan|olol|dipine|azole|statin|prazole|"
+                         r"tidine|triptan|mab|nib|azepam|barbital|caine|phylline|sone|olone|parin|formin|gliptin)$")
+ALLERGY_BEFORE = re.compile(r"(?i)\b(?:allergic|allergy|allergies|intolerant|intolerance|reaction|sensitive)\s+(?:to\s+)?$")
 
 
 def patient_names(view: TextView) -> Iterator[PhiSpan]:
@@ -518,6 +529,9 @@ def _ner_place_ok(view: TextView, words: list[Token]) -> bool:
     first = view.tokens.index(words[0])
     if first == 0 or view.tokens[first - 1].low not in PLACE_PREPOSITIONS:
         return False
+    if ALLERGY_BEFORE.search(view.text[max(0, words[0].start - 30): words[0].start]) or any(
+            DRUG_SUFFIX.search(t.low) for t in words):
+        return False  # "allergic to Penicillin"
     return all(t.is_title_case and len(t.core) >= 3 and "'" not in t.core and "-" not in t.core
                and not view.common(t) and not ORDINARY_SUFFIX.search(t.low) for t in words)
 
@@ -544,8 +558,9 @@ def ner_entities(view: TextView) -> Iterator[PhiSpan]:
         if label is PhiType.NAME and not any(view.gaz.is_name_word(t.core) for t in words) and len(words) < 2:
             continue
         if label is PhiType.NAME and (not any(view.gaz.is_name_word(t.core) for t in words) or any(
-                view.ordinary(t) and not view.gaz.is_name_word(t.core) for t in words)):
-            continue
+                view.ordinary(t) and not view.gaz.is_name_word(t.core) for t in words)
+                or all(t.low in view.gaz.english_all for t in words)):
+            continue  # "Kidney stones": a surname in some list, but here an English word
         if label is PhiType.LOCATION and not _ner_place_ok(view, words):
             continue
         yield view.span(words[0], words[-1], label, "ner", strong=False, score=0.6)
@@ -606,6 +621,9 @@ def hospitals(view: TextView) -> Iterator[PhiSpan]:
             k -= 1
         if first is None:
             continue
+        if i + 1 < len(toks) and toks[i + 1].low in {"course", "stay", "admission", "admissions", "discharge",
+                                                        "day", "days", "policy", "bed", "records", "record"}:
+            continue  # "BRIEF HOSPITAL COURSE", "prolonged hospital stay"
         last = i if low in HOSPITAL_TAIL_IN and "-" not in tok.low else i - 1
         yield view.span(toks[first], toks[last], PhiType.HOSPITAL, "hospital", strong=True)
 
