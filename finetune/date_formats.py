@@ -66,6 +66,7 @@ FORMATS: list[DateFormat] = [
     # slashes: order depends on the language
     _fmt("en_mdy", rf"{_L}{_M}/{_D}/{_Y}{_R}", "en"),
     _fmt("de_dmy_slash", rf"{_L}{_D}/{_M}/{_Y}{_R}", "de"),
+    _fmt("en_mdy_dot", rf"{_L}{_M}/{_D}\.(?P<y>\d{{2}})(?=\s|$)", "en"),  # "11/21.93", a typing habit
     _fmt("en_mdy_dash", rf"{_L}{_M}-{_D}-{_Y}{_R}", "en"),
     _fmt("en_md", rf"{_L}{_M}/{_D}{_R}", "en"),
     _fmt("my_slash", rf"{_L}{_M}/(?P<y>(?:19|20)\d{{2}}|\d{{2}}){_R}", "de en"),

@@ -465,6 +465,24 @@ DRUG_SUFFIX = re.compile(r"(?:cillin|mycin|micin|floxacin|cycline|pril|sartan|ol
 ALLERGY_BEFORE = re.compile(r"(?i)\b(?:allergic|allergy|allergies|intolerant|intolerance|reaction|sensitive)\s+(?:to\s+)?$")
 
 
+#: Verbs that make a bare first name a person in notes of any case ("bob visited", "Emily reports").
+PERSON_VERBS = {"visited", "visits", "visiting", "called", "calls", "phoned", "came", "reports", "reported", "states",
+                "stated", "says", "said", "updated", "aware", "agrees", "agreed", "consented", "wishes", "wants",
+                "besuchte", "rief", "berichtet", "berichtete"}
+
+
+def first_name_verbs(view: TextView) -> Iterator[PhiSpan]:
+    """A known first name right before a verb of visiting or reporting, in any case."""
+    toks = view.tokens
+    for i in range(len(toks) - 1):
+        tok, nxt = toks[i], toks[i + 1]
+        if nxt.low not in PERSON_VERBS or nxt.line != tok.line or not tok.is_word or len(tok.core) < 3:
+            continue
+        if view.gaz.is_first(tok.core) and not view.ordinary(tok) and tok.low not in view.gaz.allow_terms \
+                and (view.case != "mixed" or tok.capitalised):
+            yield view.span(tok, tok, PhiType.NAME, "first_name_verb", strong=True)
+
+
 def patient_names(view: TextView) -> Iterator[PhiSpan]:
     """'Patientin Beate Albers', 'Name: Konstantin Tupolev', 'Betr.: Asger Baastrup, geb. ...'."""
     toks = view.tokens
@@ -965,6 +983,7 @@ RULES: dict[str, tuple[Rule, frozenset[str]]] = {
     "initial_names": (initial_names, frozenset({"en", "de"})),
     "patient_names": (patient_names, frozenset({"en", "de"})),
     "birth_names": (birth_names, frozenset({"en", "de"})),
+    "first_name_verbs": (first_name_verbs, frozenset({"en", "de"})),
     "gazetteer_names": (gazetteer_names, frozenset({"en", "de"})),
     "ner_entities": (ner_entities, frozenset({"en", "de"})),
 }
