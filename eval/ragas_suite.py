@@ -60,6 +60,9 @@ DEFAULT_MAX_TOKENS = 128
 DEFAULT_BUDGET_MIN = 14.0  # the whole default run, index building included, stays under 15 minutes
 REFERENCE_MODEL = "me5-small"  # paired tests compare every retriever with the e5 base
 
+#: Short legend names for the chart (the table and JSON carry the full labels).
+CHART_NAMES = {"me5-small": "multilingual-e5-small", "minilm": "all-MiniLM-L6-v2", "bm25": "BM25"}
+
 RETRIEVAL_FORMULAS = {
     "context_precision": "CP@{k} (RAGAS rank-aware, gold ids) = sum_(i<={k}) P@i * v_i / (number of relevant items "
                          "in the top {k}); item i = the i-th retrieved chunk, v_i = 1 if its document is in the qrels",
@@ -528,8 +531,9 @@ def run_suite(cfg: SuiteConfig, settings: "Settings") -> dict[str, Any]:
             if not rec["answer"]["cached"]:
                 budget.spent("answer", time.perf_counter() - t1)
         timings["generation_s"] = time.perf_counter() - t0
-        ran.append(f"answers ({generator_label}) for {len(answer_recs) - over} (question, retriever, mode) triples: "
-                   f"{runner.generated} generated now, {runner.reused} from the cache")
+        if len(answer_recs) > over:
+            ran.append(f"answers ({generator_label}) for {len(answer_recs) - over} (question, retriever, mode) "
+                       f"triples: {runner.generated} generated now, {runner.reused} from the cache")
         if over:
             skipped.append(f"answers: {over} of {len(answer_recs)} not generated, the time budget "
                            f"({cfg.budget_s / 60:.0f} min) ran out; rerun to continue (finished answers are cached)")
@@ -563,7 +567,10 @@ def run_suite(cfg: SuiteConfig, settings: "Settings") -> dict[str, Any]:
             if not all(result.cached.values()):
                 budget.spent("judge", time.perf_counter() - t1)
         timings["judge_s"] = time.perf_counter() - t0
-        ran.append(f"judge ({jlabel}) on {len(judge_recs) - over} answers: {', '.join(cfg.judge_metrics)}")
+        if judge_recs and len(judge_recs) > over:
+            ran.append(f"judge ({jlabel}) on {len(judge_recs) - over} answers: {', '.join(cfg.judge_metrics)}")
+        elif not judge_recs:
+            skipped.append("judge (LLM metrics): no answers to judge")
         if over:
             skipped.append(f"judge: {over} of {len(judge_recs)} answers not judged, the time budget "
                            f"({cfg.budget_s / 60:.0f} min) ran out; rerun to continue (verdicts are cached)")
@@ -586,11 +593,11 @@ def run_suite(cfg: SuiteConfig, settings: "Settings") -> dict[str, Any]:
     chart = None
     first_set = next(iter(results), None)
     if first_set:
-        data = {MODE_TITLES[mode]: {labels[key]: (m["context_precision"]["mean"], *m["context_precision"]["ci"])
-                                    for key, m in per_model.items() if m["context_precision"]["mean"] is not None}
+        data = {mode: {CHART_NAMES.get(key, key): (m["context_precision"]["mean"], *m["context_precision"]["ci"])
+                       for key, m in per_model.items() if m["context_precision"]["mean"] is not None}
                 for mode, per_model in results[first_set].items()}
         chart = bar_chart(data, out_dir / "context_precision.png", metric_name=f"context precision @{cfg.k}",
-                          title=f"{first_set}: context precision @{cfg.k} (gold ids), mean and 95% CI")
+                          title=f"{first_set}: CP@{cfg.k} (gold ids), 95% CI")
     document = {
         "sets": counts, "modes": list(cfg.modes), "k": cfg.k,
         "models": {c.key: {"label": labels.get(c.key), "kind": c.kind, "embedder": c.embedder} for c in choices},
