@@ -80,7 +80,8 @@ FOCI: tuple[str, ...] = ("diagnoses", "medication", "labs", "procedures")
 STYLES: tuple[str, ...] = ("clinical", "keyword", "handover")
 PROMPT_OVERHEAD_TOKENS = 450  # system + rules + chat template, measured ~380 with Qwen's tokenizer
 TOKENS_PER_ITEM = 140  # pretty-printed item of ~60 words as Qwen/SmolLM2 emit it, plus headroom
-CHARS_PER_TOKEN = 3.0  # conservative: clinical German with the Qwen tokenizer measured 4.3
+CHARS_PER_TOKEN = 2.0  # conservative: German letters measured 3.5 (SmolLM2) to 4.3 (Qwen) chars/token,
+# dense passages less; a window that still overflows is split again (see _run_all)
 MANIFEST_EVERY_DOCS = 10
 MAX_CONSECUTIVE_FAILURES = 5
 
@@ -715,24 +716,37 @@ async def _run_all(todo: Sequence[Document], endpoints: _Endpoints, *, files: Ou
                 doc = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            calls = plan_calls(doc, per_doc=per_doc, per_call=per_call, window_chars=window_chars, seed=seed)
             t0 = time.monotonic()
             cands: list[Candidate] = []
             lost = 0
             error: str | None = None
             used: set[str] = set()
+            window = window_chars
             try:
-                for call in calls:  # sequential within a document; documents run in parallel
-                    got, cut = await _run_call(call, endpoints, prompts=prompts, hints=hints,
-                                               temperature=temperature, stats=stats,
-                                               evidence_enum=evidence_enum, used_evidence=used,
-                                               request_extra=request_extra)
-                    used |= {c.evidence for c in got}
-                    cands += got
-                    lost += cut
+                while True:
+                    calls = plan_calls(doc, per_doc=per_doc, per_call=per_call, window_chars=window, seed=seed)
+                    try:
+                        for call in calls:  # sequential within a document; documents run in parallel
+                            got, cut = await _run_call(call, endpoints, prompts=prompts, hints=hints,
+                                                       temperature=temperature, stats=stats,
+                                                       evidence_enum=evidence_enum, used_evidence=used,
+                                                       request_extra=request_extra)
+                            used |= {c.evidence for c in got}
+                            cands += got
+                            lost += cut
+                        break
+                    except LLMRequestError as exc:
+                        # the text did not fit the context after all: smaller windows, same document
+                        if "context" in str(exc).lower() and window > 1500:
+                            stats.calls_failed += 1
+                            window //= 2
+                            cands, lost, used = [], 0, set()
+                            continue
+                        raise
             except LLMRequestError as exc:  # a 4xx the server will always refuse: record, do not retry
                 stats.calls_failed += 1
                 error = f"request refused: HTTP {exc.status}"
+                calls = []
             except LLMError as exc:
                 stats.calls_failed += 1
                 stats.docs_failed += 1
