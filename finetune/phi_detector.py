@@ -89,7 +89,7 @@ class NerOnlyNlpEngine(SpacyNlpEngine):
                     keep.add(pipe_name)  # a shared tok2vec the NER listens to
             nlp.select_pipes(enable=[p for p in nlp.pipe_names if p in keep])
             self.nlp[lang] = nlp
-            self.model_versions[lang] = f"{nlp.meta.get('name')}=={nlp.meta.get('version')}"
+            self.model_versions[lang] = f"{name} {nlp.meta.get('version')} (spaCy '{nlp.meta.get('lang')}' NER only)"
 
     def has_ner(self, language: str) -> bool:
         return bool(self.nlp) and "ner" in self.nlp[language].pipe_names
