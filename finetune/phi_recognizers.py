@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 from presidio_analyzer import EntityRecognizer, RecognizerResult
@@ -1124,11 +1124,3 @@ def propagate(spans: list[PhiSpan], text: str, gaz: Gazetteers) -> list[PhiSpan]
             continue
         extra.append(PhiSpan(m.start(), m.end(), words[m.group(1).lower()], 0.5, "repeat", False))
     return sorted(spans + extra, key=lambda s: s.start)
-
-
-@dataclass
-class Detection:
-    """What the detector found in one text, after resolution."""
-
-    spans: list[PhiSpan] = field(default_factory=list)
-    language: str = "en"

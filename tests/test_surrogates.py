@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from finetune.date_formats import find_dates, shift_date
+from finetune.date_formats import find_dates
 from finetune.phi_gazetteers import load_gazetteers
 from finetune.phi_types import PhiType
 from finetune.surrogates import Surrogates
