@@ -40,7 +40,7 @@ from eval.report import bar_chart, run_manifest, write_json, write_markdown_tabl
 from eval.stats import bootstrap_ci, paired_test
 from rag.config import Settings, load_settings
 from rag.corpus import CorpusError
-from rag.retrieve import RRF_K, BM25Retriever, DenseRetriever, HybridRetriever, Scope
+from rag.retrieve import RRF_K, BM25Retriever, DenseRetriever, Hit, HybridRetriever, Scope, ScopeViolation
 
 if TYPE_CHECKING:
     from rag.index import ChunkIndex
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SCOPES = ("cross", "patient")
+SEARCH_MODES = ("store", "exact")  # store: the product's Chroma HNSW query; exact: cosine over the stored vectors
 METRIC_TITLES = {"map@100": "MAP@100", "ndcg@10": "nDCG@10", "recall@10": "Recall@10",
                  "recall@100": "Recall@100", "mrr@10": "MRR@10"}
 RUN_FORMAT = 2  # bump when the stored run layout or the retrieval procedure changes
@@ -139,7 +140,7 @@ class _PrecomputedQueryDense(DenseRetriever):
     ``short_returns`` so the report says so instead of scoring a truncated list silently.
     """
 
-    SHORT_RETRIES = 2
+    SHORT_RETRIES = 1
 
     def __init__(self, index: "ChunkIndex", vectors: dict[str, list[float]],
                  scope_size: Callable[[Scope], int] | None = None) -> None:
@@ -161,11 +162,77 @@ class _PrecomputedQueryDense(DenseRetriever):
             if len(hits) >= expected:
                 return hits
             self.retries += 1
-            time.sleep(0.5)
+            time.sleep(0.1)
             hits = self.retrieve_by_vector(vector, scope, k)
         if len(hits) < expected:
             self.short_returns += 1
-            log.warning("dense store returned %d of %d chunks for a query in %s", len(hits), expected, scope.describe())
+            log.debug("dense store returned %d of %d chunks for a query in %s", len(hits), expected, scope.describe())
+        return hits
+
+
+class ExactDense:
+    """Exact cosine search over the vectors *stored in the index* (no HNSW), same scope rule.
+
+    Why: Chroma's HNSW is approximate, and on templated notes (many identical chunks, so many
+    identical vectors) its answers vary between processes and a patient filter can drop chunks
+    (measured: see the README). Comparing two embedders through that noise blurs the comparison;
+    ``--search exact`` ranks every chunk in scope by its true cosine (ties by store order), using
+    the very vectors, chunks and metadata the product indexed, so it isolates model quality.
+    """
+
+    name = "dense"
+
+    def __init__(self, index: "ChunkIndex", vectors: dict[str, list[float]]) -> None:
+        import numpy as np
+
+        self.index = index
+        self.vectors = vectors
+        ids: list[str] = []
+        texts: list[str] = []
+        metas: list[dict] = []
+        embs: list[Any] = []
+        total, page = index.collection.count(), 5000
+        for offset in range(0, total, page):
+            got = index.collection.get(include=["documents", "metadatas", "embeddings"], limit=page, offset=offset)
+            ids += got["ids"]
+            texts += got["documents"]
+            metas += got["metadatas"]
+            embs.append(np.asarray(got["embeddings"], dtype=np.float32))
+        order = sorted(range(len(ids)), key=ids.__getitem__)  # a fixed order, whatever the store's paging
+        self.ids = [ids[i] for i in order]
+        self.texts = [texts[i] for i in order]
+        self.metas = [metas[i] for i in order]
+        matrix = np.concatenate(embs)[order] if embs else np.zeros((0, index.embedder.dim), dtype=np.float32)
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        self.matrix = matrix / np.where(norms == 0, 1, norms)
+        self.rows_by_patient: dict[str, list[int]] = {}
+        for row, meta in enumerate(self.metas):
+            self.rows_by_patient.setdefault(meta["patient_id"], []).append(row)
+
+    def retrieve(self, query: str, scope: Scope, k: int = 10) -> list[Hit]:
+        import numpy as np
+
+        vector = self.vectors.get(query)
+        if vector is None:
+            vector = self.index.embedder.embed_queries([query])[0].tolist()
+        if scope.patients is None:
+            rows = np.arange(len(self.ids))
+        else:
+            rows = np.array(sorted(r for p in scope.patients for r in self.rows_by_patient.get(p, [])), dtype=int)
+        if rows.size == 0:
+            return []
+        sims = self.matrix[rows] @ np.asarray(vector, dtype=np.float32)
+        top = rows[np.argsort(-sims, kind="stable")[:k]]
+        scores = dict(zip(rows.tolist(), sims.tolist()))
+        hits = []
+        for rank, row in enumerate(top.tolist(), start=1):
+            meta = self.metas[row]
+            keep = {key: v for key, v in meta.items() if not key.startswith("_") and key not in {"doc_hash", "n_chunks"}}
+            hits.append(Hit(self.ids[row], meta["doc_id"], meta["patient_id"], self.texts[row], int(meta["start"]),
+                            int(meta["end"]), float(scores[row]), rank, self.name, keep))
+        for hit in hits:  # the same second line of defence as rag.retrieve
+            if not scope.allows(hit.patient_id):
+                raise ScopeViolation(f"exact search returned chunk {hit.chunk_id} outside {scope.describe()}")
         return hits
 
 
@@ -282,7 +349,7 @@ def _scopes(scope: str) -> list[str]:
 
 
 def _run_model(spec: ModelSpec, scope_name: str, queries: list[Query], indexes: _Indexes, k: int,
-               progress: bool) -> dict:
+               progress: bool, search: str = "store") -> dict:
     """Rank documents for every query of one (model, scope); returns the stored-run body."""
     from tqdm.auto import tqdm
 
@@ -300,9 +367,11 @@ def _run_model(spec: ModelSpec, scope_name: str, queries: list[Query], indexes: 
     def scope_size(scope: Scope) -> int:
         return total_chunks if scope.patients is None else sum(per_patient.get(p, 0) for p in scope.patients)
 
-    dense = None
+    dense: Any = None
     if spec.kind in ("dense", "hybrid"):
-        dense = _PrecomputedQueryDense(index, {t: v.tolist() for t, v in zip(texts, vecs)}, scope_size)
+        vectors = {t: v.tolist() for t, v in zip(texts, vecs)}
+        dense = (ExactDense(index, vectors) if search == "exact"
+                 else _PrecomputedQueryDense(index, vectors, scope_size))
     if spec.kind == "dense":
         retriever: Any = dense
     elif spec.kind == "bm25":
@@ -336,7 +405,7 @@ def _run_model(spec: ModelSpec, scope_name: str, queries: list[Query], indexes: 
     seconds = time.perf_counter() - t0
     return {"ranked": ranked, "chunks_needed": needed, "chunks_fetched": fetched, "skipped_no_patient": skipped,
             "seconds": round(seconds, 2), "query_encode_seconds": round(encode_s, 2),
-            "dense_retries": dense.retries if dense else 0, "dense_short_returns": dense.short_returns if dense else 0}
+            "dense_retries": getattr(dense, "retries", 0), "dense_short_returns": getattr(dense, "short_returns", 0)}
 
 
 def _fetch_summary(run: dict, k: int) -> dict:
@@ -372,6 +441,7 @@ def evaluate(
     base: str = "me5-small",
     n_resamples: int = 2000,
     n_permutations: int = 10000,
+    search: str = "store",
 ) -> dict:
     """Evaluate ``models`` (see :func:`parse_models`) on ``beir_set`` in the given scope(s).
 
@@ -381,9 +451,12 @@ def evaluate(
     returns the same dict as ``results.json``.
     """
     settings = settings or load_settings()
+    if search not in SEARCH_MODES:
+        raise ValueError(f"search must be one of {SEARCH_MODES}, got {search!r}")
     specs = parse_models(models, base=base)
     scopes = _scopes(scope)
-    out = Path(out_dir) if out_dir is not None else Path(settings.home) / "eval" / "ir" / _slug(beir_set.name)
+    default_name = _slug(beir_set.name) + ("-exact" if search == "exact" else "")
+    out = Path(out_dir) if out_dir is not None else Path(settings.home) / "eval" / "ir" / default_name
     (out / "runs").mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     set_fp = set_fingerprint(beir_set)
@@ -395,13 +468,14 @@ def evaluate(
     for spec in specs:
         index = indexes.get(spec.embedder)
         identity = {"format": RUN_FORMAT, "set": set_fp, "k": k, "kind": spec.kind, "embedder": spec.embedder,
-                    "fingerprint": index.embedder.fingerprint, "chunking": index.chunking.key(), "rrf_k": RRF_K}
+                    "fingerprint": index.embedder.fingerprint, "chunking": index.chunking.key(), "rrf_k": RRF_K,
+                    "search": search if spec.kind != "bm25" else "bm25"}
         for scope_name in scopes:
             key = _sha({**identity, "scope": scope_name})
-            path = out / "runs" / f"{_slug(spec.label)}__{scope_name}.json"
+            path = out / "runs" / f"{_slug(spec.label)}__{scope_name}{'__exact' if search == 'exact' else ''}.json"
             run = _load_run(path, key)
             if run is None:
-                run = _run_model(spec, scope_name, beir_set.queries, indexes, k, progress)
+                run = _run_model(spec, scope_name, beir_set.queries, indexes, k, progress, search)
                 write_json({"key": key, "identity": {**identity, "scope": scope_name}, "label": spec.label, **run}, path)
             else:
                 reused.append(f"{spec.label}/{scope_name}")
@@ -445,6 +519,7 @@ def evaluate(
         "set_fingerprint": set_fp,
         "counts": beir_set.counts(),
         "k": k,
+        "search": search,
         "scopes": scopes,
         "base": base_label,
         "models": model_info,
@@ -467,7 +542,8 @@ def evaluate(
         inputs={role: path for role, path in (beir_set.files or {"corpus": beir_set.corpus.source}).items()
                 if Path(str(path)).exists()},
         set={"name": beir_set.name, "fingerprint": set_fp, "counts": beir_set.counts()},
-        parameters={"models": [s.__dict__ for s in specs], "scopes": scopes, "k": k, "base": base_label, "seed": seed,
+        parameters={"models": [s.__dict__ for s in specs], "scopes": scopes, "k": k, "search": search,
+                    "base": base_label, "seed": seed,
                     "n_resamples": n_resamples, "n_permutations": n_permutations, "rrf_k": RRF_K},
         models=model_info,
         timings={"total_seconds": results["seconds"],
@@ -539,7 +615,10 @@ def _write_outputs(results: dict, out: Path) -> str:
                          f"(mean {f['mean_docs_returned']}); {f['ms_per_query']} ms/query"
                          + (f"; dense store answers short after retries: {f['dense_short_returns']} "
                             f"(retried {f['dense_retries']})" if f["dense_retries"] else ""))
-    title = f"Retrieval on {results['set']} (k={results['k']}, base {results['base']})"
+    how = ("exact cosine over the index's stored vectors" if results["search"] == "exact"
+           else "the product's Chroma (HNSW) store query")
+    notes[:0] = ["", f"Dense search: {how}."]
+    title = f"Retrieval on {results['set']} (k={results['k']}, base {results['base']}, search {results['search']})"
     markdown = write_markdown_table(results_rows(results), RESULT_COLUMNS, out / "results.md", title=title, notes=notes)
     write_json({k: v for k, v in results.items() if k != "markdown"}, out / "results.json")
     for metric, file in (("map@100", "map100.png"), ("ndcg@10", "ndcg10.png")):
@@ -617,6 +696,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="comma list: NAME | LABEL=NAME_OR_PATH | bm25 | hybrid | hybrid:LABEL")
     parser.add_argument("--base", default="me5-small", help="label the others are compared with (default me5-small)")
     parser.add_argument("--scope", default="both", choices=["cross", "patient", "both"])
+    parser.add_argument("--search", default="store", choices=list(SEARCH_MODES),
+                        help="dense search: store = the product's Chroma HNSW query (default); exact = cosine over "
+                             "the same stored vectors (deterministic, no ANN error)")
     parser.add_argument("--k", type=int, default=100, help="documents ranked per query (default 100)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N queries (corpus stays whole)")
     parser.add_argument("--out", help="output folder (default <home>/eval/ir/<set>)")
@@ -654,7 +736,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("give --set NAME or all of --corpus, --queries and --qrels")
         beir = beir.limited(args.limit)
         results = evaluate(beir, args.models, scope=args.scope, k=args.k, settings=settings, out_dir=args.out,
-                           seed=args.seed, progress=not args.quiet, base=args.base)
+                           seed=args.seed, progress=not args.quiet, base=args.base, search=args.search)
     except (CorpusError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -228,3 +228,32 @@ def test_write_qa_split_holds_only_the_split_patients(tmp_path, settings, tiny_s
                               by="patients", settings=settings)
     assert [q.query_id for q in again.queries] == [q.query_id for q in beir.queries]
     assert json.loads((tmp_path / "beir" / "manifest.json").read_text())["counts"]["queries"] == 12
+
+
+def test_exact_search_matches_brute_force_cosine_in_scope(tmp_path, settings, tiny_set, tiny_model_dir):
+    """--search exact ranks a scope's chunks by their true cosine to the query (stored vectors)."""
+    import numpy as np
+
+    from eval.ir import ExactDense
+    from rag.embedders import get_embedder
+    from rag.index import ChunkIndex
+
+    index = ChunkIndex(tiny_set.corpus.name, get_embedder(str(tiny_model_dir)), settings)
+    index.sync(tiny_set.corpus.documents, progress=False)
+    query = tiny_set.queries[0]
+    qv = index.embedder.embed_queries([query.text])[0]
+    exact = ExactDense(index, {query.text: qv.tolist()})
+    got = index.collection.get(include=["embeddings", "metadatas"])
+    rows = [i for i, m in enumerate(got["metadatas"]) if m["patient_id"] == query.patient_id]
+    sims = {got["ids"][i]: float(np.dot(got["embeddings"][i], qv)) for i in rows}
+    hits = exact.retrieve(query.text, Scope.patient(query.patient_id), 1000)
+    assert [h.chunk_id for h in hits] == sorted(sims, key=lambda c: (-sims[c], c))
+    assert all(h.patient_id == query.patient_id for h in hits)
+    assert [h.score for h in hits] == pytest.approx(sorted(sims.values(), reverse=True), abs=1e-5)
+
+    res = evaluate(tiny_set, f"tiny={tiny_model_dir},hybrid:tiny", scope="patient", k=20, settings=settings,
+                   out_dir=tmp_path / "exact", base="tiny", progress=False, n_resamples=100, n_permutations=100,
+                   search="exact")
+    assert res["search"] == "exact" and (tmp_path / "exact" / "runs" / "tiny__patient__exact.json").is_file()
+    assert "exact cosine" in res["markdown"]
+    assert res["fetch"]["patient"]["tiny"]["mean_docs_returned"] == 12.0  # every note of the patient
