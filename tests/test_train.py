@@ -84,7 +84,7 @@ def test_training_lowers_loss_saves_and_registry_finds_it(tiny_base: Path, setti
     dev = DevSet({f"q{i}": p.query for i, p in enumerate(pairs[:8])}, {p.doc_id: p.positive for p in pairs},
                  {f"q{i}": {p.doc_id} for i, p in enumerate(pairs[:8])})
     cfg = TrainConfig(base=str(tiny_base), name="tiny-domain", max_steps=12, batch_size=12, mini_batch_size=6,
-                      learning_rate=3e-3, warmup_ratio=0.0, max_seq_length=32, num_negatives=1, eval_steps=6)
+                      learning_rate=3e-3, warmup_ratio=0.0, max_seq_length=32, num_negatives=1, eval_steps=12)
     result = train(pairs, cfg, settings, dev=dev, progress=False)
     folder = settings.home / "models" / "tiny-domain"
     assert result.path == folder and (folder / "crag_embedder.json").is_file() and (folder / "README.md").is_file()
