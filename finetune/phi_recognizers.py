@@ -427,10 +427,6 @@ def gazetteer_names(view: TextView) -> Iterator[PhiSpan]:
     for i, tok in enumerate(toks):
         if not tok.is_word or not gaz.is_first(tok.core) or view.common(tok) or len(tok.core) < 3:
             continue
-        nxt = toks[i + 1] if i + 1 < len(toks) else None
-        if nxt is not None and nxt.line == tok.line and view.ordinary(nxt) and nxt.is_word and not nxt.capitalised \
-                and view.case == "mixed":
-            pass  # "Amber urine" style: a first name followed by a lower-case ordinary word stays alone below
         if tok.low in gaz.allow_terms:
             continue
         if view.case == "mixed":
@@ -458,7 +454,7 @@ def gazetteer_names(view: TextView) -> Iterator[PhiSpan]:
 
 #: Words before a drug name ("has used Allegra", "instead of Allegra"), and drug-name endings.
 DRUG_CONTEXT = {"used", "use", "using", "try", "tried", "trying", "take", "takes", "taking", "took", "on", "started",
-                "start", "stopped", "stop", "continue", "continued", "of", "the", "a", "an", "to", "with", "and",
+                "start", "stopped", "stop", "continue", "continued", "of", "the", "a", "an",
                 "mg", "dose", "dosed", "prescribed", "given", "gave"}
 DRUG_SUFFIX = re.compile(r"(?:cillin|mycin|micin|floxacin|cycline|pril|sartan|olol|dipine|azole|statin|prazole|"
                          r"tidine|triptan|mab|nib|azepam|barbital|caine|phylline|sone|olone|parin|formin|gliptin)$")
