@@ -400,8 +400,11 @@ def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None =
     )
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
                                          loss=_build_loss(model, cfg), evaluator=evaluator, callbacks=[_Record()])
+    resume = resumable_checkpoint(work_dir, args)
+    if resume:
+        log.info("resuming from %s", resume)
     t0 = time.perf_counter()
-    output = trainer.train()
+    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     elapsed = time.perf_counter() - t0
     best = trainer.state.best_model_checkpoint
     dev_after = _score(evaluator, model) if evaluator else {}
@@ -431,6 +434,28 @@ def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None =
 
     embedders.clear_cache()  # a re-trained model of the same name must not come from the cache
     return result
+
+
+def resumable_checkpoint(work_dir: Path, args: Any) -> Path | None:
+    """The latest checkpoint in ``work_dir`` written with the same optimisation settings, if any.
+
+    An interrupted training (or one re-run with fewer ``max_steps``) continues from there instead
+    of starting over; a checkpoint of different settings (learning rate, batch size, seed, loss
+    scale of the run) is ignored and will be overwritten.
+    """
+    import torch
+
+    checkpoints = sorted(Path(work_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    for ckpt in reversed(checkpoints):
+        try:
+            old = torch.load(ckpt / "training_args.bin", weights_only=False)
+        except Exception:  # noqa: BLE001 - unreadable: not resumable
+            continue
+        same = all(getattr(old, k, None) == getattr(args, k, None)
+                   for k in ("learning_rate", "per_device_train_batch_size", "seed", "weight_decay"))
+        if same and (ckpt / "trainer_state.json").is_file():
+            return ckpt
+    return None
 
 
 def _count(items: Any) -> dict[str, int]:

@@ -158,3 +158,20 @@ def test_gpu_preset_recipe_runs_on_tiny_xlmr(tmp_path: Path, settings) -> None:
     emb = get_embedder("tiny-xlmr-domain", settings)
     assert type(emb.model[0].auto_model).__name__ == "XLMRobertaModel"
     assert emb.embed_passages(["pt on heparin"]).shape == (1, 32)
+
+
+def test_resumable_checkpoint_matches_optimisation_settings(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from finetune.train import resumable_checkpoint
+
+    args = SimpleNamespace(learning_rate=1e-4, per_device_train_batch_size=32, seed=0, weight_decay=0.01)
+    assert resumable_checkpoint(tmp_path, args) is None
+    for step, lr in ((5, 1e-4), (10, 1e-4), (15, 5e-5)):
+        ckpt = tmp_path / f"checkpoint-{step}"
+        ckpt.mkdir()
+        torch.save(SimpleNamespace(**{**vars(args), "learning_rate": lr}), ckpt / "training_args.bin")
+        (ckpt / "trainer_state.json").write_text("{}")
+    assert resumable_checkpoint(tmp_path, args) == tmp_path / "checkpoint-10"  # latest with the same settings
