@@ -415,7 +415,7 @@ def pseudonymize_file(in_path: str | Path, out_path: str | Path, key: bytes, *, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m finetune.pseudonymize", description=__doc__.split("\n")[0])
-    parser.add_argument("--in", dest="inp", required=True, help="documents.jsonl to pseudonymize")
+    parser.add_argument("--in", dest="inp", metavar="IN", required=True, help="documents.jsonl to pseudonymize")
     parser.add_argument("--out", required=True, help="pseudonymized documents.jsonl (appended to when resuming)")
     parser.add_argument("--key-file", default=None, help="secret key file (default: CRAG_PRIVACY_KEY_FILE)")
     parser.add_argument("--workers", type=int, default=1, help="processes (each loads its own models)")
