@@ -5,6 +5,7 @@ kept pairs per document and per minute from synthesis manifests.
     .venv/bin/python bench/synthesize.py                                  # SmolLM2, 1 thread
     .venv/bin/python bench/synthesize.py --generator qwen2.5-coder-0.5b --levels 1 2 4
     .venv/bin/python bench/synthesize.py --manifest var/qa/accept30/manifest.json --manifest var/qa/cmp_smollm2/manifest.json
+    .venv/bin/python bench/synthesize.py --render bench/out/synthesize.json --manifest ...   # redraw, refresh rows
 
 Client overhead: with one server slot the server works on one request at a time, so the sum of its
 own per-request times (llama.cpp ``timings``: prompt_ms + predicted_ms) is its busy time, and
@@ -116,7 +117,15 @@ def main() -> int:
     ap.add_argument("--no-slots-series", action="store_true", help="skip the series with one slot per request")
     ap.add_argument("--manifest", action="append", default=[], help="synthesis manifest(s) for kept pairs/doc, /min")
     ap.add_argument("--out", default=str(OUT / "synthesize"))
+    ap.add_argument("--render", default=None, help="only redraw .md/.png from this result JSON")
     args = ap.parse_args()
+    if args.render:  # redraw; with --manifest, also refresh the synthesis rows (runs finished later)
+        result = json.loads(Path(args.render).read_text(encoding="utf-8"))
+        if args.manifest:
+            result["synthesis"] = synthesis_rows(args.manifest)
+            Path(args.render).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        render(result, Path(args.out))
+        return 0
 
     series = [run_series(args.generator, args.levels, args.tokens, args.per_level, args.threads, False)]
     if not args.no_slots_series:
@@ -133,14 +142,25 @@ def main() -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    render(result, out)
+    return 0
 
-    lines = [f"Generator: {result['generator']}; {args.tokens} new tokens per request; {result['machine']}.", "",
+
+def render(result: dict, out: Path) -> None:
+    """bench/out/synthesize.{md,png} from the result (``--render`` redraws them from the JSON)."""
+    series = result["series"]
+    single = series[0]["rows"][0]
+    lines = [f"Generator: {result['generator']}; {result['tokens_per_request']} new tokens per request; "
+             f"{result['machine']}.", "",
              "| server slots | in flight | requests/s | output tokens/s (client) | server decode tokens/s (median) | server idle share |",
              "|---|---|---|---|---|---|"]
     for s in series:
         for r in s["rows"]:
+            idle = f"{r['idle_share']:.1%}" if s["slots"] == 1 else "n/a (slots overlap)"
             lines.append(f"| {s['slots']} | {r['in_flight']} | {r['requests_per_s']} | {r['output_tokens_per_s']} | "
-                         f"{r['server_decode_tokens_per_s_median']} | {r['idle_share']:.1%} |")
+                         f"{r['server_decode_tokens_per_s_median']} | {idle} |")
+    lines += ["", f"Client overhead at saturation (one slot, 2+ in flight; server idle share): "
+                  f"{result['client_overhead_at_saturation']:.1%}"]
     if result["synthesis"]:
         lines += ["", "| synthesis run | generator | documents | candidates | kept | kept share | kept / document | kept / minute |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -165,11 +185,12 @@ def main() -> int:
     ax.set_xlabel("requests in flight")
     ax.set_ylabel("output tokens/s")
     ax.set_xscale("log", base=2)
+    ax.set_ylim(bottom=0)
     ax.set_title(f"{result['generator']}\n(2-core machine shared with other jobs)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=120)
-    return 0
+    plt.close(fig)
 
 
 if __name__ == "__main__":
