@@ -7,7 +7,7 @@ below catches one of those failure modes; the cheap string checks run before the
 round-trip only sees survivors.
 
 Order (``DEFAULT_ORDER``): schema -> question length -> copied from the note -> evidence in the note
--> answer supported by the note -> language -> patient-name cap -> near-duplicate within the
+-> answer supported by the evidence -> language -> patient-name cap -> near-duplicate within the
 document -> exact duplicate across the corpus -> round-trip.
 
 Measured facts the defaults follow (pipeline.md B.4): 3 words minimum (5 dropped good short
@@ -227,26 +227,29 @@ class EvidenceInDocument:
 
 @dataclass
 class AnswerSupported:
-    """Most content words of the answer must occur in the note.
+    """The answer's content words and numbers must be in the evidence quote (share >= 0.5).
 
-    Not in the B.3 recipe; added because small generators quote real evidence and then answer with
-    an invented fact ("Levo is used for reducing pain"), which the evidence check cannot see.
+    The recipe's grounding rule is "the answer may only use facts in the quote" (B.3.4); the evidence
+    check alone cannot see it: small generators quote a real sentence (the schema makes them) and
+    then answer with something unrelated ("3" to a greeting line, a date from another sentence).
+    ``against="document"`` relaxes it to the whole note.
     """
 
     min_share: float = 0.5
+    against: str = "evidence"
     name: str = "answer"
 
     def __call__(self, cand: Candidate, doc: DocContext, kept: Sequence[Candidate]) -> Drop | None:
         en, de = _stopwords()
-        content = [w for w in words(cand.answer) if len(w) > 2 and w not in en and w not in de]
-        if not content:
+        content = [w for w in words(cand.answer) if (len(w) > 2 or w.isdigit()) and w not in en and w not in de]
+        if not content:  # "yes", "no": nothing to check
             cand.verdicts["answer_support"] = 1.0
             return None
-        doc_words = _doc_words(doc)
-        share = sum(w in doc_words for w in content) / len(content)
+        support = frozenset(words(cand.evidence)) if self.against == "evidence" else _doc_words(doc)
+        share = sum(w in support for w in content) / len(content)
         cand.verdicts["answer_support"] = round(share, 2)
         if share < self.min_share:
-            return Drop(self.name, f"{share:.0%} of the answer's content words are in the document")
+            return Drop(self.name, f"{share:.0%} of the answer's content words are in the {self.against}")
         return None
 
 

@@ -112,6 +112,12 @@ def test_answer_with_invented_facts_is_dropped():
     good = cand("d4", "How long was ceftriaxone given?", "7 days, then oral amoxicillin",
                 "Ceftriaxone 2 g daily for 7 days, then oral amoxicillin.")
     assert f(good, ctx("d4"), []) is None and good.verdicts["answer_support"] == 1.0
+    # a real quote with an unrelated answer: the number is in the note, but not in the quote
+    unrelated = cand("d4", "How long was ceftriaxone given?", "7", "Community-acquired pneumonia of the right lower lobe.")
+    assert f(unrelated, ctx("d4"), []).reason == "answer"
+    assert AnswerSupported(against="document")(unrelated, ctx("d4"), []) is None
+    yes = cand("d4", "Is metformin continued?", "Yes", "Metformin continued.")
+    assert f(yes, ctx("d4"), []) is None
 
 
 def test_wrong_language_is_dropped_short_keyword_queries_pass():
