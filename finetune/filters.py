@@ -225,6 +225,9 @@ class EvidenceInDocument:
         return None
 
 
+_YES_NO = frozenset({"yes", "no", "ja", "nein", "not", "nicht", "none", "keine", "kein"})
+
+
 @dataclass
 class AnswerSupported:
     """The answer's content words and numbers must be in the evidence quote (share >= 0.5).
@@ -241,7 +244,8 @@ class AnswerSupported:
 
     def __call__(self, cand: Candidate, doc: DocContext, kept: Sequence[Candidate]) -> Drop | None:
         en, de = _stopwords()
-        content = [w for w in words(cand.answer) if (len(w) > 2 or w.isdigit()) and w not in en and w not in de]
+        content = [w for w in words(cand.answer)
+                   if (len(w) > 2 or w.isdigit()) and w not in en and w not in de and w not in _YES_NO]
         if not content:  # "yes", "no": nothing to check
             cand.verdicts["answer_support"] = 1.0
             return None
