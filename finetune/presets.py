@@ -76,7 +76,7 @@ CPU_DEMO = Preset(
     mine=10,
     keep_negatives=0,
     train=TrainConfig(
-        base="me5-small", name="domain", max_steps=15, learning_rate=1e-4, warmup_ratio=0.1,
+        base="me5-small", name="domain", max_steps=30, learning_rate=1e-4, warmup_ratio=0.1,
         batch_size=32, mini_batch_size=32, max_seq_length=128, freeze_embeddings=True, freeze_layers=4,
         matryoshka_dims=None, num_negatives=0, scale=20.0, max_per_patient=1, eval_steps=15, seed=0,
     ),
