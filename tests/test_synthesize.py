@@ -60,6 +60,8 @@ def _settings(settings, **kw):
 
 
 def _lines(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
@@ -266,7 +268,7 @@ def test_embedded_server_generates_grounded_pairs(tmp_path, settings):
     path = tmp_path / "docs.jsonl"
     write_jsonl(docs, path)
     out = tmp_path / "qa.jsonl"
-    m = synthesize_file(path, out, per_doc=1, generator="smollm2", concurrency=1, settings=settings.replace(
+    m = synthesize_file(path, out, per_doc=1, generator="smollm2", concurrency=2, settings=settings.replace(
         llm_threads=1, llm_ctx=2048), progress=False, roundtrip="none", skip_filters=["answer", "length", "language"])
     assert m["generator"]["model"] == "smollm2-135m-instruct" and m["totals"]["documents_done"] == 2
     assert m["this_run"]["calls"] == 2 and m["this_run"]["completion_tokens"] > 0

@@ -91,7 +91,7 @@ def test_embedded_generator_translates_keeping_the_layout(tmp_path, settings):
     write_jsonl([DOCS[1]], path)
     out = tmp_path / "en.jsonl"
     m = translate_file(path, out, generator="smollm2", concurrency=1, progress=False,
-                       settings=settings.replace(llm_threads=1, llm_ctx=2048), piece_chars=40)
+                       settings=settings.replace(llm_threads=1, llm_ctx=2048), piece_chars=60)
     row = _rows(out)[0]
     assert m["generator"]["model"] == "smollm2-135m-instruct"
     assert row["text"].count("\n\n") == 1 and all(part.strip() for part in row["text"].split("\n\n"))
