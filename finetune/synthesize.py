@@ -442,7 +442,8 @@ def _totals(files: OutputFiles) -> dict[str, Any]:
     progress = _read_jsonl(files.progress)
     reasons = Counter(r.get("drop_reason", "?") for r in rejected)
     done = {r["doc_id"] for r in progress if "doc_id" in r} | {r["doc_id"] for r in kept if "doc_id" in r}
-    n_cand = len(kept) + len(rejected)
+    # a "truncated" row marks a reply cut off at max_tokens (an item lost), not a generated candidate
+    n_cand = len(kept) + len(rejected) - reasons.get("truncated", 0)
     return {
         "documents_done": len(done),
         "documents_with_request_errors": sum(1 for r in progress if r.get("error")),
@@ -450,7 +451,8 @@ def _totals(files: OutputFiles) -> dict[str, Any]:
         "kept": len(kept),
         "kept_share": round(len(kept) / n_cand, 4) if n_cand else None,
         "kept_per_document": round(len(kept) / len(done), 3) if done else None,
-        "dropped": sum(reasons.values()),
+        "dropped": sum(reasons.values()) - reasons.get("truncated", 0),
+        "truncated_replies": reasons.get("truncated", 0),
         "drop_reasons": dict(reasons.most_common()),
         "question_types": dict(Counter(r.get("question_type") for r in kept).most_common()),
         "languages": dict(Counter(r.get("language") for r in kept).most_common()),
