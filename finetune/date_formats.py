@@ -69,6 +69,9 @@ FORMATS: list[DateFormat] = [
     _fmt("en_mdy_dot", rf"{_L}{_M}/{_D}\.(?P<y>\d{{2}})(?=\s|$)", "en"),  # "11/21.93", a typing habit
     _fmt("en_mdy_dash", rf"{_L}{_M}-{_D}-{_Y}{_R}", "en"),
     _fmt("en_md", rf"{_L}{_M}/{_D}{_R}", "en"),
+    # "052647": month, day and year run together, all zero-padded (a typing habit in notes)
+    _fmt("en_mdy_compact", r"(?<![\w/.,#:+-])(?P<m>0[1-9]|1[0-2])(?P<d>0[1-9]|[12]\d|3[01])(?P<y>\d{2})"
+         r"(?![\w/:]|[.,]\d|-\d|\s?(?:mg|µg|ug|ml|mmol|g\b|%|cc|units))", "en"),
     _fmt("my_slash", rf"{_L}{_M}/(?P<y>(?:19|20)\d{{2}}|\d{{2}}){_R}", "de en"),
     # month names
     _fmt("en_mon_d_y", rf"\b{MON}\.?\s{_D}{_ORD}?,?\s{_Y}(?!\d)", "en"),
@@ -92,7 +95,8 @@ def find_dates(text: str, language: str) -> Iterator[tuple[int, int, str]]:
             if fmt.name in ("en_mon_d", "en_d_mon") and match.group("mon").lower() in _AMBIGUOUS_EN:
                 # "may 2", "march 3": plausible dates; "Mar" alone is too, but "may" next to a
                 # number without year is common English ("may 2 days"): require a capital or an ordinal.
-                if not (match.group("mon")[0].isupper() or match.groupdict().get("ord")):
+                if not (match.group("mon")[0].isupper() or match.groupdict().get("ord")
+                        or _DATE_PREPOSITION.search(text[max(0, match.start() - 12): match.start()])):
                     continue
             if fmt.name in ("en_md", "en_mdy") and _not_a_date(text, match):
                 continue
@@ -126,6 +130,8 @@ def _not_a_date(text: str, match: re.Match[str]) -> bool:
 
 
 _AMBIGUOUS_EN = {"may", "march", "mar", "jun", "jan", "dec", "sep", "sept", "aug"}
+#: A lower-case "may 15" is a date after these ("last used in may 15", "since march 3").
+_DATE_PREPOSITION = re.compile(r"(?i)\b(?:in|on|since|until|till|from|early|mid|late|before|after|around|last)\s+$")
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,10 +226,11 @@ def shift_date(text: str, days: int, language: str, *, reference: dt.date | None
             continue
         shifted = original + dt.timedelta(days=days)
         values: dict[str, str] = {}
+        compact = fmt.name == "en_mdy_compact"  # digits run together: always two per field
         if groups.get("d"):
-            values["d"] = _pad(shifted.day, groups["d"])
+            values["d"] = f"{shifted.day:02d}" if compact else _pad(shifted.day, groups["d"])
         if groups.get("m"):
-            values["m"] = _pad(shifted.month, groups["m"])
+            values["m"] = f"{shifted.month:02d}" if compact else _pad(shifted.month, groups["m"])
         if groups.get("mon"):
             values["mon"] = _month_name(shifted.month, groups["mon"], language)
         if groups.get("y"):
