@@ -57,6 +57,13 @@ class Gazetteers:
     allow_terms: frozenset[str]  # eponyms/abbreviations kept as clinical terms (resources/allow_list.txt)
     english_words: frozenset[str]  # a larger English vocabulary minus every known name (weak rules only)
     english_all: frozenset[str]  # the same vocabulary with the names left in ("kidney", "smith")
+    #: Faker's broad "en" list (US census first names, nicknames: "Pat", "Rob", "Bea") minus the
+    #: names above. Too many ordinary words ("Pleasant", "Mae", "Brown") for bare matches: only
+    #: used where the context already says person ("daughter pat lives", "Bea Tura and Drs ...").
+    first_extra: frozenset[str] = frozenset()
+    #: The vocabulary's most frequent words (names included: "mark", "will", "rose", "april"); the
+    #: uncased WordPiece vocabulary lists whole words roughly by corpus frequency.
+    frequent_english: frozenset[str] = frozenset()
 
     @property
     def first_names(self) -> frozenset[str]:
@@ -65,6 +72,11 @@ class Gazetteers:
     def is_first(self, token: str) -> bool:
         low = token.lower()
         return low in self.first_male or low in self.first_female
+
+    def is_any_first(self, token: str) -> bool:
+        """A first name of the base lists or of the broad list (context rules only)."""
+        low = token.lower()
+        return low in self.first_male or low in self.first_female or low in self.first_extra
 
     def is_name_word(self, token: str) -> bool:
         low = token.lower()
@@ -120,13 +132,22 @@ def load_gazetteers() -> Gazetteers:
     states = {s.lower() for s in getattr(states_provider, "states", ())}
     allow = frozenset(_read_list("allow_list.txt"))
     cities -= common
-    vocabulary = _english_vocabulary()
+    ranked = _english_vocabulary()
+    vocabulary = set(ranked)
+    frequent = set(ranked[:FREQUENT_WORDS])
     english = vocabulary - male - female - last
+    broad = _provider("person", "en")
+    extra = _words(getattr(broad, "first_names", ())) - male - female if broad is not None else set()
     return Gazetteers(frozenset(male), frozenset(female), frozenset(last), frozenset(common),
-                      frozenset(cities), frozenset(states), allow, frozenset(english), frozenset(vocabulary))
+                      frozenset(cities), frozenset(states), allow, frozenset(english), frozenset(vocabulary),
+                      frozenset(extra), frozenset(frequent))
 
 
-def _english_vocabulary() -> set[str]:
+#: How many of the vocabulary's first whole words count as frequent English (rank < ~5000 of 30k).
+FREQUENT_WORDS = 2500
+
+
+def _english_vocabulary() -> list[str]:
     """Whole words of the uncased WordPiece vocabulary shipped with the MiniLM baseline (~21k).
 
     A generic English list, larger than Faker's lorem words; weak rules (gazetteer, NER,
@@ -139,9 +160,9 @@ def _english_vocabulary() -> set[str]:
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.origin:
-        return set()
+        return []
     vocab = Path(spec.origin).parent / "model" / "vocab.txt"
     if not vocab.is_file():
-        return set()
+        return []
     words = vocab.read_text(encoding="utf-8").split("\n")
-    return {w for w in words if len(w) >= 3 and w.isalpha() and w.isascii()}
+    return [w for w in words if len(w) >= 3 and w.isalpha() and w.isascii()]  # in vocabulary order

@@ -280,6 +280,26 @@ def _extend_conjunction(view: TextView, last: int, source: str, *, any_case: boo
                 yield view.span(toks[m], toks[end], PhiType.NAME, source)
 
 
+def _names_before_conjunction(view: TextView, conj: int) -> Iterator[PhiSpan]:
+    """'Bea Tura and Drs Joseph': the person named before 'and <title> <name>' is a person too.
+
+    Up to two words: not ordinary vocabulary, or a first name of the broad list ("Bea"); one of
+    them must not be ordinary at all, so "GIVEN AND DR X" or "PT AND DR X" stay.
+    """
+    toks = view.tokens
+    words: list[int] = []
+    k = conj - 1
+    while k >= 0 and len(words) < 2 and toks[k].line == toks[conj].line and toks[k].is_word \
+            and not (toks[k].text.endswith(".") and not toks[k].is_initial) and len(toks[k].core) >= 3 \
+            and view.name_like(toks[k], any_case=view.case != "mixed") and toks[k].low not in TITLE_CHAIN \
+            and toks[k].low not in RELATIONS and toks[k].low not in CREDENTIALS \
+            and (not view.ordinary(toks[k]) or view.gaz.is_any_first(toks[k].core)):
+        words.insert(0, k)
+        k -= 1
+    if words and any(not view.ordinary(toks[w]) for w in words):
+        yield view.span(toks[words[0]], toks[words[-1]], PhiType.NAME, "conjunction", strong=False)
+
+
 def title_names(view: TextView) -> Iterator[PhiSpan]:
     """Names after a title or role: 'Dr. Marder', 'DR SWACKHAMER', 'Frau Prof. Dr. med. Anna Becker'."""
     toks = view.tokens
@@ -301,6 +321,12 @@ def title_names(view: TextView) -> Iterator[PhiSpan]:
         if j >= len(toks) or toks[j].line - tok.line > 1:
             continue
         end = _name_sequence(view, j, any_case=not weak, need_known_first=weak, after_title=not weak)
+        if end is None and not weak and tok.text.endswith(".") and toks[j].line == tok.line and toks[j].is_word \
+                and len(toks[j].core) >= 4 and toks[j].low in view.gaz.last_names \
+                and toks[j].low not in view.gaz.english_all:
+            end = j  # "dr. noone": a surname that the stop-word list also holds ("no one")
+        if end is not None and i >= 2 and toks[i - 1].low in {"and", "&"} and toks[i - 1].line == tok.line:
+            yield from _names_before_conjunction(view, i - 1)
         if end is None and weak and j + 1 < len(toks) and toks[j + 1].low in AWARE \
                 and view.name_like(toks[j], any_case=True) and not view.ordinary(toks[j]):
             end = j  # "NP DJURIC MADE AWARE", "md wyman aware"
@@ -308,6 +334,14 @@ def title_names(view: TextView) -> Iterator[PhiSpan]:
             continue
         yield view.span(toks[j], toks[end], PhiType.NAME, "title", strong=True)
         yield from _extend_conjunction(view, end, "title", any_case=not weak)
+
+
+#: Verbs after "daughter pat": the word between is the relative's name, even a nickname that is
+#: also an English word ("son rob lives", "wife pat called").
+RELATIVE_VERBS = {"lives", "lived", "living", "is", "was", "has", "had", "will", "would", "who", "came", "went",
+                  "returned", "arrived", "visited", "visiting", "called", "calls", "phoned", "states", "stated",
+                  "says", "said", "aware", "updated", "agrees", "agreed", "wants", "wishes", "requests", "requested",
+                  "lebt", "ist", "war", "kam", "rief"}
 
 
 def relation_names(view: TextView) -> Iterator[PhiSpan]:
@@ -324,6 +358,12 @@ def relation_names(view: TextView) -> Iterator[PhiSpan]:
                     break
             j += 1
         if j >= len(toks) or toks[j].line != tok.line:
+            continue
+        nxt = toks[j + 1] if j + 1 < len(toks) else None
+        if nxt is not None and nxt.line == tok.line and nxt.low in RELATIVE_VERBS and toks[j].is_word \
+                and len(toks[j].core) >= 3 and view.gaz.is_any_first(toks[j].core) and toks[j].low not in STOP_WORDS \
+                and toks[j].low not in RELATIONS and (view.case != "mixed" or toks[j].capitalised):
+            yield view.span(toks[j], toks[j], PhiType.NAME, "relation", strong=True)  # "daughter pat lives"
             continue
         end = _name_sequence(view, j, max_words=2, any_case=True)
         if end is None:
@@ -384,6 +424,12 @@ def credential_names(view: TextView) -> Iterator[PhiSpan]:
             t = toks[k]
             if t.text.endswith(".") and not t.is_initial:
                 break  # "WHEEZES. JON DEVAUX RRT": the sentence before is not part of the name
+            eponym_surname = (k > 0 and k == i - 1 and t.low in view.gaz.last_names and toks[k - 1].line == t.line
+                              and view.gaz.is_first(toks[k - 1].core) and not view.common(toks[k - 1])
+                              and (view.case != "mixed" or (t.capitalised and toks[k - 1].capitalised)))
+            if eponym_surname:  # "Bernard Foley CRT": an eponym as a surname, after a first name
+                first, words, k = k, words + 1, k - 1
+                continue
             if t.is_initial or (view.name_like(t, any_case=True) and len(t.core) >= 3 and t.low not in CREDENTIALS
                                 and not (view.ordinary(t) and not view.gaz.is_name_word(t.core)
                                          and not (k > 0 and toks[k - 1].is_initial))
@@ -450,6 +496,13 @@ def gazetteer_names(view: TextView) -> Iterator[PhiSpan]:
                     view.ordinary(t) or len(t.core) < 3 or "'" in t.core for t in toks[i + 1: end + 1]
                     if t.is_word and not t.is_initial):
                 yield view.span(tok, toks[end], PhiType.NAME, "gazetteer", strong=False)
+            elif view.case == "lower" and tok.core.islower() and len(tok.core) >= 4 and not view.ordinary(tok) \
+                    and tok.low in gaz.english_all and tok.low not in gaz.frequent_english \
+                    and not (i > 0 and toks[i - 1].low in DRUG_CONTEXT) and not DRUG_SUFFIX.search(tok.low):
+                # a lower-case note: a first name alone ("discussed with janet"). The name must be a
+                # word of the general vocabulary (typos and Latin such as "perla", "ante" are not)
+                # but not one of its frequent words ("mark", "rose", "hope" are English first).
+                yield view.span(tok, tok, PhiType.NAME, "gazetteer_lower", strong=False)
 
 
 #: Words before a drug name ("has used Allegra", "instead of Allegra"), and drug-name endings.
@@ -477,6 +530,13 @@ def first_name_verbs(view: TextView) -> Iterator[PhiSpan]:
         if view.gaz.is_first(tok.core) and not view.ordinary(tok) and tok.low not in view.gaz.allow_terms \
                 and (view.case != "mixed" or tok.capitalised):
             yield view.span(tok, tok, PhiType.NAME, "first_name_verb", strong=True)
+        elif i > 0 and view.gaz.is_any_first(toks[i - 1].core) and toks[i - 1].line == tok.line \
+                and len(toks[i - 1].core) >= 3 and toks[i - 1].low not in STOP_WORDS and tok.is_word \
+                and not view.ordinary(tok) and not view.common(tok) and tok.low not in view.gaz.allow_terms \
+                and tok.low not in CREDENTIALS and tok.low not in TITLE_CHAIN \
+                and (view.case != "mixed" or (tok.capitalised and toks[i - 1].capitalised)):
+            # "BEA TURA AWARE": a first name (broad list) and an unknown word before the verb
+            yield view.span(toks[i - 1], tok, PhiType.NAME, "first_name_verb", strong=True)
 
 
 def patient_names(view: TextView) -> Iterator[PhiSpan]:
@@ -675,14 +735,25 @@ def _german_hospital(view: TextView, i: int) -> Iterator[PhiSpan]:
 
 
 SAINT = re.compile(rf"\b(?:St|ST|st|Saint|SAINT|Sankt|St\.-)\.?\s+(?P<name>[{L_UP}][{LETTER}]+|[{L_UP}]\.)")
+#: Institutions named after a religious title ("Holy Cross", "Sacred Heart", "Holy Name"): the
+#: adjective practically never stands before a capitalised word in clinical prose otherwise.
+RELIGIOUS = re.compile(rf"(?i)\b(holy|sacred)\s+(?P<name>[{LETTER}]{{3,}})")
+RELIGIOUS_OBJECTS = {"water", "communion", "oil", "oils", "spirit", "ghost", "bible", "book", "rosary", "rites",
+                     "scripture", "week", "day", "days", "place", "ground"}
 HOSPITAL_ABBR = re.compile(r"(?i:\b(?:to|at|from|in|into|@|by|via))\s+(?:(?i:the)\s+)?(?P<abbr>[A-Z]{1,3}H|[A-Z]{2,4}MC)\b")
 WARD = re.compile(rf"(?i:\b(?:to|from|on|at|per|transfer|transferred|transfered|tx))\s+(?P<ward>[{LETTER}]{{5,}})\s?\d{{1,2}}\b"
                   r"(?!\s*(?:mg|mcg|cc|ml|l\b|%|x|u\b|units|meq|hr|h\b|/|:|\.\d|mm|min|am|pm|liters?))")
 
 
 def saints_and_wards(view: TextView) -> Iterator[PhiSpan]:
-    """'St. Agnes', 'ST MARY', 'to GH', 'transfer to Quartermain 2' (a named ward)."""
+    """'St. Agnes', 'ST MARY', 'Holy Family', 'to GH', 'transfer to Quartermain 2' (a named ward)."""
     gaz = view.gaz
+    for m in RELIGIOUS.finditer(view.text):
+        name = m.group("name")
+        if name.lower() in STOP_WORDS or name.lower() in RELIGIOUS_OBJECTS \
+                or (view.case == "mixed" and not (m.group(1)[0].isupper() and name[0].isupper())):
+            continue
+        yield PhiSpan(m.start(), m.end("name"), PhiType.HOSPITAL, 0.7, "religious", True)
     for m in SAINT.finditer(view.text):
         name = m.group("name").rstrip(".")
         if gaz.is_first(name) or len(name) == 1:
@@ -723,6 +794,14 @@ def places(view: TextView) -> Iterator[PhiSpan]:
         if tok.is_word and (low in cities or low in gaz.states) and (view.case != "mixed" or tok.capitalised):
             first = toks[i - 1] if i > 0 and re.fullmatch(r"[A-Z]", toks[i - 1].text) else tok  # "U Maryland"
             yield view.span(first, tok, PhiType.LOCATION, "city", strong=False)
+            continue
+        if view.case == "upper" and view.language == "en" and tok.is_word and tok.is_title_case \
+                and len(tok.core) >= 4 and i > 0 and toks[i - 1].low in {"to", "in", "from", "at", "near"} \
+                and toks[i - 1].core.isupper() and not view.common(tok) and low not in gaz.allow_terms \
+                and not DRUG_SUFFIX.search(low) and not ORDINARY_SUFFIX.search(low):
+            # "RETURN TO Baltimore TOMORROW": in a note typed in capitals, the one word written
+            # otherwise after a place preposition was copied from somewhere (a place name)
+            yield view.span(tok, tok, PhiType.LOCATION, "upper_note_place", strong=False)
             continue
         if low in LIVES:
             for j in range(i + 1, min(i + 9, len(toks))):
@@ -919,7 +998,7 @@ PHONE_TRIGGER = re.compile(
     r"(?i:\b(?:pager|pg|beeper(?:\snumber)?|beep|phone(?:\snumber)?|tel|telephone|telefon|cell|cellular|home|work|"
     r"mobile?|mobil|handy|fax|telefax|durchwahl|info|rufnummer|nummer|number|unter|reached\sat|call\sat|call)"
     r"\.?(?:\s?(?:no\.?|#|nr\.?))?)[\s:#.\-]*(?P<phone>\+?\(?\d[\d()\s/.\-–]{3,}\d(?:\s?o\.\s?\d+)?)")
-PHONE_US = re.compile(r"(?<![\d/.-])(?:\(\d{3}\)\s?|\b\d{3}[\s.-])?\d{3}-\d{4}\b(?![-/]\d)")
+PHONE_US = re.compile(r"(?<![\d/.-])(?:\(\d{3}\)\s?|\b\d{3}[\s.-]?)?\d{3}-\d{4}\b(?![-/]\d)")  # "202555-0123" too
 PHONE_DE = re.compile(
     r"(?<![\d.,/])(?:\+\d{2}\s?(?:\(0\)\s?)?\(?\d{1,4}\)?|\(0\d{2,5}\)|\b0\d{2,5})(?:\s?[/\-–]\s?|\s)\d[\d\s\-–]{2,}\d(?![\d.,])")
 
@@ -958,6 +1037,27 @@ def urls(view: TextView) -> Iterator[PhiSpan]:
 # Rule registry, Presidio wrapper
 # --------------------------------------------------------------------------------------------
 
+EMPLOYER = re.compile(
+    r"(?i:\b(?:works?|worked|working|employed|employee|retired|job|ceo|president|owner|manager|engineer|"
+    r"consultant|executive)\s+(?:at|for|by|from|of)\s+(?:the\s+)?)(?P<org>[A-Z][\w&-]*(?: [A-Z][\w&-]*){0,2})")
+
+
+def employers(view: TextView) -> Iterator[PhiSpan]:
+    """'works for Acme Corp', 'HUSBAND CEO OF ACME': a named employer after a work phrase."""
+    for m in EMPLOYER.finditer(view.text):
+        words = m.group("org").split(" ")
+        keep = []
+        for word in words:
+            low = word.lower()
+            if low in view.gaz.common or low in STOP_WORDS or low in view.gaz.allow_terms or ORDINARY_SUFFIX.search(low):
+                break
+            keep.append(word)
+        if not keep or (view.case == "mixed" and not any(w[0].isupper() for w in keep)):
+            continue
+        end = m.start("org") + len(" ".join(keep))
+        yield PhiSpan(m.start("org"), end, PhiType.ORGANIZATION, 0.6, "employer", True)
+
+
 Rule = Callable[[TextView], Iterable[PhiSpan]]
 
 #: name -> (rule, languages). German runs everything except spaCy NER unless a German model is set.
@@ -971,6 +1071,7 @@ RULES: dict[str, tuple[Rule, frozenset[str]]] = {
     "hospitals": (hospitals, frozenset({"en", "de"})),
     "saints_and_wards": (saints_and_wards, frozenset({"en", "de"})),
     "places": (places, frozenset({"en", "de"})),
+    "employers": (employers, frozenset({"en"})),
     "title_names": (title_names, frozenset({"en", "de"})),
     "relation_names": (relation_names, frozenset({"en", "de"})),
     "credential_names": (credential_names, frozenset({"en", "de"})),
