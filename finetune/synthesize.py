@@ -645,8 +645,12 @@ def synthesize_file(
                   "roundtrip_k": next((getattr(f, "k", None) for f in state.filters if f.name == "roundtrip"), None),
                   "filters": state.names, "llm_ctx": ctx, "llm_threads": settings.llm_threads}
 
+        earlier_runs = list(old_manifest.get("runs", []))
+        if old_manifest.get("this_run") and not old_manifest["this_run"].get("finished"):
+            earlier_runs.append({**old_manifest["this_run"], "interrupted": True})  # killed: last checkpoint
+
         def manifest(final: bool) -> dict[str, Any]:
-            runs = list(old_manifest.get("runs", []))
+            runs = list(earlier_runs)
             this_run = {
                 "finished": final, "started_unix": round(time.time() - stats.elapsed(), 1),
                 "documents_todo": len(todo), "documents_done": stats.docs_done,
@@ -710,6 +714,7 @@ async def _run_all(todo: Sequence[Document], endpoints: _Endpoints, *, files: Ou
     bar = tqdm(total=len(todo), unit="doc", disable=not progress, desc="synthesize", dynamic_ncols=True)
     consecutive_failures = 0
     abort: list[BaseException] = []
+    last_checkpoint = [time.monotonic()]
 
     async def worker() -> None:
         nonlocal consecutive_failures
@@ -768,7 +773,8 @@ async def _run_all(todo: Sequence[Document], endpoints: _Endpoints, *, files: Ou
             minutes = max(stats.elapsed(), 1e-6) / 60
             bar.set_postfix(kept=stats.kept, pairs_per_min=f"{stats.kept / minutes:.1f}",
                             tok_s=f"{stats.completion_tokens / max(stats.elapsed(), 1e-6):.1f}")
-            if stats.docs_done % MANIFEST_EVERY_DOCS == 0:
+            if stats.docs_done % MANIFEST_EVERY_DOCS == 0 or time.monotonic() - last_checkpoint[0] > 60:
+                last_checkpoint[0] = time.monotonic()
                 checkpoint()
 
     try:
@@ -802,7 +808,8 @@ def _finish_document(doc: Document, cands: list[Candidate], lost: int, error: st
     _append(files.qa, kept_rows)
     _append(files.progress, [{"doc_id": doc.doc_id, "patient_id": doc.patient_id, "calls": n_calls,
                               "candidates": len(cands), "kept": len(kept_rows), "dropped": dict(reasons),
-                              "seconds": round(seconds, 2), "error": error}])
+                              "seconds": round(seconds, 2), "finished_unix": round(time.time(), 1),
+                              "error": error}])
     stats.docs_done += 1
     stats.candidates += len(cands)
     stats.kept += len(kept_rows)
