@@ -537,6 +537,7 @@ def synthesize_file(
     evidence_enum: bool = True,
     interleave_patients: bool = False,
     request_extra: dict[str, Any] | None = None,
+    strict_answers: bool = False,
 ) -> dict[str, Any]:
     """Generate, filter and append QA pairs for every document of ``in_path`` not done yet.
 
@@ -552,6 +553,8 @@ def synthesize_file(
     can split by patient).
     ``request_extra``: more fields for every request body (sampling options such as
     ``{"presence_penalty": 0.5}``, or vLLM's ``chat_template_kwargs``).
+    ``strict_answers``: drop pairs whose answer is not supported by the evidence quote itself (the
+    default only requires support by the note and records ``answer_in_evidence``).
     Returns the manifest (also written to ``manifest.json`` next to ``out_path``).
     """
     settings = settings or load_settings()
@@ -600,7 +603,8 @@ def synthesize_file(
             raise ValueError(f"roundtrip must be 'bm25', 'dense:<embedder>' or 'none', not {roundtrip!r}")
     ref_seconds = time.monotonic() - t_ref
     state: FilterState = default_filters(reference=reference, patient_of=patient_of, k=roundtrip_k,
-                                         per_doc=per_doc, skip=skip_filters)
+                                         per_doc=per_doc, skip=skip_filters,
+                                         answer_against="evidence" if strict_answers else "document")
     if state.duplicates is not None:
         for r in previous:
             state.duplicates.seen.setdefault(normalize(r.get("question", "")), r.get("qa_id", ""))
@@ -642,6 +646,7 @@ def synthesize_file(
                   "limit": limit, "temperature": temperature, "window_chars": window_chars,
                   "max_tokens_per_call": max_out, "roundtrip": roundtrip, "evidence_enum": evidence_enum,
                   "interleave_patients": interleave_patients, "request_extra": request_extra,
+                  "strict_answers": strict_answers,
                   "roundtrip_k": next((getattr(f, "k", None) for f in state.filters if f.name == "roundtrip"), None),
                   "filters": state.names, "llm_ctx": ctx, "llm_threads": settings.llm_threads}
 
@@ -860,6 +865,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="one document per patient in turn, so a partial output covers many patients")
     ap.add_argument("--request-extra", type=json.loads, default=None,
                     help='JSON object merged into every request, e.g. \'{"presence_penalty": 0.5}\'')
+    ap.add_argument("--strict-answers", action="store_true",
+                    help="drop answers not supported by the evidence quote itself (for reference-answer sets)")
     ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default CRAG_LLM_THREADS=1)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
@@ -875,7 +882,8 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress, model=args.model, per_call=args.per_call,
             temperature=args.temperature, window_chars=args.window_chars, roundtrip=args.roundtrip,
             roundtrip_k=args.roundtrip_k, skip_filters=args.skip_filter, evidence_enum=not args.free_evidence,
-            interleave_patients=args.interleave_patients, request_extra=args.request_extra)
+            interleave_patients=args.interleave_patients, request_extra=args.request_extra,
+            strict_answers=args.strict_answers)
     except (SynthesisError, LLMError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -104,7 +104,7 @@ def test_hallucinated_evidence_is_dropped_and_real_evidence_located():
 
 
 def test_answer_with_invented_facts_is_dropped():
-    f = AnswerSupported()
+    f = AnswerSupported(against="evidence")
     bad = cand("d4", "What is ceftriaxone used for here?", "Reducing pain and inflammation after surgery",
                "Ceftriaxone 2 g daily for 7 days")
     drop = f(bad, ctx("d4"), [])
@@ -115,7 +115,10 @@ def test_answer_with_invented_facts_is_dropped():
     # a real quote with an unrelated answer: the number is in the note, but not in the quote
     unrelated = cand("d4", "How long was ceftriaxone given?", "7", "Community-acquired pneumonia of the right lower lobe.")
     assert f(unrelated, ctx("d4"), []).reason == "answer"
-    assert AnswerSupported(against="document")(unrelated, ctx("d4"), []) is None
+    assert AnswerSupported()(unrelated, ctx("d4"), []) is None  # default: the note supports "7"
+    assert unrelated.verdicts["answer_in_evidence"] == 0.0 and unrelated.verdicts["answer_support"] == 1.0
+    assert AnswerSupported()(cand("d4", "What is ceftriaxone used for?", "Reducing pain after surgery",
+                                  "Ceftriaxone 2 g daily for 7 days"), ctx("d4"), []).reason == "answer"
     yes = cand("d4", "Is metformin continued?", "Yes", "Metformin continued.")
     assert f(yes, ctx("d4"), []) is None
 
