@@ -461,9 +461,27 @@ def initial_names(view: TextView) -> Iterator[PhiSpan]:
         if view.case == "mixed":
             ok = a.core.isupper() and b.capitalised and view.name_like(b)
         else:
-            ok = view.name_like(b, any_case=True) and view.gaz.is_name_word(b.core)
+            ok = view.name_like(b, any_case=True) and (view.gaz.is_name_word(b.core) or _coordinated_initial_name(view, i))
         if ok and b.low not in TITLE_CHAIN and len(b.core) >= 3 and not view.ordinary(b):
             yield view.span(a, b, PhiType.NAME, "initial", strong=False)
+
+
+def _is_initial_name(view: TextView, i: int) -> bool:
+    """Tokens i, i+1 are 'j. o'brien': a one-letter initial and a known surname on one line."""
+    toks = view.tokens
+    return (0 <= i and i + 1 < len(toks) and toks[i].is_initial and len(toks[i].core) == 1
+            and toks[i + 1].line == toks[i].line and view.gaz.is_name_word(toks[i + 1].core)
+            and not view.ordinary(toks[i + 1]))
+
+
+def _coordinated_initial_name(view: TextView, i: int) -> bool:
+    """'(d. xyz and j. o'brien)': an initial + unknown word listed with an initial + known surname
+    is a name too. Both must have that shape, so "e. coli and s. aureus" (no known surname) stays."""
+    toks = view.tokens
+    link = {"and", "&", ",", "/", "u", "und"}
+    after = i + 2 < len(toks) and toks[i + 2].low in link and _is_initial_name(view, i + 3)
+    before = i >= 3 and toks[i - 1].low in link and _is_initial_name(view, i - 3)
+    return after or before
 
 
 def gazetteer_names(view: TextView) -> Iterator[PhiSpan]:
@@ -679,6 +697,8 @@ def hospitals(view: TextView) -> Iterator[PhiSpan]:
         if low in {"home", "house", "general", "medical", "health", "nursing"} and not (
                 i + 1 < len(toks) and toks[i + 1].low in {"hospital", "hosp", "center", "centre"}) and low != "house":
             continue
+        if low in {"house", "home"} and i > 0 and re.search(r"['’]s$", toks[i - 1].core):
+            continue  # "Anne's house", "gwen smith's house": a person's home (possessive_homes)
         k, first = i - 1, None
         while k >= 0 and i - k <= 3 and toks[k].line == tok.line and toks[k].is_word and toks[k].low not in HOSPITAL_STOP \
                 and not (toks[k].text.endswith(".") and not toks[k].is_initial):
@@ -1058,6 +1078,32 @@ def employers(view: TextView) -> Iterator[PhiSpan]:
         yield PhiSpan(m.start("org"), end, PhiType.ORGANIZATION, 0.6, "employer", True)
 
 
+HOME_WORDS = {"house", "home", "apartment", "apt", "place", "farm", "condo", "trailer"}
+
+
+def possessive_homes(view: TextView) -> Iterator[PhiSpan]:
+    """"staying at ann kowalski's house": a first name (broad list) and a surname before 's + home."""
+    toks = view.tokens
+    for i, tok in enumerate(toks):
+        if not tok.is_word or not re.search(r"['’]s$", tok.core) or i + 1 >= len(toks) \
+                or toks[i + 1].low not in HOME_WORDS or toks[i + 1].line != tok.line:
+            continue
+        surname = re.sub(r"['’]s$", "", tok.core)
+        if view.gaz.is_first(surname) and not view.common_word(surname) and len(surname) >= 3 \
+                and (view.case != "mixed" or surname[:1].isupper()):
+            yield PhiSpan(tok.start, tok.start + len(surname), PhiType.NAME, 0.7, "possessive_home", True)
+            continue  # "at Anne's house"
+        first = toks[i - 1] if i > 0 and toks[i - 1].line == tok.line else None
+        if first is None or not first.is_word or len(first.core) < 3 or first.low in STOP_WORDS \
+                or not view.gaz.is_any_first(first.core) or len(surname) < 3:
+            continue
+        if view.case == "mixed" and not (first.capitalised and surname[:1].isupper()):
+            continue
+        if surname.lower() in view.gaz.common and surname.lower() not in view.gaz.last_names:
+            continue
+        yield PhiSpan(first.start, tok.start + len(surname), PhiType.NAME, 0.7, "possessive_home", True)
+
+
 Rule = Callable[[TextView], Iterable[PhiSpan]]
 
 #: name -> (rule, languages). German runs everything except spaCy NER unless a German model is set.
@@ -1081,6 +1127,7 @@ RULES: dict[str, tuple[Rule, frozenset[str]]] = {
     "patient_names": (patient_names, frozenset({"en", "de"})),
     "birth_names": (birth_names, frozenset({"en", "de"})),
     "first_name_verbs": (first_name_verbs, frozenset({"en", "de"})),
+    "possessive_homes": (possessive_homes, frozenset({"en"})),
     "gazetteer_names": (gazetteer_names, frozenset({"en", "de"})),
     "ner_entities": (ner_entities, frozenset({"en", "de"})),
 }

@@ -123,6 +123,11 @@ EN_CONTEXT_CASES = [
     # a person named before "and <title> <name>", and a first name + surname before a verb
     ("LUZ OKAFOR AND DRS PATEL AND LEE AWARE OF K 3.1.", "LUZ OKAFOR", PhiType.NAME),
     ("NPO. LABS SENT. LUZ OKAFOR AWARE.", "LUZ OKAFOR", PhiType.NAME),
+    # an initial + unknown word listed with an initial + known surname
+    ("valuables counted by nsg (k. vashtiro and m. o'brien) and sent to security.", "k. vashtiro", PhiType.NAME),
+    # a first name (+ surname) before 's house: a person's home, not a hospital
+    ('he said he was "at gwen vashtiro\'s house" and wanted to leave.', "gwen vashtiro", PhiType.NAME),
+    ("Pt wants to go to Anne's house after discharge.", "Anne", PhiType.NAME),
 ]
 
 
@@ -138,6 +143,7 @@ def test_english_context_rules(engine: Pseudonymizer, text: str, expected: str, 
     "pupils perla 3mm, weeping from ante both arms. on coumadin. will recheck inr in am.",
     "Placed in Trendelenburg. Started on Lasix. Family at bedside, holy water brought by chaplain.",
     "family at bedside, holy water and communion brought by chaplain.",
+    "urine cx: e. coli and s. aureus, sensitivities pending. pt states she lives at the neighbor's house.",
 ])
 def test_context_rules_leave_clinical_words(engine: Pseudonymizer, text: str) -> None:
     found = _found(engine, text, "en")
