@@ -68,6 +68,8 @@ def _lines(path: Path) -> list[dict]:
 def _docs_requested(double: OpenAIDouble, docs=NOTES) -> list[str]:
     out = []
     for r in double.chat_requests:
+        if not isinstance(r["body"], dict):  # cut off by the kill while being sent
+            continue
         text = r["body"]["messages"][-1]["content"]
         out += [n.doc_id for n in docs if "<<<\n" + n.text[:40] in text]
     return out
