@@ -40,7 +40,7 @@ from eval.report import bar_chart, run_manifest, write_json, write_markdown_tabl
 from eval.stats import bootstrap_ci, paired_test
 from rag.config import Settings, load_settings
 from rag.corpus import CorpusError
-from rag.retrieve import RRF_K, BM25Retriever, DenseRetriever, Hit, HybridRetriever, Scope, ScopeViolation
+from rag.retrieve import DENSE_SEARCHES, RRF_K, BM25Retriever, DenseRetriever, Hit, HybridRetriever, Scope, ScopeViolation
 
 if TYPE_CHECKING:
     from rag.index import ChunkIndex
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SCOPES = ("cross", "patient")
-SEARCH_MODES = ("store", "exact")  # store: the product's Chroma HNSW query; exact: cosine over the stored vectors
+SEARCH_MODES = DENSE_SEARCHES  # auto (the app's default), exact (cosine over the stored vectors), store (Chroma HNSW)
 METRIC_TITLES = {"map@100": "MAP@100", "ndcg@10": "nDCG@10", "recall@10": "Recall@10",
                  "recall@100": "Recall@100", "mrr@10": "MRR@10"}
 RUN_FORMAT = 2  # bump when the stored run layout or the retrieval procedure changes
@@ -138,14 +138,15 @@ class _PrecomputedQueryDense(DenseRetriever):
     Chroma's HNSW answers shorter under a patient filter (measured on synthea, whose templated
     notes give many identical vectors: 92 of a patient's 96 chunks, with ef_search 100); such a
     query is retried once and, if still short, counted in ``short_returns`` so the report says
-    so instead of scoring a truncated list silently. ``--search exact`` avoids the ANN error.
+    so instead of scoring a truncated list silently. Exact search (the default up to
+    ``rag.retrieve.EXACT_MAX_CHUNKS``) has no such error.
     """
 
     SHORT_RETRIES = 1
 
     def __init__(self, index: "ChunkIndex", vectors: dict[str, list[float]],
-                 scope_size: Callable[[Scope], int] | None = None) -> None:
-        super().__init__(index)
+                 scope_size: Callable[[Scope], int] | None = None, search: str = "auto") -> None:
+        super().__init__(index, search=search)
         self.vectors = vectors
         self.scope_size = scope_size
         self.short_returns = 0
@@ -168,72 +169,6 @@ class _PrecomputedQueryDense(DenseRetriever):
         if len(hits) < expected:
             self.short_returns += 1
             log.debug("dense store returned %d of %d chunks for a query in %s", len(hits), expected, scope.describe())
-        return hits
-
-
-class ExactDense:
-    """Exact cosine search over the vectors *stored in the index* (no HNSW), same scope rule.
-
-    Why: Chroma's HNSW is approximate, and on templated notes (many identical chunks, so many
-    identical vectors) its answers vary between processes and a patient filter can drop chunks
-    (measured: see the README). Comparing two embedders through that noise blurs the comparison;
-    ``--search exact`` ranks every chunk in scope by its true cosine (ties by store order), using
-    the very vectors, chunks and metadata the product indexed, so it isolates model quality.
-    """
-
-    name = "dense"
-
-    def __init__(self, index: "ChunkIndex", vectors: dict[str, list[float]]) -> None:
-        import numpy as np
-
-        self.index = index
-        self.vectors = vectors
-        ids: list[str] = []
-        texts: list[str] = []
-        metas: list[dict] = []
-        embs: list[Any] = []
-        total, page = index.collection.count(), 5000
-        for offset in range(0, total, page):
-            got = index.collection.get(include=["documents", "metadatas", "embeddings"], limit=page, offset=offset)
-            ids += got["ids"]
-            texts += got["documents"]
-            metas += got["metadatas"]
-            embs.append(np.asarray(got["embeddings"], dtype=np.float32))
-        order = sorted(range(len(ids)), key=ids.__getitem__)  # a fixed order, whatever the store's paging
-        self.ids = [ids[i] for i in order]
-        self.texts = [texts[i] for i in order]
-        self.metas = [metas[i] for i in order]
-        matrix = np.concatenate(embs)[order] if embs else np.zeros((0, index.embedder.dim), dtype=np.float32)
-        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-        self.matrix = matrix / np.where(norms == 0, 1, norms)
-        self.rows_by_patient: dict[str, list[int]] = {}
-        for row, meta in enumerate(self.metas):
-            self.rows_by_patient.setdefault(meta["patient_id"], []).append(row)
-
-    def retrieve(self, query: str, scope: Scope, k: int = 10) -> list[Hit]:
-        import numpy as np
-
-        vector = self.vectors.get(query)
-        if vector is None:
-            vector = self.index.embedder.embed_queries([query])[0].tolist()
-        if scope.patients is None:
-            rows = np.arange(len(self.ids))
-        else:
-            rows = np.array(sorted(r for p in scope.patients for r in self.rows_by_patient.get(p, [])), dtype=int)
-        if rows.size == 0:
-            return []
-        sims = self.matrix[rows] @ np.asarray(vector, dtype=np.float32)
-        top = rows[np.argsort(-sims, kind="stable")[:k]]
-        scores = dict(zip(rows.tolist(), sims.tolist()))
-        hits = []
-        for rank, row in enumerate(top.tolist(), start=1):
-            meta = self.metas[row]
-            keep = {key: v for key, v in meta.items() if not key.startswith("_") and key not in {"doc_hash", "n_chunks"}}
-            hits.append(Hit(self.ids[row], meta["doc_id"], meta["patient_id"], self.texts[row], int(meta["start"]),
-                            int(meta["end"]), float(scores[row]), rank, self.name, keep))
-        for hit in hits:  # the same second line of defence as rag.retrieve
-            if not scope.allows(hit.patient_id):
-                raise ScopeViolation(f"exact search returned chunk {hit.chunk_id} outside {scope.describe()}")
         return hits
 
 
@@ -350,7 +285,7 @@ def _scopes(scope: str) -> list[str]:
 
 
 def _run_model(spec: ModelSpec, scope_name: str, queries: list[Query], indexes: _Indexes, k: int,
-               progress: bool, search: str = "store") -> dict:
+               progress: bool, search: str = "auto") -> dict:
     """Rank documents for every query of one (model, scope); returns the stored-run body."""
     from tqdm.auto import tqdm
 
@@ -371,8 +306,7 @@ def _run_model(spec: ModelSpec, scope_name: str, queries: list[Query], indexes: 
     dense: Any = None
     if spec.kind in ("dense", "hybrid"):
         vectors = {t: v.tolist() for t, v in zip(texts, vecs)}
-        dense = (ExactDense(index, vectors) if search == "exact"
-                 else _PrecomputedQueryDense(index, vectors, scope_size))
+        dense = _PrecomputedQueryDense(index, vectors, scope_size, search=search)
     if spec.kind == "dense":
         retriever: Any = dense
     elif spec.kind == "bm25":
@@ -442,7 +376,7 @@ def evaluate(
     base: str = "me5-small",
     n_resamples: int = 2000,
     n_permutations: int = 10000,
-    search: str = "store",
+    search: str = "auto",
 ) -> dict:
     """Evaluate ``models`` (see :func:`parse_models`) on ``beir_set`` in the given scope(s).
 
@@ -456,7 +390,7 @@ def evaluate(
         raise ValueError(f"search must be one of {SEARCH_MODES}, got {search!r}")
     specs = parse_models(models, base=base)
     scopes = _scopes(scope)
-    default_name = _slug(beir_set.name) + ("-exact" if search == "exact" else "")
+    default_name = _slug(beir_set.name) + ("" if search == "auto" else f"-{search}")
     out = Path(out_dir) if out_dir is not None else Path(settings.home) / "eval" / "ir" / default_name
     (out / "runs").mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -473,7 +407,7 @@ def evaluate(
                     "search": search if spec.kind != "bm25" else "bm25"}
         for scope_name in scopes:
             key = _sha({**identity, "scope": scope_name})
-            path = out / "runs" / f"{_slug(spec.label)}__{scope_name}{'__exact' if search == 'exact' else ''}.json"
+            path = out / "runs" / f"{_slug(spec.label)}__{scope_name}{'' if search == 'auto' else '__' + search}.json"
             run = _load_run(path, key)
             if run is None:
                 run = _run_model(spec, scope_name, beir_set.queries, indexes, k, progress, search)
@@ -616,8 +550,10 @@ def _write_outputs(results: dict, out: Path) -> str:
                          f"(mean {f['mean_docs_returned']}); {f['ms_per_query']} ms/query"
                          + (f"; dense store answers short after retries: {f['dense_short_returns']} "
                             f"(retried {f['dense_retries']})" if f["dense_retries"] else ""))
-    how = ("exact cosine over the index's stored vectors" if results["search"] == "exact"
-           else "the product's Chroma (HNSW) store query")
+    how = {"auto": "the app's default (rag.retrieve.DenseRetriever search=auto: exact cosine over the index's "
+                   "stored vectors up to EXACT_MAX_CHUNKS chunks, Chroma HNSW beyond)",
+           "exact": "exact cosine over the index's stored vectors",
+           "store": "Chroma's HNSW store query (approximate)"}[results["search"]]
     notes[:0] = ["", f"Dense search: {how}."]
     title = f"Retrieval on {results['set']} (k={results['k']}, base {results['base']}, search {results['search']})"
     markdown = write_markdown_table(results_rows(results), RESULT_COLUMNS, out / "results.md", title=title, notes=notes)
@@ -697,9 +633,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="comma list: NAME | LABEL=NAME_OR_PATH | bm25 | hybrid | hybrid:LABEL")
     parser.add_argument("--base", default="me5-small", help="label the others are compared with (default me5-small)")
     parser.add_argument("--scope", default="both", choices=["cross", "patient", "both"])
-    parser.add_argument("--search", default="store", choices=list(SEARCH_MODES),
-                        help="dense search: store = the product's Chroma HNSW query (default); exact = cosine over "
-                             "the same stored vectors (deterministic, no ANN error)")
+    parser.add_argument("--search", default="auto", choices=list(SEARCH_MODES),
+                        help="dense search, as in rag.retrieve.DenseRetriever: auto = the app's default (exact up to "
+                             "EXACT_MAX_CHUNKS chunks, else the store's HNSW); exact = cosine over the stored vectors; "
+                             "store = Chroma's HNSW query (approximate)")
     parser.add_argument("--k", type=int, default=100, help="documents ranked per query (default 100)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N queries (corpus stays whole)")
     parser.add_argument("--out", help="output folder (default <home>/eval/ir/<set>)")

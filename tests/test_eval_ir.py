@@ -234,19 +234,19 @@ def test_exact_search_matches_brute_force_cosine_in_scope(tmp_path, settings, ti
     """--search exact ranks a scope's chunks by their true cosine to the query (stored vectors)."""
     import numpy as np
 
-    from eval.ir import ExactDense
     from rag.embedders import get_embedder
     from rag.index import ChunkIndex
+    from rag.retrieve import DenseRetriever
 
     index = ChunkIndex(tiny_set.corpus.name, get_embedder(str(tiny_model_dir)), settings)
     index.sync(tiny_set.corpus.documents, progress=False)
     query = tiny_set.queries[0]
     qv = index.embedder.embed_queries([query.text])[0]
-    exact = ExactDense(index, {query.text: qv.tolist()})
+    exact = DenseRetriever(index, search="exact")
     got = index.collection.get(include=["embeddings", "metadatas"])
     rows = [i for i, m in enumerate(got["metadatas"]) if m["patient_id"] == query.patient_id]
     sims = {got["ids"][i]: float(np.dot(got["embeddings"][i], qv)) for i in rows}
-    hits = exact.retrieve(query.text, Scope.patient(query.patient_id), 1000)
+    hits = exact.retrieve_by_vector(qv.tolist(), Scope.patient(query.patient_id), 1000)
     assert [h.chunk_id for h in hits] == sorted(sims, key=lambda c: (-sims[c], c))
     assert all(h.patient_id == query.patient_id for h in hits)
     assert [h.score for h in hits] == pytest.approx(sorted(sims.values(), reverse=True), abs=1e-5)

@@ -26,7 +26,8 @@ def index(tmp_path_factory, synthea, tiny_embedder):
 @pytest.fixture(scope="module")
 def retrievers(index):
     dense, bm25 = DenseRetriever(index), BM25Retriever(index)
-    return {"dense": dense, "bm25": bm25, "hybrid": HybridRetriever(dense, bm25)}
+    return {"dense": dense, "dense-store": DenseRetriever(index, search="store"), "bm25": bm25,
+            "hybrid": HybridRetriever(dense, bm25)}
 
 
 def queries(n: int = 40) -> list[str]:
@@ -39,7 +40,7 @@ def queries(n: int = 40) -> list[str]:
     return [r["query"] for r in rng.sample(rows, n // 2)] + salad
 
 
-@pytest.mark.parametrize("kind", ["dense", "bm25", "hybrid"])
+@pytest.mark.parametrize("kind", ["dense", "dense-store", "bm25", "hybrid"])
 def test_patient_scope_never_leaks(kind, retrievers, index):
     retriever = retrievers[kind]
     patients = sorted({m["patient_id"] for m in index.all_chunks()[2]})
@@ -55,7 +56,7 @@ def test_patient_scope_never_leaks(kind, retrievers, index):
     assert seen_any > len(patients) * 10  # the scoped searches do find things
 
 
-@pytest.mark.parametrize("kind", ["dense", "bm25", "hybrid"])
+@pytest.mark.parametrize("kind", ["dense", "dense-store", "bm25", "hybrid"])
 def test_unknown_or_empty_scope_returns_nothing(kind, retrievers):
     assert retrievers[kind].retrieve("cough", Scope.patient("no-such-patient"), k=5) == []
     assert retrievers[kind].retrieve("cough", Scope(()), k=5) == []
@@ -76,7 +77,7 @@ def test_scope_reaches_the_store_query(index, monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(index.collection, "query", spy)
-    DenseRetriever(index).retrieve("cough", Scope.patient("p-x"), k=3)
+    DenseRetriever(index, search="store").retrieve("cough", Scope.patient("p-x"), k=3)
     assert seen["where"] == {"patient_id": {"$eq": "p-x"}} or seen["where"] == {"patient_id": "p-x"}
 
 
@@ -98,7 +99,40 @@ def test_a_violation_raises_instead_of_returning(index, monkeypatch):
 
     monkeypatch.setattr(index.collection, "query", broken_filter)
     with pytest.raises(ScopeViolation):
-        DenseRetriever(index).retrieve("cough", Scope.patient("someone-else"), k=5)
+        DenseRetriever(index, search="store").retrieve("cough", Scope.patient("someone-else"), k=5)
+
+
+def test_exact_dense_is_the_true_cosine_ranking_of_the_scope(index):
+    """Exact search ranks exactly the scope's stored vectors by cosine (HNSW only approximates this)."""
+    import numpy as np
+
+    got = index.collection.get(include=["embeddings", "metadatas"])
+    pid = got["metadatas"][0]["patient_id"]
+    rows = [i for i, m in enumerate(got["metadatas"]) if m["patient_id"] == pid]
+    matrix = np.asarray(got["embeddings"], dtype=np.float32)[rows]
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    query = index.embedder.embed_queries(["cough and fever"])[0]
+    sims = matrix @ (query / np.linalg.norm(query))
+    hits = DenseRetriever(index, search="exact").retrieve("cough and fever", Scope.patient(pid), k=len(rows) + 5)
+    assert len(hits) == len(rows)  # every chunk of the patient, none of anyone else's
+    assert [h.score for h in hits] == pytest.approx(sorted(sims.tolist(), reverse=True), abs=1e-5)
+
+
+def test_exact_dense_sees_documents_added_after_it_loaded(tmp_path, synthea, tiny_embedder):
+    from rag.config import load_settings
+
+    idx = ChunkIndex("late-docs", tiny_embedder, load_settings(home=tmp_path))
+    first, later = synthea.documents[:5], synthea.documents[5:8]
+    idx.sync(first, progress=False)
+    dense = DenseRetriever(idx, search="exact")
+    assert {h.doc_id for h in dense.retrieve("note", Scope.all(), k=100)} == {d.doc_id for d in first}
+    idx.sync(first + later, progress=False)
+    assert {h.doc_id for h in dense.retrieve("note", Scope.all(), k=100)} == {d.doc_id for d in first + later}
+
+
+def test_unknown_dense_search_mode(index):
+    with pytest.raises(ValueError, match="auto, exact, store"):
+        DenseRetriever(index, search="fast")
 
 
 def test_unknown_retriever_name(index):
