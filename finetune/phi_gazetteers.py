@@ -64,6 +64,9 @@ class Gazetteers:
     #: The vocabulary's most frequent words (names included: "mark", "will", "rose", "april"); the
     #: uncased WordPiece vocabulary lists whole words roughly by corpus frequency.
     frequent_english: frozenset[str] = frozenset()
+    #: First names of the English-speaking locales and the broad "en" list only: bare lower-case
+    #: matches use these, since other locales' names are English words too ("cord", "canal", "ties").
+    first_english: frozenset[str] = frozenset()
 
     @property
     def first_names(self) -> frozenset[str]:
@@ -98,10 +101,14 @@ def load_gazetteers() -> Gazetteers:
     male: set[str] = set()
     female: set[str] = set()
     last: set[str] = set()
+    english_first: set[str] = set()
     for locale in NAME_LOCALES:
         person = _provider("person", locale)
         if person is None:
             continue
+        if locale.startswith("en_"):
+            english_first |= _words(getattr(person, "first_names_male", ())) | _words(
+                getattr(person, "first_names_female", ())) | _words(getattr(person, "first_names", ()))
         male |= _words(getattr(person, "first_names_male", ()))
         female |= _words(getattr(person, "first_names_female", ()))
         if not getattr(person, "first_names_male", None):
@@ -137,10 +144,12 @@ def load_gazetteers() -> Gazetteers:
     frequent = set(ranked[:FREQUENT_WORDS])
     english = vocabulary - male - female - last
     broad = _provider("person", "en")
-    extra = _words(getattr(broad, "first_names", ())) - male - female if broad is not None else set()
+    broad_first = _words(getattr(broad, "first_names", ())) if broad is not None else set()
+    extra = broad_first - male - female
+    english_first |= broad_first
     return Gazetteers(frozenset(male), frozenset(female), frozenset(last), frozenset(common),
                       frozenset(cities), frozenset(states), allow, frozenset(english), frozenset(vocabulary),
-                      frozenset(extra), frozenset(frequent))
+                      frozenset(extra), frozenset(frequent), frozenset(english_first))
 
 
 #: How many of the vocabulary's first whole words count as frequent English (rank < ~5000 of 30k).

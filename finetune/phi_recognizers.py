@@ -516,11 +516,16 @@ def gazetteer_names(view: TextView) -> Iterator[PhiSpan]:
                 yield view.span(tok, toks[end], PhiType.NAME, "gazetteer", strong=False)
             elif view.case == "lower" and tok.core.islower() and len(tok.core) >= 4 and not view.ordinary(tok) \
                     and tok.low in gaz.english_all and tok.low not in gaz.frequent_english \
+                    and tok.low in gaz.first_english and tok.low not in BARE_NAME_VETO \
                     and not (i > 0 and toks[i - 1].low in DRUG_CONTEXT) and not DRUG_SUFFIX.search(tok.low):
                 # a lower-case note: a first name alone ("discussed with janet"). The name must be a
                 # word of the general vocabulary (typos and Latin such as "perla", "ante" are not)
                 # but not one of its frequent words ("mark", "rose", "hope" are English first).
                 yield view.span(tok, tok, PhiType.NAME, "gazetteer_lower", strong=False)
+
+
+#: English first names that are anatomy or instrument words, never a bare name in a lower-case note.
+BARE_NAME_VETO = {"iris", "lens", "cornea", "bard", "mayo", "kelly", "allis", "babcock", "adson", "ochsner", "carmine"}
 
 
 #: Words before a drug name ("has used Allegra", "instead of Allegra"), and drug-name endings.
@@ -1193,14 +1198,16 @@ def allowed(span: PhiSpan, text: str, gaz: Gazetteers) -> bool:
 
 
 def context_vetoed(span: PhiSpan, text: str) -> bool:
-    """Eponyms in use: 'Morbus Crohn', 'Parkinson's disease', 'Foley catheter', 'Swan-Ganz'."""
+    """Eponyms in use: 'Morbus Crohn', 'Parkinson's disease', 'Foley catheter', 'Blake drain', 'Bard Parker blade'."""
     if span.strong or span.label is not PhiType.NAME:
         return False
     before = text[max(0, span.start - 12): span.start].lower()
     after = text[span.end: span.end + 14].lower()
     return bool(re.search(r"(morbus|mb\.|m\.)\s*$", before) or
                 re.match(r"['’]?s?[\s-]*(disease|syndrome|syndrom|krankheit|sign|zeichen|catheter|katheter|"
-                         r"scale|score|test|tumor|tumour|lymphoma|lymphom|reflex|procedure)", after))
+                         r"scale|score|test|tumor|tumour|lymphoma|lymphom|reflex|procedure|drains?|retractors?|forceps|"
+                         r"clamps?|scissors|elevator|dilators?|tubes?|needles?|stitch|sutures?|maneuver|manoeuvre|"
+                         r"blades?|knife|scalpel)", after))
 
 
 def resolve_overlaps(spans: list[PhiSpan]) -> list[PhiSpan]:

@@ -144,6 +144,9 @@ def test_english_context_rules(engine: Pseudonymizer, text: str, expected: str, 
     "Placed in Trendelenburg. Started on Lasix. Family at bedside, holy water brought by chaplain.",
     "family at bedside, holy water and communion brought by chaplain.",
     "urine cx: e. coli and s. aureus, sensitivities pending. pt states she lives at the neighbor's house.",
+    # lower-case operative text: anatomy, dyes and instruments that other locales use as first names
+    "the spermatic cord and inguinal canal were identified. the iris was intact. indigo carmine given. "
+    "incision with a #10 bard parker blade. a blake drain was placed.",
 ])
 def test_context_rules_leave_clinical_words(engine: Pseudonymizer, text: str) -> None:
     found = _found(engine, text, "en")
