@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.config import Settings, load_settings
-from rag.corpus import Corpus, CorpusError, Problem, load_corpus, load_jsonl, synthea_dir, write_jsonl
+from rag.corpus import Corpus, CorpusError, Problem, load_corpus, load_jsonl, read_jsonl_objects, synthea_dir, write_jsonl
 
 QUERY_ID_FIELDS = ("query_id", "_id", "qa_id", "id")
 QUERY_TEXT_FIELDS = ("text", "query", "question")
@@ -85,29 +85,6 @@ def _first_key(row: dict[str, Any], names: tuple[str, ...]) -> str | None:
     return next((n for n in names if n in row), None)
 
 
-def _jsonl_rows(path: Path, problems: list[Problem]) -> list[tuple[int, dict[str, Any]]]:
-    rows: list[tuple[int, dict[str, Any]]] = []
-    with path.open("rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            try:
-                text = raw.decode("utf-8").removeprefix("\ufeff")
-            except UnicodeDecodeError as exc:
-                problems.append(Problem(str(path), number, "encoding", f"not valid UTF-8 at byte {exc.start} of the line"))
-                continue
-            if not text.strip():
-                continue
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                problems.append(Problem(str(path), number, "malformed", f"invalid JSON at column {exc.colno}: {exc.msg}"))
-                continue
-            if not isinstance(data, dict):
-                problems.append(Problem(str(path), number, "malformed", f"expected a JSON object, got {type(data).__name__}"))
-                continue
-            rows.append((number, data))
-    return rows
-
-
 def _opt_str(value: Any) -> str | None:
     if value is None:
         return None
@@ -121,7 +98,7 @@ def load_queries(path: str | Path) -> list[Query]:
     problems: list[Problem] = []
     queries: list[Query] = []
     seen: dict[str, int] = {}
-    for line, row in _jsonl_rows(path, problems):
+    for line, row in read_jsonl_objects(path, problems):
         id_key, text_key = _first_key(row, QUERY_ID_FIELDS), _first_key(row, QUERY_TEXT_FIELDS)
         qid = _opt_str(row.get(id_key)) if id_key else None
         text = row.get(text_key) if text_key else None
@@ -290,7 +267,7 @@ def _synthea_conditions(settings: Settings) -> BeirSet:
     problems: list[Problem] = []
     queries: list[Query] = []
     qrels: dict[str, dict[str, int]] = {}
-    for line, row in _jsonl_rows(path, problems):
+    for line, row in read_jsonl_objects(path, problems):
         qid, text, pid, rel = row.get("query_id"), row.get("query"), row.get("patient_id"), row.get("relevant_doc_ids")
         if not qid or not isinstance(text, str) or not pid or not isinstance(rel, list) or not rel:
             problems.append(Problem(str(path), line, "missing_field",
@@ -345,7 +322,7 @@ def qa_to_beir(qa_jsonl_path: str | Path, corpus: Corpus, name: str) -> BeirSet:
     problems: list[Problem] = []
     queries: list[Query] = []
     qrels: dict[str, dict[str, int]] = {}
-    for line, row in _jsonl_rows(path, problems):
+    for line, row in read_jsonl_objects(path, problems):
         qid, question, doc_id = _opt_str(row.get("qa_id")), row.get("question"), _opt_str(row.get("doc_id"))
         if qid is None or doc_id is None or not isinstance(question, str) or not question.strip():
             problems.append(Problem(str(path), line, "missing_field", "a QA pair needs qa_id, doc_id and a question"))

@@ -34,7 +34,7 @@ from typing import Any
 
 import rag  # noqa: F401  (offline environment first)
 from finetune.phi_types import PhiType, excluded_reason, gold_type
-from rag.corpus import CorpusError, Document, Problem
+from rag.corpus import CorpusError, Document, Problem, read_jsonl_objects
 
 COVERAGE_FOUND = 0.9
 PRECISION_INSIDE = 0.5
@@ -61,38 +61,30 @@ def load_gold(path: Path, scheme: str | None = None) -> list[GoldDoc]:
     """Annotated documents; problems name file and line, and all are reported together."""
     docs: list[GoldDoc] = []
     problems: list[Problem] = []
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
+    for number, row in read_jsonl_objects(path, problems):
+        text, phi = row.get("text"), row.get("phi")
+        if not isinstance(text, str) or row.get("doc_id") is None:
+            problems.append(Problem(str(path), number, "missing_field", "needs 'doc_id' and a string 'text'"))
+            continue
+        if not isinstance(phi, list):
+            problems.append(Problem(str(path), number, "missing_field", "needs a 'phi' list of gold spans"))
+            continue
+        gold = []
+        for item in phi:
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.append(Problem(str(path), number, "malformed", f"not JSON: {exc.msg}"))
+                start, end, label = int(item["start"]), int(item["end"]), str(item["label"])
+            except (KeyError, TypeError, ValueError):
+                problems.append(Problem(str(path), number, "malformed", f"bad gold span {item!r:.80}"))
                 continue
-            text, phi = row.get("text"), row.get("phi")
-            if not isinstance(text, str) or row.get("doc_id") is None:
-                problems.append(Problem(str(path), number, "missing_field", "needs 'doc_id' and a string 'text'"))
+            if not 0 <= start < end <= len(text):
+                problems.append(Problem(str(path), number, "malformed",
+                                        f"gold span {start}-{end} outside the text (length {len(text)})"))
                 continue
-            if not isinstance(phi, list):
-                problems.append(Problem(str(path), number, "missing_field", "needs a 'phi' list of gold spans"))
-                continue
-            gold = []
-            for item in phi:
-                try:
-                    start, end, label = int(item["start"]), int(item["end"]), str(item["label"])
-                except (KeyError, TypeError, ValueError):
-                    problems.append(Problem(str(path), number, "malformed", f"bad gold span {item!r:.80}"))
-                    continue
-                if not 0 <= start < end <= len(text):
-                    problems.append(Problem(str(path), number, "malformed",
-                                            f"gold span {start}-{end} outside the text (length {len(text)})"))
-                    continue
-                gold.append(GoldSpan(start, end, label, gold_type(label, text[start:end], scheme)))
-            # a corpus without patients (grascco) is scoped per document, as rag.corpus loads it
-            doc = Document(doc_id=str(row["doc_id"]), patient_id=str(row.get("patient_id") or row["doc_id"]), text=text,
-                           date=row.get("date"), language=row.get("language"))
-            docs.append(GoldDoc(doc, gold))
+            gold.append(GoldSpan(start, end, label, gold_type(label, text[start:end], scheme)))
+        # a corpus without patients (grascco) is scoped per document, as rag.corpus loads it
+        doc = Document(doc_id=str(row["doc_id"]), patient_id=str(row.get("patient_id") or row["doc_id"]), text=text,
+                       date=row.get("date"), language=row.get("language"))
+        docs.append(GoldDoc(doc, gold))
     if problems:
         raise CorpusError(problems, str(path))
     return docs

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.chunking import Chunk, ChunkingConfig, chunk_document
-from rag.corpus import Corpus, CorpusError, Problem
+from rag.corpus import Corpus, CorpusError, Problem, read_jsonl_objects
 
 TokenOffsets = Callable[[str], Sequence[tuple[int, int]]]
 
@@ -137,22 +137,15 @@ def locate_evidence(evidence: str, doc_chunks: Sequence[Chunk], doc_text: str) -
 
 
 def read_qa(path: str | Path) -> list[dict[str, Any]]:
-    """QA records of a ``qa.jsonl`` file; a malformed line raises :class:`CorpusError` naming file:line."""
+    """QA records of a ``qa.jsonl`` file; malformed lines raise :class:`CorpusError` naming file:line."""
     path = Path(path)
-    rows, problems = [], []
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.append(Problem(str(path), line_no, "malformed", f"invalid JSON: {exc.msg}"))
-                continue
-            if not isinstance(row, dict) or not row.get("question") or not row.get("doc_id"):
-                problems.append(Problem(str(path), line_no, "missing_field", "a QA record needs doc_id and question"))
-                continue
-            rows.append(row)
+    problems: list[Problem] = []
+    rows = []
+    for line_no, row in read_jsonl_objects(path, problems):
+        if not row.get("question") or not row.get("doc_id"):
+            problems.append(Problem(str(path), line_no, "missing_field", "a QA record needs doc_id and question"))
+            continue
+        rows.append(row)
     if problems:
         raise CorpusError(problems, str(path))
     return rows

@@ -38,7 +38,7 @@ from finetune.date_formats import parse_iso_or_any, shift_date
 from finetune.phi_recognizers import PhiSpan
 from finetune.phi_types import PhiType
 from finetune.surrogates import Surrogates
-from rag.corpus import CorpusError, Document, Problem
+from rag.corpus import CorpusError, Document, Problem, read_jsonl_objects
 
 log = logging.getLogger(__name__)
 
@@ -204,42 +204,31 @@ def read_documents(path: Path) -> tuple[list[Document], list[Problem], int]:
     seen: dict[str, int] = {}
     missing_patient = 0
     fields = ("case_id", "date", "doc_type", "specialty", "language", "source")
-    with path.open("r", encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.append(Problem(str(path), number, "malformed", f"not JSON: {exc.msg} (column {exc.colno})"))
-                continue
-            if not isinstance(row, dict):
-                problems.append(Problem(str(path), number, "malformed", "a line must be a JSON object"))
-                continue
-            doc_id = row.get("doc_id")
-            text = row.get("text")
-            if doc_id is None or str(doc_id).strip() == "":
-                problems.append(Problem(str(path), number, "missing_field", "no 'doc_id'"))
-                continue
-            if not isinstance(text, str):
-                problems.append(Problem(str(path), number, "missing_field" if text is None else "malformed",
-                                        f"document {doc_id!r}: 'text' must be a string"))
-                continue
-            doc_id = str(doc_id)
-            if doc_id in seen:
-                problems.append(Problem(str(path), number, "duplicate_doc_id",
-                                        f"doc_id {doc_id!r} already used on line {seen[doc_id]}"))
-                continue
-            seen[doc_id] = number
-            patient = row.get("patient_id")
-            if patient is None or str(patient).strip() == "":
-                missing_patient += 1
-                patient = ""
-            known = {"doc_id", "patient_id", "text", *fields, "extra"}
-            extra = dict(row.get("extra") or {})
-            extra.update({k: v for k, v in row.items() if k not in known})
-            docs.append(Document(doc_id=doc_id, patient_id=str(patient), text=text, extra=extra,
-                                 **{f: (str(row[f]) if row.get(f) is not None else None) for f in fields}))
+    for number, row in read_jsonl_objects(path, problems):
+        doc_id = row.get("doc_id")
+        text = row.get("text")
+        if doc_id is None or str(doc_id).strip() == "":
+            problems.append(Problem(str(path), number, "missing_field", "no 'doc_id'"))
+            continue
+        if not isinstance(text, str):
+            problems.append(Problem(str(path), number, "missing_field" if text is None else "malformed",
+                                    f"document {doc_id!r}: 'text' must be a string"))
+            continue
+        doc_id = str(doc_id)
+        if doc_id in seen:
+            problems.append(Problem(str(path), number, "duplicate_doc_id",
+                                    f"doc_id {doc_id!r} already used on line {seen[doc_id]}"))
+            continue
+        seen[doc_id] = number
+        patient = row.get("patient_id")
+        if patient is None or str(patient).strip() == "":
+            missing_patient += 1
+            patient = ""
+        known = {"doc_id", "patient_id", "text", *fields, "extra"}
+        extra = dict(row.get("extra") or {})
+        extra.update({k: v for k, v in row.items() if k not in known})
+        docs.append(Document(doc_id=doc_id, patient_id=str(patient), text=text, extra=extra,
+                             **{f: (str(row[f]) if row.get(f) is not None else None) for f in fields}))
     return docs, problems, missing_patient
 
 

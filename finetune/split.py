@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.config import load_settings
-from rag.corpus import Corpus, CorpusError, Document, Problem, load_corpus, load_jsonl, write_jsonl
+from rag.corpus import Corpus, CorpusError, Document, Problem, load_corpus, load_jsonl, read_jsonl_objects, write_jsonl
 
 SPLITS: tuple[str, str, str] = ("train", "dev", "test")
 DEFAULT_FRACTIONS: tuple[float, float, float] = (0.8, 0.1, 0.1)
@@ -153,25 +153,12 @@ def read_qa(path: str | Path) -> tuple[list[dict[str, Any]], list[int]]:
     rows: list[dict[str, Any]] = []
     lines: list[int] = []
     problems: list[Problem] = []
-    with path.open("rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            try:
-                text = raw.decode("utf-8").removeprefix("\ufeff")
-            except UnicodeDecodeError as exc:
-                problems.append(Problem(str(path), number, "encoding", f"not valid UTF-8 at byte {exc.start} of the line"))
-                continue
-            if not text.strip():
-                continue
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                problems.append(Problem(str(path), number, "malformed", f"invalid JSON at column {exc.colno}: {exc.msg}"))
-                continue
-            if not isinstance(data, dict) or not data.get("doc_id"):
-                problems.append(Problem(str(path), number, "missing_field", "a QA pair must be an object with a doc_id"))
-                continue
-            rows.append(data)
-            lines.append(number)
+    for number, data in read_jsonl_objects(path, problems):
+        if not data.get("doc_id"):
+            problems.append(Problem(str(path), number, "missing_field", "a QA pair must be an object with a doc_id"))
+            continue
+        rows.append(data)
+        lines.append(number)
     if problems:
         raise CorpusError(problems, str(path))
     return rows, lines

@@ -355,6 +355,22 @@ def _decoded_lines(path: Path, bad: list[Problem]) -> Iterator[tuple[int, str | 
             yield number, text
 
 
+def read_jsonl_objects(path: str | Path, problems: list[Problem]) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` of every record of a JSON Lines file.
+
+    The one JSONL reader for all our contracts (documents, queries, QA pairs, gold spans): bad lines
+    (encoding, invalid JSON, not an object) are appended to ``problems`` with file and line instead
+    of stopping at the first, so a caller can report them all at once.
+    """
+    rows: list[tuple[int, dict[str, Any]]] = []
+    for record in _jsonl_records(Path(path)):
+        if isinstance(record, Problem):
+            problems.append(record)
+        else:
+            rows.append((record.line, record.data))
+    return rows
+
+
 def _jsonl_records(path: Path) -> Iterator[_Row | Problem]:
     bad: list[Problem] = []
     for number, text in _decoded_lines(path, bad):
