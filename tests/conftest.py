@@ -16,6 +16,8 @@ import rag  # noqa: F401  (offline environment before anything else loads)
 from rag.config import REPO_ROOT, Settings, load_settings
 
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# tests on the shared data sets (../shared/data) skip where a clone has none beside it
+needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"shared data sets not found at {SHARED_DATA}")
 
 
 def free_port() -> int:

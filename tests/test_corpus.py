@@ -20,12 +20,10 @@ from rag.corpus import (
     load_text_folder,
     write_jsonl,
 )
+from tests.conftest import needs_shared
 
 SETTINGS = Settings()  # defaults only: no CRAG_* variable or local TOML changes what the test reads
 SHARED = Path(SETTINGS.data_dir)
-needs_shared = pytest.mark.skipif(
-    not SHARED.is_dir(), reason=f"shared data sets not found at {SHARED}; only synthea ships with the project"
-)
 
 
 def write_lines(path: Path, lines: list[str | dict]) -> Path:

@@ -12,7 +12,7 @@ from eval.beir import BeirSet, Query, load_beir, load_named_set, qa_to_beir, wri
 from eval.ir import ModelSpec, evaluate, main, parse_models, ranked_documents, write_qa_split
 from rag.corpus import CorpusError, write_jsonl
 from rag.retrieve import Hit, Scope
-from tests.conftest import small_synthea
+from tests.conftest import needs_shared, small_synthea
 
 
 # ---- model list parsing --------------------------------------------------------------------
@@ -91,13 +91,17 @@ def test_named_sets():
     assert synthea.corpus.name == "synthea" and len(synthea.queries) == 212
     assert all(q.patient_id for q in synthea.queries)
     assert synthea.counts()["relevant_pairs"] == 555
+    with pytest.raises(ValueError, match="unknown evaluation set"):
+        load_named_set("nope")
+
+
+@needs_shared
+def test_named_pubmedqa_set():
     pubmed = load_named_set("pubmedqa")
     assert len(pubmed.queries) == 1000 and len(pubmed.corpus) == 3358
     q = pubmed.queries[0]
     assert q.patient_id == f"pmid:{q.query_id.removeprefix('pqa-')}" and q.answer
     assert all(pubmed.corpus.by_id()[d].patient_id == q.patient_id for d in pubmed.qrels[q.query_id])
-    with pytest.raises(ValueError, match="unknown evaluation set"):
-        load_named_set("nope")
 
 
 def test_qa_to_beir(tmp_path, tiny_set):

@@ -7,6 +7,7 @@ import pytest
 
 from finetune.split import SPLITS, assign_patients, load_assignment, main, split_by_patient
 from rag.corpus import Corpus, CorpusError, Document, load_corpus
+from tests.conftest import needs_shared
 
 
 def _qa_for(docs, per_doc=2):
@@ -58,6 +59,7 @@ def test_fractions_of_documents_and_of_patients():
         assign_patients(counts, fractions=(1, -1, 1))
 
 
+@needs_shared
 def test_corpus_without_patients_splits_by_document():
     corpus = load_corpus("mtsamples", limit=200)
     assert corpus.patient_structure == "one-per-document"
