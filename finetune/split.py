@@ -185,7 +185,7 @@ def _write_rows(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
 def write_split(result: SplitResult, out_dir: str | Path, *, inputs: Mapping[str, str | Path] | None = None,
                 seconds: float | None = None) -> dict[str, Any]:
     """Write the split files, ``splits.json`` and ``manifest.json``; returns the manifest."""
-    from importlib import metadata as importlib_metadata
+    from eval.report import describe_input, package_versions
 
     out = Path(out_dir)
     for name in SPLITS:
@@ -197,33 +197,17 @@ def write_split(result: SplitResult, out_dir: str | Path, *, inputs: Mapping[str
     manifest: dict[str, Any] = {
         "stage": "finetune.split",
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "inputs": {k: _describe(v) for k, v in (inputs or {}).items()},
+        "inputs": {k: describe_input(v) if Path(v).is_file() else {"name": str(v)}
+                   for k, v in (inputs or {}).items()},
         "parameters": {"seed": result.seed, "fractions": list(result.fractions), "by": result.by},
         "patient_structure": result.patient_structure,
         "counts": result.counts(),
         "disjoint_by_patient": True,
-        "versions": {"clinical-rag": _version(importlib_metadata, "clinical-rag")},
+        "versions": {"clinical-rag": package_versions(("clinical-rag",)).get("clinical-rag")},
         "timings": {"seconds": round(seconds, 3) if seconds is not None else None},
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
-
-
-def _version(md: Any, pkg: str) -> str | None:
-    try:
-        return md.version(pkg)
-    except md.PackageNotFoundError:
-        return None
-
-
-def _describe(path: str | Path) -> dict[str, Any]:
-    import hashlib
-
-    p = Path(path)
-    if not p.is_file():
-        return {"name": str(path)}
-    digest = hashlib.sha256(p.read_bytes()).hexdigest()
-    return {"path": str(p), "bytes": p.stat().st_size, "sha256": digest}
 
 
 def _counts_table(result: SplitResult) -> str:
