@@ -44,8 +44,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import importlib.metadata
 import json
 import logging
 import os
@@ -60,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eval.report import package_versions, sha256_file
 from finetune.filters import (
     BM25Reference, DenseReference, DocContext, FilterState, apply_filters, default_filters, normalize,
     patient_names,
@@ -68,7 +67,7 @@ from finetune.qa_schema import (
     LANGUAGE_NAMES, SCHEMA_NAME, Candidate, QARecord, doc_seed, evidence_options, generation_schema,
 )
 from rag.config import Settings, load_settings
-from rag.corpus import Corpus, Document, load_corpus
+from rag.corpus import Corpus, Document, Problem, load_corpus, read_jsonl_objects
 from rag.llm import LLMClient, LLMError, LLMRequestError
 from rag.prompts import PROMPT_DIR, load_prompt
 
@@ -306,17 +305,13 @@ def _repair_tail(path: Path) -> int:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
+    """The objects of an output file (none if it is missing); bad lines are logged and skipped."""
     if not path.is_file():
-        return rows
-    with open(path, encoding="utf-8") as fh:
-        for no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                log.warning("%s:%d: unreadable line skipped", path, no)
+        return []
+    problems: list[Problem] = []
+    rows = [obj for _, obj in read_jsonl_objects(path, problems)]
+    for problem in problems:
+        log.warning("%s (line skipped)", problem)
     return rows
 
 
@@ -343,14 +338,6 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
         json.dump(obj, fh, indent=2, ensure_ascii=False, default=str)
         fh.write("\n")
     os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,19 +408,14 @@ def _input_info(in_paths: Sequence[str | Path], corpora: Sequence[Corpus]) -> li
                                 "documents": len(corpus), "patients": len(corpus.patients()),
                                 "patient_structure": corpus.patient_structure}
         if src.is_file():
-            info["sha256"] = _sha256(src)
+            info["sha256"] = sha256_file(src)
         out.append(info)
     return out
 
 
 def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("xllamacpp", "httpx", "rapidfuzz", "bm25s", "jsonschema", "sentence-transformers"):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
+    return {"python": platform.python_version(),
+            **package_versions(("xllamacpp", "httpx", "rapidfuzz", "bm25s", "jsonschema", "sentence-transformers"))}
 
 
 def _totals(files: OutputFiles) -> dict[str, Any]:
