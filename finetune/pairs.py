@@ -196,15 +196,13 @@ def write_pairs(pairs: Iterable[Pair], path: str | Path) -> int:
 
 def read_pairs(path: str | Path) -> list[Pair]:
     path = Path(path)
-    out, problems = [], []
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                out.append(Pair(**json.loads(line)))
-            except (json.JSONDecodeError, TypeError) as exc:
-                problems.append(Problem(str(path), line_no, "malformed", f"not a pair record: {exc}"))
+    out: list[Pair] = []
+    problems: list[Problem] = []
+    for line_no, row in read_jsonl_objects(path, problems):
+        try:
+            out.append(Pair(**row))
+        except TypeError as exc:
+            problems.append(Problem(str(path), line_no, "malformed", f"not a pair record: {exc}"))
     if problems:
         raise CorpusError(problems, str(path))
     return out
