@@ -368,8 +368,9 @@ class BM25Reference:
 
         self.doc_ids = list(doc_ids)
         self.label = f"bm25s {getattr(bm25s, '__version__', '')} over {len(self.doc_ids)} documents".replace("  ", " ")
-        en, de = _stopwords()
-        self._stop = sorted(en | de | _shared_stopwords())
+        from bm25s.stopwords import STOPWORDS_EN_PLUS, STOPWORDS_GERMAN
+
+        self._stop = sorted({w.lower() for w in STOPWORDS_EN_PLUS} | {w.lower() for w in STOPWORDS_GERMAN})
         self.model = bm25s.BM25()
         tokens = bm25s.tokenize(list(texts), stopwords=self._stop, show_progress=False)
         self.model.index(tokens, show_progress=False)
@@ -404,13 +405,6 @@ class DenseReference:
         scores = self.vectors @ q
         top = np.argsort(-scores, kind="stable")[: min(n, len(self.doc_ids))]
         return [self.doc_ids[i] for i in top]
-
-
-@lru_cache(maxsize=1)
-def _shared_stopwords() -> frozenset[str]:
-    from bm25s.stopwords import STOPWORDS_EN_PLUS, STOPWORDS_GERMAN
-
-    return frozenset(w.lower() for w in STOPWORDS_EN_PLUS) & frozenset(w.lower() for w in STOPWORDS_GERMAN)
 
 
 def auto_k(n_docs: int) -> int:
