@@ -40,7 +40,7 @@ from eval.report import bar_chart, run_manifest, write_json, write_markdown_tabl
 from eval.stats import bootstrap_ci, paired_test
 from rag.config import Settings, load_settings
 from rag.corpus import CorpusError
-from rag.retrieve import DENSE_SEARCHES, RRF_K, BM25Retriever, DenseRetriever, Hit, HybridRetriever, Scope, ScopeViolation
+from rag.retrieve import DENSE_SEARCHES, RRF_K, BM25Retriever, DenseRetriever, HybridRetriever, Scope
 
 if TYPE_CHECKING:
     from rag.index import ChunkIndex

@@ -610,8 +610,8 @@ def run_suite(cfg: SuiteConfig, settings: "Settings") -> dict[str, Any]:
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
     }
     write_json(document, out_dir / "results.json")
-    header = [f"# RAG evaluation (python -m eval.ragas_suite)", "",
-              f"Retrievers: " + "; ".join(f"{labels[c.key]}" for c in choices),
+    header = ["# RAG evaluation (python -m eval.ragas_suite)", "",
+              "Retrievers: " + "; ".join(f"{labels[c.key]}" for c in choices),
               f"Generator: {generator_label or 'not run'}",
               f"Judge: {judge_info['judge'] if judge_info else 'not run'}",
               f"k = {cfg.k}, seed = {cfg.seed}, answer max_tokens = {cfg.max_tokens}", "",
