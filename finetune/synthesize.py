@@ -60,8 +60,8 @@ from typing import Any
 
 from eval.report import package_versions, sha256_file
 from finetune.filters import (
-    BM25Reference, DenseReference, DocContext, FilterState, apply_filters, default_filters, normalize,
-    patient_names,
+    BM25Reference, DenseReference, DocContext, FilterState, apply_filters, default_filters, guess_language,
+    normalize, patient_names,
 )
 from finetune.qa_schema import (
     LANGUAGE_NAMES, SCHEMA_NAME, Candidate, QARecord, doc_seed, evidence_options, generation_schema,
@@ -147,8 +147,6 @@ def doc_language(doc: Document) -> str:
     lang = (doc.language or "").lower()[:2]
     if lang in LANGUAGE_NAMES:
         return lang
-    from finetune.filters import guess_language
-
     guess, _, _ = guess_language(doc.text[:3000])
     return guess or "en"
 
