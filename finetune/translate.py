@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import re
@@ -142,13 +143,10 @@ async def _translate_doc(doc: Document, client: LLMClient, prompt: Any, target: 
     tokens = keep_tokens(doc)
     share = preserved_share(tokens, translated)
     stats.preserved.append(share)
-    row = Document(doc.doc_id, doc.patient_id, translated, case_id=doc.case_id, date=doc.date, doc_type=doc.doc_type,
-                   specialty=doc.specialty, language=target, source=doc.source).to_json()
-    row["extra"] = {"translation": {"from": doc.language or "de", "to": target, "prompt_version": prompt.version,
-                                    "model": client.model, "keep_tokens": len(tokens),
-                                    "preserved_share": round(share, 3),
-                                    "missing": [t for t in tokens if t not in translated][:20]}}
-    return row
+    info = {"from": doc.language or "de", "to": target, "prompt_version": prompt.version, "model": client.model,
+            "keep_tokens": len(tokens), "preserved_share": round(share, 3),
+            "missing": [t for t in tokens if t not in translated][:20]}
+    return dataclasses.replace(doc, text=translated, language=target, extra={"translation": info}).to_json()
 
 
 def translate_file(in_path: str | Path, out_path: str | Path, *, source: str = "de", target: str = "en",
