@@ -116,21 +116,21 @@ def synthea_reference_answers(beir: "BeirSet", settings: "Settings") -> int:
     Mechanical, like the qrels themselves; it lets the judge run RAGAS's *with-reference* metrics.
     Returns how many queries got one (queries that already have an answer are left alone).
     """
-    from rag.corpus import synthea_dir
+    from rag.corpus import CorpusError, read_jsonl_objects, synthea_dir
 
     path = synthea_dir(settings) / "conditions.jsonl"
     if not path.is_file():
         return 0
+    problems: list = []
+    rows = read_jsonl_objects(path, problems)
+    if problems:
+        raise CorpusError(problems, str(path))
     onsets: dict[tuple[str, str], str] = {}
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            key = (row.get("patient_id"), row.get("display"))
-            onset = str(row.get("onset") or "")
-            if onset and (key not in onsets or onset < onsets[key]):
-                onsets[key] = onset
+    for _, row in rows:
+        key = (row.get("patient_id"), row.get("display"))
+        onset = str(row.get("onset") or "")
+        if onset and (key not in onsets or onset < onsets[key]):
+            onsets[key] = onset
     added = 0
     for q in beir.queries:
         condition = q.extra.get("condition")
