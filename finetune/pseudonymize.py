@@ -31,14 +31,17 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import rag  # noqa: F401  (offline environment first)
-from finetune.date_formats import parse_iso_or_any, shift_date
-from finetune.phi_recognizers import PhiSpan
+from eval.report import sha256_file
+from finetune.date_formats import parse_iso_or_any
 from finetune.phi_types import PhiType
 from finetune.surrogates import Surrogates
 from rag.corpus import CorpusError, Document, Problem, read_jsonl_objects
+
+if TYPE_CHECKING:  # presidio (and spaCy, torch) load only where detection runs
+    from finetune.phi_recognizers import PhiSpan
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +180,8 @@ class Pseudonymizer:
         pieces.append(text[last:])
         new_date = None
         if doc.date:
-            shifted = shift_date(doc.date, self.surrogates.date_offset_days(patient), language, reference=reference)
-            new_date = shifted.text if shifted.parsed else None
+            shifted, parsed = self.surrogates.date(patient, doc.date, language, reference)
+            new_date = shifted if parsed else None
         extra = {k: v for k, v in doc.extra.items() if k != "phi"}
         new_doc = Document(
             doc_id=doc.doc_id, patient_id=doc.patient_id, text="".join(pieces),
@@ -247,14 +250,6 @@ def _done_ids(out_path: Path) -> set[str]:
         if line.strip():
             done.add(str(json.loads(line)["doc_id"]))
     return done
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def manifest_path(out_path: str | Path) -> Path:
@@ -376,7 +371,7 @@ def pseudonymize_file(in_path: str | Path, out_path: str | Path, key: bytes, *, 
     manifest = {
         "stage": "finetune.pseudonymize",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "input": {"path": str(in_path), "sha256": _sha256(in_path), "documents": len(docs)},
+        "input": {"path": str(in_path), "sha256": sha256_file(in_path), "documents": len(docs)},
         "output": {"path": str(out_path), "documents": len(done) + len(todo)},
         "parameters": {"workers": workers, "language": language or "per document (given or detected)",
                        "batch_size": batch_size, "date_offset": "per patient, whole weeks in [-52, 51] \\ {0}",
