@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import re
 import sys
@@ -34,6 +33,7 @@ from typing import Any
 
 import rag  # noqa: F401  (offline environment first)
 from finetune.phi_types import PhiType, excluded_reason, gold_type
+from eval.report import sha256_file
 from rag.corpus import CorpusError, Document, Problem, read_jsonl_objects
 
 COVERAGE_FOUND = 0.9
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     plot(summary, out / "deid_recall.png", title)
     manifest = {
         "stage": "eval.deid", "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "input": {"path": str(data), "sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
+        "input": {"path": str(data), "sha256": sha256_file(data),
                   "documents": summary["run"]["documents"]},
         "parameters": {"coverage_found": COVERAGE_FOUND, "precision_inside": PRECISION_INSIDE,
                        "language": args.language or "per document", "scheme": args.scheme or "auto",
