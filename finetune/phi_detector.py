@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import spacy
 from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
@@ -93,13 +92,6 @@ class NerOnlyNlpEngine(SpacyNlpEngine):
 
     def has_ner(self, language: str) -> bool:
         return bool(self.nlp) and "ner" in self.nlp[language].pipe_names
-
-
-@dataclass
-class DetectedText:
-    text: str
-    language: str
-    spans: list[PhiSpan]
 
 
 class PhiDetector:
