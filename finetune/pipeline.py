@@ -266,7 +266,8 @@ def _mine(run: Run) -> tuple[list[Path], dict]:
 def _train(run: Run) -> tuple[list[Path], dict]:
     from eval.beir import load_beir
     from finetune.pairs import read_pairs
-    from finetune.train import DevSet, models_dir, train
+    from finetune.train import DevSet, train
+    from rag.embedders import trained_models_dir
 
     preset = run.preset
     dev = None
@@ -278,7 +279,7 @@ def _train(run: Run) -> tuple[list[Path], dict]:
             break
     pairs = read_pairs(run.dir("mine") / "pairs.jsonl")
     result = train(pairs, preset.train, run.settings, dev=dev, progress=run.progress)
-    folder = models_dir(run.settings) / preset.train.name
+    folder = trained_models_dir(run.settings) / preset.train.name
     return [folder / "crag_embedder.json"], {"result": result.to_json(), "model": str(folder)}
 
 

@@ -251,11 +251,6 @@ class TrainResult:
         return out
 
 
-def models_dir(settings: Settings) -> Path:
-    """Where trained embedders live; the registry looks here for names it does not know."""
-    return Path(settings.home) / "models"
-
-
 def load_trainable(base: str, settings: Settings, max_seq_length: int) -> tuple["SentenceTransformer", Any]:
     """A private, trainable copy of the base embedder's model plus the base Embedder (for prefixes)."""
     import copy
@@ -324,13 +319,14 @@ def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None =
     from transformers import TrainerCallback
 
     from finetune.negatives import fill_missing
+    from rag.embedders import trained_models_dir
 
     settings = settings or load_settings()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if not pairs:
         raise ValueError("no training pairs")
-    out_dir = Path(out_dir) if out_dir else models_dir(settings) / cfg.name
+    out_dir = Path(out_dir) if out_dir else trained_models_dir(settings) / cfg.name
     work_dir = Path(work_dir) if work_dir else out_dir.parent / f".{out_dir.name}.work"
     if cfg.num_negatives:
         pairs = fill_missing(pairs, cfg.num_negatives, seed=cfg.seed)
