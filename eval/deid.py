@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import re
 import sys
 import time
@@ -33,7 +32,7 @@ from typing import Any
 
 import rag  # noqa: F401  (offline environment first)
 from finetune.phi_types import PhiType, excluded_reason, gold_type
-from eval.report import sha256_file
+from eval.report import sha256_file, write_json
 from rag.corpus import CorpusError, Document, Problem, read_jsonl_objects
 
 COVERAGE_FOUND = 0.9
@@ -294,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     title = f"De-identification on {name} ({summary['run']['documents']} documents)"
-    (out / "deid_metrics.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(summary, out / "deid_metrics.json")
     table = markdown_table(summary, title)
     (out / "deid_metrics.md").write_text(table, encoding="utf-8")
     plot(summary, out / "deid_recall.png", title)
@@ -308,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         "models": summary["run"]["models"], "timing_seconds": summary["run"]["seconds"],
         "outputs": ["deid_metrics.json", "deid_metrics.md", "deid_recall.png"],
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    write_json(manifest, out / "manifest.json")
     print(table)
     print(f"written to {out}")
     return 0

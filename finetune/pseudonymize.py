@@ -23,7 +23,6 @@ import hmac
 import json
 import logging
 import multiprocessing as mp
-import os
 import platform
 import sys
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import rag  # noqa: F401  (offline environment first)
-from eval.report import sha256_file
+from eval.report import sha256_file, write_json
 from finetune.date_formats import parse_iso_or_any
 from finetune.phi_types import PhiType
 from finetune.surrogates import Surrogates
@@ -391,9 +390,7 @@ def pseudonymize_file(in_path: str | Path, out_path: str | Path, key: bytes, *, 
                    "documents_per_second": round(len(todo) / elapsed, 2) if elapsed > 0 and todo else None},
         "versions": _versions(model_versions),
     }
-    tmp = mpath.with_name(mpath.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, mpath)
+    write_json(manifest, mpath)
     return manifest
 
 
