@@ -247,12 +247,10 @@ class _Indexes:
 
     def get(self, embedder_name: str) -> "ChunkIndex":
         if embedder_name not in self.indexes:
-            from rag.embedders import get_embedder
-            from rag.index import ChunkIndex
+            from rag.index import build_index
 
-            embedder = get_embedder(embedder_name, settings=self.settings, device=self.settings.device)
-            index = ChunkIndex(self.beir.corpus.name, embedder, self.settings)
-            report = index.sync(self.beir.corpus.documents, progress=self.progress)
+            index, report = build_index(self.beir.corpus, embedder_name, self.settings, progress=self.progress)
+            embedder = index.embedder
             print(f"[index] {report.summary()}", file=sys.stderr)
             self.indexes[embedder_name] = index
             self.sync[embedder_name] = {
