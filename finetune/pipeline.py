@@ -76,7 +76,7 @@ def stage_complete(folder: Path, key: str, outputs: Sequence[Path]) -> bool:
 
 def mark_complete(folder: Path, key: str, outputs: Sequence[Path], seconds: float, extra: dict[str, Any]) -> dict:
     """Merge the pipeline record into the stage's manifest (a stage module may have written one)."""
-    from eval.report import run_manifest, write_json
+    from rag.manifest import run_manifest, write_json
 
     manifest = _read_json(folder / "manifest.json") or run_manifest()
     manifest.update(extra)
@@ -449,7 +449,7 @@ def run_pipeline(preset: Preset, settings: Settings | None = None, *, root: Path
                  key_file: Path | None = None, stages: Sequence[str] = STAGES, force: Sequence[str] = (),
                  progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the stages in order; returns the run manifest (also written to ``root``)."""
-    from eval.report import run_manifest, write_json
+    from rag.manifest import run_manifest, write_json
 
     settings = settings or load_settings()
     root = Path(root) if root else Path(settings.home) / "pipeline" / preset.name

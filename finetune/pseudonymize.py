@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import rag  # noqa: F401  (offline environment first)
-from eval.report import sha256_file, write_json
+from rag.manifest import sha256_file, write_json
 from finetune.date_formats import parse_iso_or_any
 from finetune.phi_types import PhiType
 from finetune.surrogates import Surrogates

@@ -185,7 +185,7 @@ def _write_rows(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
 def write_split(result: SplitResult, out_dir: str | Path, *, inputs: Mapping[str, str | Path] | None = None,
                 seconds: float | None = None) -> dict[str, Any]:
     """Write the split files, ``splits.json`` and ``manifest.json``; returns the manifest."""
-    from eval.report import describe_input, package_versions
+    from rag.manifest import describe_input, package_versions
 
     out = Path(out_dir)
     for name in SPLITS:

@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval.report import package_versions, sha256_file
+from rag.manifest import package_versions, sha256_file
 from finetune.filters import (
     BM25Reference, DenseReference, DocContext, FilterState, apply_filters, default_filters, guess_language,
     normalize, patient_names,

@@ -551,7 +551,7 @@ Queries take the prefix {json.dumps(query_prefix)}, passages {json.dumps(passage
 
 def _manifest(out: Path, pairs_path: Path, cfg: TrainConfig, result: TrainResult, dev_dir: Path | None,
               elapsed: float) -> None:
-    from eval.report import run_manifest, write_json
+    from rag.manifest import run_manifest, write_json
 
     files = {"pairs": pairs_path}
     if dev_dir:
