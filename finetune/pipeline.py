@@ -399,10 +399,9 @@ def _write_summary(summary: dict, out_dir: Path) -> None:
             rows.append({"set": set_name, "model": model,
                          **{f"MAP@100 {s}": (round(v, 4) if v is not None else None) for s, v in scopes.items()}})
     cols = ["set", "model", "MAP@100 cross", "MAP@100 patient"]
-    md = write_markdown_table(rows, cols, out_dir / "summary.md", title="Fine-tuning pipeline: MAP@100")
-    checks = "\n".join(f"- {k}: {v}" for k, v in summary["checks"].items())
-    (out_dir / "summary.md").write_text(md + "\n\nTargets\n\n" + checks + "\n\n" + summary["formula"] + "\n",
-                                        encoding="utf-8")
+    checks = [f"- {k}: {v}" for k, v in summary["checks"].items()]
+    write_markdown_table(rows, cols, out_dir / "summary.md", title="Fine-tuning pipeline: MAP@100",
+                         notes=["", "Targets", "", *checks, "", summary["formula"]])
     chart_set = "test" if "test" in summary["map@100"] else "test-cloze"
     test = summary["map@100"].get(chart_set, {})
     ci = summary.get("ci95", {}).get(chart_set, {})
