@@ -10,6 +10,11 @@ model is trained on the units it will later retrieve:
   chunk is the positive; with probability ``remove_prob`` the sentence is cut out of the positive so
   the model must learn context, not string overlap. It needs no generator, so it is a fair baseline
   for what synthetic QA adds.
+* **Descriptions** (self-supervised from metadata): a corpus's own one-line summary of a document
+  (MTSamples ``descriptions``: "Consult for laparoscopic gastric bypass.") is the query and the
+  chunk sharing most words with it is the positive. These queries are short, written by people and
+  shaped like search requests, unlike note sentences; mixing them in keeps the model from
+  forgetting how to match a short request to a note (measured in the README's fine-tuning section).
 
 Every pair carries ``doc_id`` and ``patient_id``: the split decides which patients a source may
 draw from (never a test patient), the miner drops same-patient negatives, and the batch sampler
@@ -44,7 +49,7 @@ class Pair:
     doc_id: str
     patient_id: str
     chunk_id: str
-    source: str  # "qa" or "ict"
+    source: str  # "qa", "ict" or "description"
     negatives: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -105,6 +110,37 @@ def inverse_cloze_pairs(chunks: dict[str, list[Chunk]], *, per_chunk: int = 2, r
                 pairs.append(Pair(query=query, positive=positive, doc_id=chunk.doc_id,
                                   patient_id=chunk.patient_id, chunk_id=chunk.chunk_id, source="ict",
                                   extra={"sentence_removed": removed}))
+    return pairs
+
+
+def description_pairs(corpus: Corpus, chunks: dict[str, list[Chunk]], *, field_name: str = "descriptions",
+                      min_words: int = 3, max_words: int = 40, limit: int | None = None,
+                      seed: int = 0) -> list[Pair]:
+    """Pairs from each document's own summary in ``extra[field_name]`` (a string or a list; the first
+    usable one): the summary is the query, the chunk with the most words in common is the positive.
+
+    A summary that is copied verbatim from the note is kept (a real request can quote the note too);
+    ``limit`` draws a seeded sample so a large metadata corpus cannot crowd out the other sources.
+    """
+    rng = random.Random(seed)
+    docs = corpus.by_id()
+    pairs: list[Pair] = []
+    for doc_id in sorted(chunks):
+        doc, doc_chunks = docs.get(doc_id), chunks[doc_id]
+        if doc is None or not doc_chunks:
+            continue
+        values = doc.extra.get(field_name)
+        values = [values] if isinstance(values, str) else list(values or [])
+        query = next((v.strip() for v in values if isinstance(v, str)
+                      and min_words <= _words(v) <= max_words), None)
+        if query is None:
+            continue
+        words = {w.lower() for w in _WORD.findall(query)}
+        best = max(doc_chunks, key=lambda c: (len(words & {w.lower() for w in _WORD.findall(c.text)}), -c.start))
+        pairs.append(Pair(query=query, positive=best.text, doc_id=doc_id, patient_id=doc.patient_id,
+                          chunk_id=best.chunk_id, source="description", extra={"field": field_name}))
+    if limit is not None and len(pairs) > limit:
+        pairs = sorted(rng.sample(pairs, limit), key=lambda p: p.doc_id)
     return pairs
 
 

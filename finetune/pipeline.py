@@ -109,7 +109,14 @@ class Run:
         return self.root / stage
 
     def corpora(self) -> dict[str, int | None]:
-        return {self.preset.qa_corpus: None, **self.preset.extra_corpora}
+        """Every corpus the run pseudonymizes, with its document limit (the larger where two ask)."""
+        out: dict[str, int | None] = {self.preset.qa_corpus: None}
+        for name, limit in (*self.preset.extra_corpora.items(), *self.preset.description_corpora.items()):
+            if name in out:
+                out[name] = None if out[name] is None or limit is None else max(out[name], limit)
+            else:
+                out[name] = limit
+        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,7 +225,7 @@ def write_cloze_set(preset: Preset, run: Run, split: str, out_dir: Path) -> dict
 
 def _mine(run: Run) -> tuple[list[Path], dict]:
     from finetune.negatives import mine_negatives
-    from finetune.pairs import chunk_corpus, inverse_cloze_pairs, qa_pairs, write_pairs
+    from finetune.pairs import chunk_corpus, description_pairs, inverse_cloze_pairs, qa_pairs, write_pairs
     from finetune.split import load_assignment
     from rag.chunking import ChunkingConfig
     from rag.corpus import load_jsonl
@@ -246,6 +253,13 @@ def _mine(run: Run) -> tuple[list[Path], dict]:
         all_chunks += [c for cs in chunks.values() for c in cs]
         if preset.ict_per_chunk:
             pairs += inverse_cloze_pairs(chunks, per_chunk=preset.ict_per_chunk, seed=preset.split_seed)
+    for name in preset.description_corpora:  # its document limit applied when it was pseudonymized
+        described = load_jsonl(run.dir("pseudonymize") / f"{corpus_slug(name)}.jsonl", name=name,
+                               one_patient_per_document=name in ("mtsamples",))
+        chunks = chunk_corpus(described, base.token_offsets, cfg)
+        if name not in preset.extra_corpora:
+            all_chunks += [c for cs in chunks.values() for c in cs]
+        pairs += description_pairs(described, chunks, seed=preset.split_seed)
     if not pairs:
         raise PipelineError("no training pairs: enable QA pairs or inverse cloze in the preset")
     leaked = {p.patient_id for p in pairs if p.patient_id in assignment and assignment[p.patient_id] != "train"}

@@ -6,8 +6,9 @@ Input and output follow the documents contract (DESIGN.md 3). Each document's PH
 ``phi_detector.PhiDetector`` (Presidio + our rules + spaCy NER for English) and replaced by
 ``surrogates.Surrogates`` (HMAC of the key, the patient and the value), so one patient's documents stay
 consistent with each other and across runs, and no mapping table exists. The document's own ``date``
-moves with the patient's offset, ``case_id`` gets a format-preserving surrogate, and gold spans in
-``extra["phi"]`` are dropped (they are PHI).
+moves with the patient's offset, ``case_id`` gets a format-preserving surrogate, gold spans in
+``extra["phi"]`` are dropped (they are PHI), and free-text metadata in ``extra`` (a summary, a title,
+keywords: :data:`FREE_TEXT_EXTRA`) is pseudonymized like the text, since training reads it as queries.
 
 The run is resumable: documents already in the output are skipped, and a run with a different key
 is refused (mixing keys would silently break consistency). ``<out>.manifest.json`` records counts per
@@ -99,6 +100,11 @@ def guess_language(text: str) -> str:
     return "de" if de > en else "en"
 
 
+#: ``extra`` fields that hold free text written about the patient (MTSamples ``descriptions``, ...):
+#: pseudonymized with the document's patient; other ``extra`` values (ids, labels) are copied.
+FREE_TEXT_EXTRA = ("descriptions", "description", "sample_names", "keywords", "title", "summary")
+
+
 @dataclass
 class PseudoResult:
     """One pseudonymized document; ``spans`` point into the ORIGINAL text (for eval.deid only)."""
@@ -111,6 +117,7 @@ class PseudoResult:
     #: (start, end) of every surrogate in the NEW text, so a check for leftover PHI can tell a
     #: surrogate that happens to equal another original value (a shifted date) from a leak
     replaced: list[tuple[int, int]] = field(default_factory=list)
+    spans_extra: int = 0  # PHI spans replaced in free-text ``extra`` fields (not in ``spans``)
 
     def counts(self) -> Counter[str]:
         return Counter(span.label.value for span in self.spans)
@@ -141,7 +148,58 @@ class Pseudonymizer:
         """Batched: detection runs spaCy over all texts of a language at once."""
         languages = [self._language(doc, language) for doc in docs]
         spans = self.detector.detect_many([doc.text for doc in docs], languages)
-        return [self._replace(doc, lang, found) for doc, lang, found in zip(docs, languages, spans)]
+        results = [self._replace(doc, lang, found) for doc, lang, found in zip(docs, languages, spans)]
+        self._replace_free_text_extra(results)
+        return results
+
+    def _replace_free_text_extra(self, results: list[PseudoResult]) -> None:
+        """Pseudonymize :data:`FREE_TEXT_EXTRA` strings (alone or in lists) with each document's patient."""
+        where: list[tuple[dict[str, Any], str, int | None, PseudoResult]] = []
+        texts: list[str] = []
+        for result in results:
+            extra = result.document.extra
+            for key in FREE_TEXT_EXTRA:
+                value = extra.get(key)
+                if isinstance(value, str) and value.strip():
+                    where.append((extra, key, None, result))
+                    texts.append(value)
+                elif isinstance(value, list):
+                    extra[key] = list(value)
+                    for i, item in enumerate(value):
+                        if isinstance(item, str) and item.strip():
+                            where.append((extra, key, i, result))
+                            texts.append(item)
+        if not texts:
+            return
+        found = self.detector.detect_many(texts, [r.language for *_, r in where])
+        for (extra, key, index, result), text, spans in zip(where, texts, found):
+            doc = result.document
+            patient = doc.patient_id if doc.patient_id and str(doc.patient_id).strip() else f"doc:{doc.doc_id}"
+            new, _, placeholders = self._substitute(text, spans, patient, result.language, None)
+            result.placeholders += placeholders
+            result.spans_extra += len(spans)
+            if index is None:
+                extra[key] = new
+            else:
+                extra[key][index] = new
+
+    def _substitute(self, text: str, spans: list[PhiSpan], patient: str, language: str,
+                    reference: Any) -> tuple[str, list[tuple[int, int]], int]:
+        """``text`` with every span replaced by its surrogate; also the new spans and placeholder count."""
+        pieces: list[str] = []
+        last = position = placeholders = 0
+        replaced: list[tuple[int, int]] = []
+        for span in spans:
+            new, real = self.surrogates.replace(patient, span.label, text[span.start: span.end], language, reference)
+            placeholders += not real
+            pieces.append(text[last: span.start])
+            position += span.start - last
+            pieces.append(new)
+            replaced.append((position, position + len(new)))
+            position += len(new)
+            last = span.end
+        pieces.append(text[last:])
+        return "".join(pieces), replaced, placeholders
 
     @staticmethod
     def _language(doc: Document, language: str | None) -> str:
@@ -160,30 +218,14 @@ class Pseudonymizer:
             log.log(level, "document %s has no patient id: surrogates are consistent within the document only "
                     "(further documents like this are logged at debug level)", doc.doc_id)
         reference = parse_iso_or_any(doc.date, language) if doc.date else None
-        text = doc.text
-        pieces: list[str] = []
-        last = 0
-        placeholders = 0
-        position = 0
-        replaced: list[tuple[int, int]] = []
-        for span in spans:
-            original = text[span.start: span.end]
-            new, real = self.surrogates.replace(patient, span.label, original, language, reference)
-            placeholders += not real
-            pieces.append(text[last: span.start])
-            position += span.start - last
-            pieces.append(new)
-            replaced.append((position, position + len(new)))
-            position += len(new)
-            last = span.end
-        pieces.append(text[last:])
+        new_text, replaced, placeholders = self._substitute(doc.text, spans, patient, language, reference)
         new_date = None
         if doc.date:
             shifted, parsed = self.surrogates.date(patient, doc.date, language, reference)
             new_date = shifted if parsed else None
         extra = {k: v for k, v in doc.extra.items() if k != "phi"}
         new_doc = Document(
-            doc_id=doc.doc_id, patient_id=doc.patient_id, text="".join(pieces),
+            doc_id=doc.doc_id, patient_id=doc.patient_id, text=new_text,
             case_id=self.surrogates.code(patient, "case_id", doc.case_id) if doc.case_id else None,
             date=new_date, doc_type=doc.doc_type, specialty=doc.specialty, language=language,
             source=doc.source, extra=extra)

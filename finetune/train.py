@@ -66,6 +66,9 @@ class TrainConfig:
     seed: int = 0
     bf16: bool = False
     threads: int | None = None  # torch threads (CPU); None = torch default
+    # WiSE-FT (Wortsman et al. 2022): saved weights = (1 - a) * base + a * fine-tuned. 1.0 = plain
+    # fine-tuning; smaller keeps more of the base's general retrieval (see interpolate_with_base)
+    interpolate: float = 1.0
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "TrainConfig":
@@ -244,6 +247,7 @@ class TrainResult:
     patients: int
     dropped_by_sampler_epoch0: int
     loss_history: list[dict[str, float]] = field(default_factory=list)
+    dev_before_interpolation: dict[str, float] = field(default_factory=dict)  # fine-tuned, before WiSE-FT
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -283,6 +287,31 @@ def freeze_word_embeddings(model: "SentenceTransformer") -> int:
     emb = auto.get_input_embeddings()
     emb.weight.requires_grad_(False)
     return emb.weight.numel()
+
+
+def interpolate_with_base(model: "SentenceTransformer", base_model: "SentenceTransformer", alpha: float) -> int:
+    """WiSE-FT: move every floating-point weight to ``(1 - alpha) * base + alpha * fine-tuned``.
+
+    Why: fine-tuning on one hospital's notes pulls the model away from what made the base good at
+    general retrieval; averaging the two in weight space keeps most of the domain gain and much of
+    the general skill (Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022). It
+    needs both models to share one architecture, which a fine-tuned copy always does. Returns the
+    number of tensors changed.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"interpolate must be within [0, 1], got {alpha}")
+    tuned, base = model[0].auto_model.state_dict(), base_model[0].auto_model.state_dict()
+    if tuned.keys() != base.keys():
+        raise ValueError("the fine-tuned model and its base differ in architecture; cannot interpolate")
+    merged, changed = {}, 0
+    for key, value in tuned.items():
+        if value.is_floating_point() and alpha < 1.0:
+            merged[key] = (1.0 - alpha) * base[key].to(value.dtype) + alpha * value
+            changed += 1
+        else:
+            merged[key] = value
+    model[0].auto_model.load_state_dict(merged)
+    return changed
 
 
 def _build_loss(model: "SentenceTransformer", cfg: TrainConfig) -> Any:
@@ -403,6 +432,9 @@ def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None =
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     elapsed = time.perf_counter() - t0
     best = trainer.state.best_model_checkpoint
+    dev_tuned = _score(evaluator, model) if evaluator and cfg.interpolate < 1.0 else {}
+    if cfg.interpolate < 1.0:
+        interpolate_with_base(model, base_emb.model, cfg.interpolate)
     dev_after = _score(evaluator, model) if evaluator else {}
 
     model.max_seq_length = base_emb.max_seq_length  # inference length of the base entry
@@ -418,7 +450,7 @@ def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None =
         throughput_pairs_per_s=round(trainer.state.global_step * (seen / max(1, steps_per_epoch)) / elapsed, 3),
         trainable_parameters=trainable, total_parameters=total, pairs=len(pairs),
         pair_sources=_count(p.source for p in pairs), patients=len(set(groups)),
-        dropped_by_sampler_epoch0=probe.dropped, loss_history=history,
+        dropped_by_sampler_epoch0=probe.dropped, loss_history=history, dev_before_interpolation=dev_tuned,
     )
     write_embedder_metadata(tmp_out, name=cfg.name, base=base_emb, cfg=cfg, result=result)
     write_model_card(tmp_out, result, base_emb.label, qp, pp)
@@ -530,7 +562,7 @@ Trainable parameters: {result.trainable_parameters:,} of {result.total_parameter
 {rows or '| (no dev set) | | |'}
 
 Best checkpoint: {result.best_checkpoint or 'last step'}.
-
+{_interpolation_note(result)}
 ## Training
 {json.dumps({k: round(v, 4) for k, v in result.train_metrics.items()})}
 Throughput: {result.throughput_pairs_per_s} pairs/s on this machine.
@@ -543,6 +575,16 @@ Queries take the prefix {json.dumps(query_prefix)}, passages {json.dumps(passage
     path = Path(folder) / "README.md"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def _interpolation_note(result: TrainResult) -> str:
+    alpha = result.config.interpolate
+    if alpha >= 1.0:
+        return ""
+    before = result.dev_before_interpolation.get("map@100")
+    return (f"\nWeights interpolated with the base (WiSE-FT): {1 - alpha:.2f} x base + {alpha:.2f} x fine-tuned"
+            + (f"; dev MAP@100 of the fine-tuned weights before interpolation: {before:.4f}.\n" if before is not None
+               else ".\n"))
 
 
 # --------------------------------------------------------------------------------------------

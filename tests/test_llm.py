@@ -140,6 +140,59 @@ def test_bundled_gguf_missing_says_how_to_install(monkeypatch):
         bundled_gguf_path()
 
 
+def _fake_chunked(tmp_path, monkeypatch, blobs):
+    """Register a chunked GGUF whose chunk packages are folders on sys.path (no install needed)."""
+    import hashlib
+
+    import rag.local_llm as local_llm
+
+    pkgs = []
+    for i, blob in enumerate(blobs, start=1):
+        pkg = f"crag_fake_chunk_part{i}"
+        (tmp_path / "site" / pkg / "data").mkdir(parents=True)
+        (tmp_path / "site" / pkg / "__init__.py").write_text("")
+        (tmp_path / "site" / pkg / "data" / f"part{i:02d}.bin").write_bytes(blob)
+        pkgs.append(pkg)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    gen = local_llm.ChunkedGGUF("fake-gen", "fake.gguf", "fake-gen-alias",
+                                hashlib.sha256(b"".join(blobs)).hexdigest(), tuple(pkgs), "1.0", "fake")
+    monkeypatch.setitem(local_llm.CHUNKED_GENERATORS, gen.name, gen)
+    return gen
+
+
+def test_chunked_gguf_is_assembled_once_in_order_and_found_by_name_or_alias(tmp_path, monkeypatch):
+    from rag.local_llm import resolve_gguf
+
+    _fake_chunked(tmp_path, monkeypatch, [b"GGUF-one|", b"two|", b"three"])
+    cache = tmp_path / "cache"
+    path = resolve_gguf("fake-gen", cache)
+    assert path == cache / "fake.gguf" and path.read_bytes() == b"GGUF-one|two|three"
+    assert resolve_gguf("FAKE-GEN-ALIAS", cache) == path
+    assert not [p for p in cache.iterdir() if p.name != "fake.gguf"]  # no temporary file left
+
+
+def test_chunked_gguf_with_wrong_bytes_is_refused_and_leaves_nothing(tmp_path, monkeypatch):
+    import rag.local_llm as local_llm
+
+    gen = _fake_chunked(tmp_path, monkeypatch, [b"GGUF-one|", b"two"])
+    monkeypatch.setitem(local_llm.CHUNKED_GENERATORS, gen.name,
+                        local_llm.ChunkedGGUF(**{**gen.__dict__, "sha256": "0" * 64}))
+    with pytest.raises(ValueError, match=r"expected version 1\.0.*pip install -e '\.\[fake\]'"):
+        local_llm.chunked_gguf_path("fake-gen", tmp_path / "cache")
+    assert not list((tmp_path / "cache").iterdir())
+
+
+def test_chunked_gguf_missing_package_says_which_and_how_to_install(tmp_path, monkeypatch):
+    import rag.local_llm as local_llm
+
+    _fake_chunked(tmp_path, monkeypatch, [b"a", b"b"])
+    gen = local_llm.CHUNKED_GENERATORS["fake-gen"]
+    monkeypatch.setitem(local_llm.CHUNKED_GENERATORS, gen.name,
+                        local_llm.ChunkedGGUF(**{**gen.__dict__, "packages": ("crag_fake_chunk_part1", "crag_absent_part")}))
+    with pytest.raises(FileNotFoundError, match=r"crag-absent-part .*pip install -e '\.\[fake\]'"):
+        local_llm.chunked_gguf_path("fake-gen", tmp_path / "cache")
+
+
 # ------------------------------------------------------------------ the double
 
 

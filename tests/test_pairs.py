@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune.pairs import (Pair, chunk_corpus, inverse_cloze_pairs, locate_evidence, qa_pairs, read_pairs, read_qa,
+from finetune.pairs import (Pair, chunk_corpus, description_pairs, inverse_cloze_pairs, locate_evidence, qa_pairs, read_pairs, read_qa,
                             sentences, write_pairs)
 from rag.chunking import ChunkingConfig
 from rag.corpus import Corpus, CorpusError, Document
@@ -51,6 +51,27 @@ def test_inverse_cloze_only_from_allowed_patients_and_deterministic() -> None:
     assert [p.to_json() for p in again] == [p.to_json() for p in pairs]
     kept = inverse_cloze_pairs(chunks, per_chunk=1, remove_prob=0.0, min_words=3, seed=1)
     assert all(p.query in p.positive for p in kept)
+
+
+def test_description_pairs_take_the_summary_and_its_best_chunk() -> None:
+    filler = " ".join(f"Routine line {i} without findings." for i in range(40))
+    docs = [
+        Document("m1", "m1", filler + " Impression: left knee effusion, aspiration performed.",
+                 extra={"descriptions": ["Aspiration of a left knee effusion."]}),
+        Document("m2", "m2", "Cardiology consult for atrial fibrillation.", extra={"descriptions": "AFib consult note"}),
+        Document("m3", "m3", "No summary here.", extra={"descriptions": ["too short"]}),
+        Document("m4", "m4", "No metadata at all."),
+    ]
+    corpus = Corpus("toy", docs, [], "one-per-document", "toy")
+    chunks = chunk_corpus(corpus, _offsets, ChunkingConfig(max_tokens=60, overlap_tokens=0))
+    assert len(chunks["m1"]) > 1
+    pairs = description_pairs(corpus, chunks)
+    assert [(p.doc_id, p.query, p.source) for p in pairs] == [
+        ("m1", "Aspiration of a left knee effusion.", "description"), ("m2", "AFib consult note", "description")]
+    assert "knee effusion" in pairs[0].positive and pairs[0].chunk_id != chunks["m1"][0].chunk_id
+    assert pairs[0].patient_id == "m1"
+    sample = description_pairs(corpus, chunks, limit=1, seed=3)
+    assert len(sample) == 1 and sample == description_pairs(corpus, chunks, limit=1, seed=3)
 
 
 def test_locate_evidence_exact_fuzzy_and_fallback() -> None:

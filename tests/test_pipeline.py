@@ -29,6 +29,10 @@ def _write_inputs(tmp: Path) -> tuple[Path, Path]:
             qa.append({"qa_id": f"q{p}-{n}", "doc_id": doc_id, "patient_id": f"P{p:02d}",
                        "question": f"Which patient is on {f1}?", "answer": f1, "evidence": f"Patient on {f1}",
                        "question_type": "medication", "language": "en"})
+    described = [{"doc_id": f"M{i}", "patient_id": f"M{i}", "extra": {"descriptions": [f"Consult for {f}."]},
+                  "text": f"Consultation note. Reason: {f}. Examined and discussed with the family."}
+                 for i, f in enumerate(FINDINGS)]
+    (tmp / "described.jsonl").write_text("".join(json.dumps(d) + "\n" for d in described))
     docs_path, qa_path = tmp / "docs.jsonl", tmp / "qa" / "qa.jsonl"
     qa_path.parent.mkdir(parents=True)
     docs_path.write_text("".join(json.dumps(d) + "\n" for d in docs))
@@ -44,8 +48,9 @@ def test_pipeline_runs_end_to_end_and_resumes(tmp_path: Path, settings) -> None:
     preset = dataclasses.replace(
         CPU_DEMO, name="tiny", qa_corpus=str(docs), pseudonymize=False, qa_file=str(qa),
         split_fractions=(0.6, 0.2, 0.2), ict_per_chunk=1, mine=4, keep_negatives=1, dev_queries=6,
+        description_corpora={str(tmp_path / "described.jsonl"): 8},
         train=dataclasses.replace(CPU_DEMO.train, base=str(base), name="tiny-domain", max_steps=2, batch_size=6,
-                                  mini_batch_size=6, max_seq_length=48, learning_rate=1e-3),
+                                  mini_batch_size=6, max_seq_length=48, learning_rate=1e-3, interpolate=0.5),
         eval_models=("domain", str(base), "bm25", "hybrid:domain"), eval_scope="both", general_sets=())
     root = tmp_path / "run"
     manifest = run_pipeline(preset, settings, root=root, progress=False)
@@ -56,8 +61,11 @@ def test_pipeline_runs_end_to_end_and_resumes(tmp_path: Path, settings) -> None:
     # training saw only training patients
     splits = json.loads((root / "split" / "splits.json").read_text())["patients"]
     pairs = [json.loads(line) for line in (root / "mine" / "pairs.jsonl").read_text().splitlines()]
-    assert pairs and {splits[p["patient_id"]] for p in pairs} == {"train"}
-    assert {p["source"] for p in pairs} == {"qa", "ict"}
+    own = [p for p in pairs if p["source"] != "description"]  # the other corpus has no test patients
+    assert own and {splits[p["patient_id"]] for p in own} == {"train"}
+    assert {p["source"] for p in pairs} == {"qa", "ict", "description"}
+    described = [p for p in pairs if p["source"] == "description"]
+    assert len(described) == 8 and all(p["query"].startswith("Consult for ") for p in described)
     summary = json.loads((root / "evaluate" / "summary.json").read_text())
     assert set(summary["map@100"]["test"]) >= {"domain", "bm25", "hybrid:domain"}
     assert set(summary["map@100"]["test-cloze"]) >= {"domain", "bm25"}
@@ -67,7 +75,8 @@ def test_pipeline_runs_end_to_end_and_resumes(tmp_path: Path, settings) -> None:
     assert cloze and all(q["text"] not in corpus[q["extra"]["doc_id"]] for q in cloze)  # the sentence is cut out
     assert {splits[q["patient_id"]] for q in cloze} == {"test"}
     assert (root / "evaluate" / "summary.md").is_file() and (root / "evaluate" / "test" / "results.json").is_file()
-    assert (settings.home / "models" / "tiny-domain" / "README.md").is_file()
+    card = (settings.home / "models" / "tiny-domain" / "README.md").read_text()
+    assert "WiSE-FT): 0.50 x base + 0.50 x fine-tuned" in card
 
     again = run_pipeline(preset, settings, root=root, progress=False)
     assert all(again["timings"][s]["skipped"] for s in STAGES)

@@ -186,6 +186,17 @@ def test_consistent_within_patient_across_documents_and_runs(engine: Pseudonymiz
     assert other != out_a
 
 
+def test_free_text_metadata_is_pseudonymized_like_the_text(engine: Pseudonymizer) -> None:
+    doc = _doc("Herr Hans Müller wurde aufgenommen.", "P1", "a",
+               extra={"descriptions": ["Aufnahme von Herrn Hans Müller."], "title": "Brief an Herrn Müller", "note_id": 7})
+    out = engine.pseudonymize(doc, "de").document
+    surname = re.search(r"Herr \w+ (\w+)", out.text).group(1)
+    assert surname != "Müller"
+    assert out.extra["descriptions"] == [f"Aufnahme von Herrn {out.text.split()[1]} {surname}."]
+    assert out.extra["title"] == f"Brief an Herrn {surname}" and out.extra["note_id"] == 7
+    assert doc.extra["descriptions"] == ["Aufnahme von Herrn Hans Müller."]  # the input is not changed
+
+
 def test_date_intervals_survive_and_metadata_date_moves(engine: Pseudonymizer) -> None:
     doc = _doc("Aufnahme am 03.02.2021, Kontrolle am 17.02.2021.", date="2021-02-03",
                extra={"phi": [{"start": 12, "end": 22, "label": "DATE"}], "note_id": 4})
