@@ -108,6 +108,15 @@ class Run:
     def dir(self, stage: str) -> Path:
         return self.root / stage
 
+    def pseudonymized(self, name: str) -> Any:
+        """The pseudonymize stage's output for corpus ``name``, with the source corpus' patient structure
+        (a corpus without patients stays one patient per document)."""
+        from rag.corpus import load_corpus, load_jsonl
+
+        structure = load_corpus(name, self.settings, limit=1).patient_structure
+        return load_jsonl(self.dir("pseudonymize") / f"{corpus_slug(name)}.jsonl", name=name,
+                          one_patient_per_document=structure == "one-per-document")
+
     def corpora(self) -> dict[str, int | None]:
         """Every corpus the run pseudonymizes, with its document limit (the larger where two ask)."""
         out: dict[str, int | None] = {self.preset.qa_corpus: None}
@@ -178,12 +187,11 @@ def _synthesize(run: Run) -> tuple[list[Path], dict]:
 def _split(run: Run) -> tuple[list[Path], dict]:
     from eval.ir import write_qa_split
     from finetune.split import read_qa, split_by_patient, write_split
-    from rag.corpus import load_jsonl
 
     preset = run.preset
     out_dir = run.dir("split")
     qa_path = run.dir("synthesize") / "qa.jsonl"
-    pseudo = load_jsonl(run.dir("pseudonymize") / f"{corpus_slug(preset.qa_corpus)}.jsonl", name=preset.qa_corpus)
+    pseudo = run.pseudonymized(preset.qa_corpus)
     rows, lines = read_qa(qa_path)
     t0 = time.perf_counter()
     result = split_by_patient(pseudo, rows, seed=preset.split_seed, fractions=preset.split_fractions,
@@ -228,7 +236,6 @@ def _mine(run: Run) -> tuple[list[Path], dict]:
     from finetune.pairs import chunk_corpus, description_pairs, inverse_cloze_pairs, qa_pairs, write_pairs
     from finetune.split import load_assignment
     from rag.chunking import ChunkingConfig
-    from rag.corpus import load_jsonl
     from rag.embedders import get_embedder
 
     preset = run.preset
@@ -236,7 +243,7 @@ def _mine(run: Run) -> tuple[list[Path], dict]:
     cfg = ChunkingConfig(run.settings.chunk_tokens, run.settings.chunk_overlap_tokens)
     assignment = load_assignment(run.dir("split") / "splits.json")
     train_patients = {p for p, s in assignment.items() if s == "train"}
-    qa_corpus = load_jsonl(run.dir("pseudonymize") / f"{corpus_slug(preset.qa_corpus)}.jsonl", name=preset.qa_corpus)
+    qa_corpus = run.pseudonymized(preset.qa_corpus)
     qa_chunks = chunk_corpus(qa_corpus, base.token_offsets, cfg, patients=train_patients)
     pairs = []
     if preset.use_qa_pairs:
@@ -247,15 +254,13 @@ def _mine(run: Run) -> tuple[list[Path], dict]:
     if preset.ict_per_chunk and preset.ict_on_qa_corpus:
         pairs += inverse_cloze_pairs(qa_chunks, per_chunk=preset.ict_per_chunk, seed=preset.split_seed)
     for name in preset.extra_corpora:
-        extra = load_jsonl(run.dir("pseudonymize") / f"{corpus_slug(name)}.jsonl", name=name,
-                           one_patient_per_document=name in ("mtsamples",))
+        extra = run.pseudonymized(name)
         chunks = chunk_corpus(extra, base.token_offsets, cfg)
         all_chunks += [c for cs in chunks.values() for c in cs]
         if preset.ict_per_chunk:
             pairs += inverse_cloze_pairs(chunks, per_chunk=preset.ict_per_chunk, seed=preset.split_seed)
     for name in preset.description_corpora:  # its document limit applied when it was pseudonymized
-        described = load_jsonl(run.dir("pseudonymize") / f"{corpus_slug(name)}.jsonl", name=name,
-                               one_patient_per_document=name in ("mtsamples",))
+        described = run.pseudonymized(name)
         chunks = chunk_corpus(described, base.token_offsets, cfg)
         if name not in preset.extra_corpora:
             all_chunks += [c for cs in chunks.values() for c in cs]

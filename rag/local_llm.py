@@ -223,7 +223,7 @@ class EmbeddedLLMServer:
         self.ctx = int(ctx)
         self.port = port
         bundled = self.gguf_path.name == BUNDLED_FILE
-        named = {QWEN_FILE: QWEN_ALIAS}.get(self.gguf_path.name)
+        named = {g.file: g.alias for g in CHUNKED_GENERATORS.values()}.get(self.gguf_path.name)
         self.alias = alias or (BUNDLED_ALIAS if bundled else named or self.gguf_path.stem)
         self.parallel = max(1, int(parallel))
         self.startup_timeout_s = float(startup_timeout_s)
