@@ -172,21 +172,6 @@ def locate_evidence(evidence: str, doc_chunks: Sequence[Chunk], doc_text: str) -
     return doc_chunks[0], "exact" if ev and ev in norm(doc_text) else "first"
 
 
-def read_qa(path: str | Path) -> list[dict[str, Any]]:
-    """QA records of a ``qa.jsonl`` file; malformed lines raise :class:`CorpusError` naming file:line."""
-    path = Path(path)
-    problems: list[Problem] = []
-    rows = []
-    for line_no, row in read_jsonl_objects(path, problems):
-        if not row.get("question") or not row.get("doc_id"):
-            problems.append(Problem(str(path), line_no, "missing_field", "a QA record needs doc_id and question"))
-            continue
-        rows.append(row)
-    if problems:
-        raise CorpusError(problems, str(path))
-    return rows
-
-
 def qa_pairs(qa_rows: Iterable[dict[str, Any]], corpus: Corpus, chunks: dict[str, list[Chunk]],
              patients: Iterable[str] | None = None) -> list[Pair]:
     """Pairs from QA records whose document is in ``chunks`` and whose patient is in ``patients``.

@@ -186,7 +186,8 @@ def _synthesize(run: Run) -> tuple[list[Path], dict]:
 
 def _split(run: Run) -> tuple[list[Path], dict]:
     from eval.ir import write_qa_split
-    from finetune.split import read_qa, split_by_patient, write_split
+    from finetune.qa_schema import read_qa
+    from finetune.split import split_by_patient, write_split
 
     preset = run.preset
     out_dir = run.dir("split")
@@ -247,9 +248,10 @@ def _mine(run: Run) -> tuple[list[Path], dict]:
     qa_chunks = chunk_corpus(qa_corpus, base.token_offsets, cfg, patients=train_patients)
     pairs = []
     if preset.use_qa_pairs:
-        from finetune.pairs import read_qa
+        from finetune.qa_schema import read_qa
 
-        pairs += qa_pairs(read_qa(run.dir("split") / "train" / "qa.jsonl"), qa_corpus, qa_chunks, train_patients)
+        rows, _ = read_qa(run.dir("split") / "train" / "qa.jsonl", required=("doc_id", "question"))
+        pairs += qa_pairs(rows, qa_corpus, qa_chunks, train_patients)
     all_chunks = [c for cs in qa_chunks.values() for c in cs]
     if preset.ict_per_chunk and preset.ict_on_qa_corpus:
         pairs += inverse_cloze_pairs(qa_chunks, per_chunk=preset.ict_per_chunk, seed=preset.split_seed)

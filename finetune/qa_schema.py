@@ -16,6 +16,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 QUESTION_TYPES: tuple[str, ...] = (
@@ -164,3 +165,26 @@ def doc_seed(seed: int, doc_id: str, call_index: int) -> int:
 
 __all__ = ["Candidate", "ITEM_SCHEMA", "LANGUAGES", "LANGUAGE_NAMES", "QARecord", "QUESTION_TYPES",
            "doc_seed", "evidence_options", "generation_schema"]
+
+
+def read_qa(path: str | Path, required: Sequence[str] = ("doc_id",)) -> tuple[list[dict[str, Any]], list[int]]:
+    """The records of a ``qa.jsonl`` with their line numbers. Records missing a ``required`` field and
+    malformed lines raise together (:class:`rag.corpus.CorpusError`, each naming file and line)."""
+    from rag.corpus import CorpusError, Problem, read_jsonl_objects
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"QA file not found: {path}")
+    rows: list[dict[str, Any]] = []
+    lines: list[int] = []
+    problems: list[Problem] = []
+    for number, row in read_jsonl_objects(path, problems):
+        missing = [name for name in required if not row.get(name)]
+        if missing:
+            problems.append(Problem(str(path), number, "missing_field", f"a QA record needs {', '.join(required)}"))
+            continue
+        rows.append(row)
+        lines.append(number)
+    if problems:
+        raise CorpusError(problems, str(path))
+    return rows, lines

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from rag.config import load_settings
-from rag.corpus import Corpus, CorpusError, Document, Problem, load_corpus, load_jsonl, read_jsonl_objects, write_jsonl
+from finetune.qa_schema import read_qa
+from rag.corpus import Corpus, CorpusError, Document, Problem, load_corpus, load_jsonl, write_jsonl
 
 SPLITS: tuple[str, str, str] = ("train", "dev", "test")
 DEFAULT_FRACTIONS: tuple[float, float, float] = (0.8, 0.1, 0.1)
@@ -143,25 +144,6 @@ def split_by_patient(
         raise CorpusError(problems, _qa_problems_source(qa_source))
     structure = corpus.patient_structure if isinstance(corpus, Corpus) else None
     return SplitResult(assignment, docs_by_split, qa_by_split, seed, _check_fractions(fractions), by, structure)
-
-
-def read_qa(path: str | Path) -> tuple[list[dict[str, Any]], list[int]]:
-    """QA pairs of a ``qa.jsonl`` with their line numbers; malformed lines raise together, by line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"QA file not found: {path}")
-    rows: list[dict[str, Any]] = []
-    lines: list[int] = []
-    problems: list[Problem] = []
-    for number, data in read_jsonl_objects(path, problems):
-        if not data.get("doc_id"):
-            problems.append(Problem(str(path), number, "missing_field", "a QA pair must be an object with a doc_id"))
-            continue
-        rows.append(data)
-        lines.append(number)
-    if problems:
-        raise CorpusError(problems, str(path))
-    return rows, lines
 
 
 def load_assignment(path: str | Path) -> dict[str, str]:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from finetune.pairs import (Pair, chunk_corpus, description_pairs, inverse_cloze_pairs, locate_evidence, qa_pairs, read_pairs, read_qa,
+from finetune.pairs import (Pair, chunk_corpus, description_pairs, inverse_cloze_pairs, locate_evidence, qa_pairs, read_pairs,
                             sentences, write_pairs)
+from finetune.qa_schema import read_qa
 from rag.chunking import ChunkingConfig
 from rag.corpus import Corpus, CorpusError, Document
 
@@ -112,4 +113,4 @@ def test_pairs_round_trip_and_bad_lines_name_file_and_line(tmp_path: Path) -> No
     qa = tmp_path / "qa.jsonl"
     qa.write_text(json.dumps({"doc_id": "d1", "question": "ok?"}) + "\n" + json.dumps({"doc_id": "d1"}) + "\n")
     with pytest.raises(CorpusError, match=r"qa.jsonl:2"):
-        read_qa(qa)
+        read_qa(qa, required=("doc_id", "question"))
