@@ -46,11 +46,9 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import platform
 import re
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -58,7 +56,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rag.manifest import package_versions, sha256_file
+from finetune.append_log import append_rows, read_rows, repair_tail
+from rag.manifest import package_versions, sha256_file, write_json
 from finetune.filters import (
     BM25Reference, DenseReference, DocContext, FilterState, apply_filters, default_filters, guess_language,
     normalize, patient_names,
@@ -67,7 +66,7 @@ from finetune.qa_schema import (
     LANGUAGE_NAMES, SCHEMA_NAME, Candidate, QARecord, doc_seed, evidence_options, generation_schema,
 )
 from rag.config import Settings, load_settings
-from rag.corpus import Corpus, Document, Problem, load_corpus, read_jsonl_objects
+from rag.corpus import Corpus, Document, load_corpus
 from rag.llm import LLMClient, LLMError, LLMRequestError
 from rag.prompts import PROMPT_DIR, load_prompt
 
@@ -277,67 +276,6 @@ class OutputFiles:
                    qa.with_name("manifest.json"))
 
 
-def _repair_tail(path: Path) -> int:
-    """Cut a half-written last line (a kill during a write); returns the bytes removed."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return 0
-    with open(path, "rb+") as fh:
-        size = fh.seek(0, os.SEEK_END)
-        fh.seek(max(0, size - 1))
-        if fh.read(1) == b"\n":
-            return 0
-        block = 1 << 16
-        pos = size
-        while pos > 0:
-            start = max(0, pos - block)
-            fh.seek(start)
-            chunk = fh.read(pos - start)
-            nl = chunk.rfind(b"\n")
-            if nl >= 0:
-                keep = start + nl + 1
-                fh.truncate(keep)
-                return size - keep
-            pos = start
-        fh.truncate(0)
-        return size
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The objects of an output file (none if it is missing); bad lines are logged and skipped."""
-    if not path.is_file():
-        return []
-    problems: list[Problem] = []
-    rows = [obj for _, obj in read_jsonl_objects(path, problems)]
-    for problem in problems:
-        log.warning("%s (line skipped)", problem)
-    return rows
-
-
-def _append(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """All rows with one write on an O_APPEND descriptor: a kill leaves all of them or none
-    (or, at worst, one half line that the next run cuts off)."""
-    if not rows:
-        return
-    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-    finally:
-        os.close(fd)
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.fchmod(fd, 0o644)  # mkstemp makes 0600; the manifest is read by the next stages
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, ensure_ascii=False, default=str)
-        fh.write("\n")
-    os.replace(tmp, path)
-
-
 # --------------------------------------------------------------------------------------------
 # The run
 
@@ -398,7 +336,7 @@ def interleave_by_patient(docs: Sequence[Document]) -> list[Document]:
     return out
 
 
-def _input_info(in_paths: Sequence[str | Path], corpora: Sequence[Corpus]) -> list[dict[str, Any]]:
+def input_info(in_paths: Sequence[str | Path], corpora: Sequence[Corpus]) -> list[dict[str, Any]]:
     out = []
     for p, corpus in zip(in_paths, corpora):
         src = Path(corpus.source)
@@ -411,16 +349,16 @@ def _input_info(in_paths: Sequence[str | Path], corpora: Sequence[Corpus]) -> li
     return out
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
     return {"python": platform.python_version(),
             **package_versions(("xllamacpp", "httpx", "rapidfuzz", "bm25s", "jsonschema", "sentence-transformers"))}
 
 
 def _totals(files: OutputFiles) -> dict[str, Any]:
     """Counts over all runs, recomputed from the files (the files are the truth, not the memory)."""
-    kept = _read_jsonl(files.qa)
-    rejected = _read_jsonl(files.rejected)
-    progress = _read_jsonl(files.progress)
+    kept = read_rows(files.qa)
+    rejected = read_rows(files.rejected)
+    progress = read_rows(files.progress)
     reasons = Counter(r.get("drop_reason", "?") for r in rejected)
     done = {r["doc_id"] for r in progress if "doc_id" in r} | {r["doc_id"] for r in kept if "doc_id" in r}
     # a "truncated" row marks a reply cut off at max_tokens (an item lost), not a generated candidate
@@ -545,14 +483,14 @@ def synthesize_file(
     files = OutputFiles.for_output(out_path)
     files.qa.parent.mkdir(parents=True, exist_ok=True)
     for p in (files.qa, files.rejected, files.progress):
-        cut = _repair_tail(p)
+        cut = repair_tail(p)
         if cut:
             log.warning("%s: cut %d bytes of a half-written last line (an interrupted run)", p.name, cut)
 
     corpora, selected = _load_inputs(in_paths, settings, limit)
     all_docs = [d for c in corpora for d in c.documents]
-    previous = _read_jsonl(files.qa)
-    done_ids = {r["doc_id"] for r in _read_jsonl(files.progress) if "doc_id" in r} | {r["doc_id"] for r in previous}
+    previous = read_rows(files.qa)
+    done_ids = {r["doc_id"] for r in read_rows(files.progress) if "doc_id" in r} | {r["doc_id"] for r in previous}
     if interleave_patients:
         selected = interleave_by_patient(selected)
     todo = [d for d in selected if d.doc_id not in done_ids]
@@ -652,7 +590,7 @@ def synthesize_file(
             return {
                 "stage": "finetune.synthesize",
                 "output": {"qa": str(files.qa), "rejected": str(files.rejected), "progress": str(files.progress)},
-                "inputs": _input_info(in_paths, corpora),
+                "inputs": input_info(in_paths, corpora),
                 "documents_selected": len(selected),
                 "documents_skipped_as_done": len(selected) - len(todo),
                 "parameters": params,
@@ -660,7 +598,7 @@ def synthesize_file(
                 "prompt_versions": prompt_versions,
                 "schema": SCHEMA_NAME,
                 "reference_retriever": reference.label if reference is not None else None,
-                "versions": _versions(),
+                "versions": versions(),
                 "totals": _totals(files),
                 "this_run": this_run,
                 "runs": runs,
@@ -672,10 +610,10 @@ def synthesize_file(
                                  seed=seed, temperature=temperature, concurrency=concurrency, stats=stats,
                                  evidence_enum=evidence_enum, request_extra=request_extra,
                                  gen_name=gen_name, prompt_versions=prompt_versions, progress=progress,
-                                 checkpoint=lambda: _write_json_atomic(files.manifest, manifest(False))))
+                                 checkpoint=lambda: write_json(manifest(False), files.manifest)))
         result = manifest(True)
         result["runs"] = result["runs"] + [result["this_run"]]
-        _write_json_atomic(files.manifest, result)
+        write_json(result, files.manifest)
         if stats.docs_failed:
             log.warning("%d document(s) failed and were left undone; run the same command again to retry them",
                         stats.docs_failed)
@@ -790,9 +728,9 @@ def _finish_document(doc: Document, cands: list[Candidate], lost: int, error: st
                               "detail": "reply cut off at max_tokens", "question": "", "answer": "", "evidence": ""})
     reasons = Counter(r["drop_reason"] for r in rejected_rows)
     # order matters for resume: rejected, then kept, then the progress line
-    _append(files.rejected, rejected_rows)
-    _append(files.qa, kept_rows)
-    _append(files.progress, [{"doc_id": doc.doc_id, "patient_id": doc.patient_id, "calls": n_calls,
+    append_rows(files.rejected, rejected_rows)
+    append_rows(files.qa, kept_rows)
+    append_rows(files.progress, [{"doc_id": doc.doc_id, "patient_id": doc.patient_id, "calls": n_calls,
                               "candidates": len(cands), "kept": len(kept_rows), "dropped": dict(reasons),
                               "seconds": round(seconds, 2), "finished_unix": round(time.time(), 1),
                               "error": error}])

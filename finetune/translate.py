@@ -35,7 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune.synthesize import _append, _input_info, _read_jsonl, _repair_tail, _versions, _write_json_atomic
+from finetune.append_log import append_rows, read_rows, repair_tail
+from finetune.synthesize import input_info, versions
+from rag.manifest import write_json
 from rag.config import Settings, load_settings
 from rag.corpus import Document, load_corpus
 from rag.llm import LLMClient, LLMError
@@ -160,11 +162,11 @@ def translate_file(in_path: str | Path, out_path: str | Path, *, source: str = "
     settings = settings or load_settings()
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _repair_tail(out)
+    repair_tail(out)
     corpus = load_corpus(in_path, settings)
     docs = [d for d in corpus.documents if (d.language or source) == source]
     docs = docs[:limit] if limit is not None else docs
-    done = {r.get("doc_id") for r in _read_jsonl(out)}
+    done = {r.get("doc_id") for r in read_rows(out)}
     todo = [d for d in docs if d.doc_id not in done]
     prompt = load_prompt(PROMPT_NAME, source)
     if prompt.language != source:
@@ -209,7 +211,7 @@ def translate_file(in_path: str | Path, out_path: str | Path, *, source: str = "
                         stats.failed += 1
                         log.warning("document %s left untranslated (%s); rerun to retry", doc.doc_id, type(exc).__name__)
                     else:
-                        _append(out, [row])
+                        append_rows(out, [row])
                         stats.docs += 1
                     bar.update(1)
 
@@ -227,21 +229,21 @@ def translate_file(in_path: str | Path, out_path: str | Path, *, source: str = "
             c.close()
         if server is not None:
             server.stop()
-    rows = _read_jsonl(out)
+    rows = read_rows(out)
     shares = [r["extra"]["translation"]["preserved_share"] for r in rows if "extra" in r]
     elapsed = time.monotonic() - stats.started
     manifest = {
-        "stage": "finetune.translate", "output": str(out), "inputs": _input_info([in_path], [corpus]),
+        "stage": "finetune.translate", "output": str(out), "inputs": input_info([in_path], [corpus]),
         "parameters": {"source": source, "target": target, "piece_chars": piece_chars, "concurrency": concurrency,
                        "limit": limit, "temperature": 0.0},
-        "generator": gen, "prompt_version": prompt.version, "versions": _versions(),
+        "generator": gen, "prompt_version": prompt.version, "versions": versions(),
         "totals": {"documents_selected": len(docs), "documents_translated": len(rows),
                    "mean_preserved_share": round(sum(shares) / len(shares), 3) if shares else None},
         "this_run": {"documents": stats.docs, "failed": stats.failed, "pieces": stats.pieces,
                      "completion_tokens": stats.completion_tokens, "wall_s": round(elapsed, 1),
                      "skipped_as_done": len(docs) - len(todo)},
     }
-    _write_json_atomic(out.with_name("manifest.json"), manifest)
+    write_json(manifest, out.with_name("manifest.json"))
     return manifest
 
 

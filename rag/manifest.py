@@ -47,16 +47,29 @@ def _to_jsonable(obj: Any) -> Any:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write through a temp file and rename, so a reader never sees half a file."""
+    """Write through a temp file and rename, so a reader never sees half a file. The file gets the
+    mode a plain ``open`` would give (mkstemp's 0600 would hide manifests from the next stage's user)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
             fh.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (``os.umask`` sets it process-wide, racing threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
 
 
 def write_json(obj: Any, path: str | Path) -> Path:

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from finetune.qa_schema import ITEM_SCHEMA, QUESTION_TYPES
+from finetune.append_log import repair_tail
 from finetune.synthesize import (
-    FOCI, OutputFiles, _repair_tail, interleave_by_patient, load_hints, parse_items, plan_calls, split_windows,
+    FOCI, OutputFiles, interleave_by_patient, load_hints, parse_items, plan_calls, split_windows,
     synthesize_file,
 )
 from rag.config import REPO_ROOT
@@ -126,8 +127,8 @@ def test_interleave_and_repair_tail(tmp_path: Path):
     assert [d.doc_id for d in interleave_by_patient(NOTES)] == ["n1", "n3", "n4", "n2"]
     p = tmp_path / "x.jsonl"
     p.write_bytes(b'{"a": 1}\n{"b": 2}\n{"c": ')
-    assert _repair_tail(p) == len(b'{"c": ') and p.read_bytes() == b'{"a": 1}\n{"b": 2}\n'
-    assert _repair_tail(p) == 0
+    assert repair_tail(p) == len(b'{"c": ') and p.read_bytes() == b'{"a": 1}\n{"b": 2}\n'
+    assert repair_tail(p) == 0
 
 
 # --------------------------------------------------------------------------------------------
