@@ -214,14 +214,12 @@ def generator_settings(settings: "Settings", generator: str | None, generator_mo
 
 def judge_client(cfg: SuiteConfig, settings: "Settings", generator: "LLMClient") -> tuple["LLMClient", str]:
     """The judge endpoint and how the report names it."""
+    from rag.config import read_secret
     from rag.llm import LLMClient
 
     if cfg.judge_endpoint:
         model = cfg.judge_model or settings.llm_model
-        key = os.environ.get("CRAG_JUDGE_API_KEY", "")
-        key_file = os.environ.get("CRAG_JUDGE_API_KEY_FILE")
-        if not key and key_file:
-            key = Path(key_file).read_text(encoding="utf-8").strip()
+        key = read_secret(os.environ.get("CRAG_JUDGE_API_KEY"), os.environ.get("CRAG_JUDGE_API_KEY_FILE"))
         label = f"{model} at {cfg.judge_endpoint.rstrip('/')} (OpenAI-compatible judge endpoint)"
         client = LLMClient(cfg.judge_endpoint, model, key or "EMPTY", timeout_s=settings.llm_timeout_s,
                            max_retries=settings.llm_max_retries, label=label)

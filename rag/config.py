@@ -30,6 +30,16 @@ def _default_model_cache() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "clinical-rag" / "models"
 
 
+def read_secret(value: str | None, file: str | Path | None) -> str:
+    """A secret from its variable or, when that is empty, from a file (first line, stripped): the
+    one rule for every key the project reads, so none ends up in code or in a command line."""
+    if value:
+        return value
+    if file:
+        return Path(file).expanduser().read_text(encoding="utf-8").strip()
+    return ""
+
+
 @dataclass
 class Settings:
     # data and storage
@@ -76,11 +86,7 @@ class Settings:
 
     def api_key(self) -> str:
         """The generator API key: the variable wins, then the key file, else a placeholder servers accept."""
-        if self.llm_api_key:
-            return self.llm_api_key
-        if self.llm_api_key_file:
-            return Path(self.llm_api_key_file).read_text(encoding="utf-8").strip()
-        return "EMPTY"
+        return read_secret(self.llm_api_key, self.llm_api_key_file) or "EMPTY"
 
     def __repr__(self) -> str:
         parts = []
