@@ -73,8 +73,10 @@ COMMITTED_QA = REPO_ROOT / "data" / "qa" / "physionet_deid_dev" / "qa.jsonl"
 
 CPU_DEMO = Preset(
     name="cpu-demo",
-    description="me5-small fine-tuned on CPU: committed physionet QA set + inverse cloze, 2-core budget",
+    description="me5-small fine-tuned on CPU: inverse cloze on physionet training patients + MTSamples "
+                "summaries, WiSE-FT weight chosen on dev QA (0 = the base), evaluated on the committed held-out QA set; 2-core budget",
     extra_corpora={},
+    description_corpora={"mtsamples": 600},
     qa_file=str(COMMITTED_QA),
     ict_per_chunk=1,
     mine=10,
@@ -83,6 +85,7 @@ CPU_DEMO = Preset(
         base="me5-small", name="domain", max_steps=30, learning_rate=1e-4, warmup_ratio=0.1,
         batch_size=32, mini_batch_size=32, max_seq_length=128, freeze_embeddings=True, freeze_layers=4,
         matryoshka_dims=None, num_negatives=0, scale=20.0, max_per_patient=1, eval_steps=15, seed=0,
+        interpolate_choices=[0.0, 0.3, 0.5, 0.7, 1.0],
     ),
     dev_queries=60,
     general_query_limit=50,

@@ -23,7 +23,7 @@ import random
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,6 +69,9 @@ class TrainConfig:
     # WiSE-FT (Wortsman et al. 2022): saved weights = (1 - a) * base + a * fine-tuned. 1.0 = plain
     # fine-tuning; smaller keeps more of the base's general retrieval (see interpolate_with_base)
     interpolate: float = 1.0
+    # with a dev set: try these weights instead and keep the one with the best dev MAP@100 (the
+    # first of equals). Including 0.0 means the base itself wins when fine-tuning did not help on dev.
+    interpolate_choices: list[float] | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "TrainConfig":
@@ -248,6 +251,8 @@ class TrainResult:
     dropped_by_sampler_epoch0: int
     loss_history: list[dict[str, float]] = field(default_factory=list)
     dev_before_interpolation: dict[str, float] = field(default_factory=dict)  # fine-tuned, before WiSE-FT
+    interpolation: float = 1.0  # the weight of the fine-tuned model in the saved weights
+    dev_map_by_interpolation: dict[str, float] = field(default_factory=dict)  # "0.3" -> dev MAP@100
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -312,6 +317,26 @@ def interpolate_with_base(model: "SentenceTransformer", base_model: "SentenceTra
             merged[key] = value
     model[0].auto_model.load_state_dict(merged)
     return changed
+
+
+def choose_interpolation(model: "SentenceTransformer", base_model: "SentenceTransformer", choices: Sequence[float],
+                         score: Callable[["SentenceTransformer"], float]) -> tuple[float, dict[str, float]]:
+    """The interpolation weight with the best dev score among ``choices`` (first of equals), and every
+    score. ``model`` comes back with its fine-tuned weights unchanged."""
+    import copy
+
+    tuned = copy.deepcopy(model[0].auto_model.state_dict())
+    scores: dict[str, float] = {}
+    best, best_score = None, float("-inf")
+    for alpha in choices:
+        interpolate_with_base(model, base_model, float(alpha))
+        value = float(score(model))
+        scores[f"{float(alpha):g}"] = round(value, 5)
+        if value > best_score:
+            best, best_score = float(alpha), value
+        model[0].auto_model.load_state_dict(tuned)
+    log.info("dev MAP@100 by interpolation weight: %s -> %s", scores, best)
+    return (best if best is not None else 1.0), scores
 
 
 def _build_loss(model: "SentenceTransformer", cfg: TrainConfig) -> Any:
@@ -432,9 +457,13 @@ def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None =
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     elapsed = time.perf_counter() - t0
     best = trainer.state.best_model_checkpoint
-    dev_tuned = _score(evaluator, model) if evaluator and cfg.interpolate < 1.0 else {}
-    if cfg.interpolate < 1.0:
-        interpolate_with_base(model, base_emb.model, cfg.interpolate)
+    alpha, alpha_scores = cfg.interpolate, {}
+    if cfg.interpolate_choices and evaluator:
+        alpha, alpha_scores = choose_interpolation(model, base_emb.model, cfg.interpolate_choices,
+                                                   lambda m: _score(evaluator, m).get("map@100", 0.0))
+    dev_tuned = _score(evaluator, model) if evaluator and alpha < 1.0 else {}
+    if alpha < 1.0:
+        interpolate_with_base(model, base_emb.model, alpha)
     dev_after = _score(evaluator, model) if evaluator else {}
 
     model.max_seq_length = base_emb.max_seq_length  # inference length of the base entry
@@ -451,6 +480,7 @@ def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None =
         trainable_parameters=trainable, total_parameters=total, pairs=len(pairs),
         pair_sources=_count(p.source for p in pairs), patients=len(set(groups)),
         dropped_by_sampler_epoch0=probe.dropped, loss_history=history, dev_before_interpolation=dev_tuned,
+        interpolation=alpha, dev_map_by_interpolation=alpha_scores,
     )
     write_embedder_metadata(tmp_out, name=cfg.name, base=base_emb, cfg=cfg, result=result)
     write_model_card(tmp_out, result, base_emb.label, qp, pp)
@@ -578,13 +608,15 @@ Queries take the prefix {json.dumps(query_prefix)}, passages {json.dumps(passage
 
 
 def _interpolation_note(result: TrainResult) -> str:
-    alpha = result.config.interpolate
+    alpha = result.interpolation
+    chosen = (f" Chosen on dev MAP@100 among {result.dev_map_by_interpolation}."
+              if result.dev_map_by_interpolation else "")
     if alpha >= 1.0:
-        return ""
+        return f"\nNo weight interpolation with the base.{chosen}\n" if chosen else ""
     before = result.dev_before_interpolation.get("map@100")
     return (f"\nWeights interpolated with the base (WiSE-FT): {1 - alpha:.2f} x base + {alpha:.2f} x fine-tuned"
-            + (f"; dev MAP@100 of the fine-tuned weights before interpolation: {before:.4f}.\n" if before is not None
-               else ".\n"))
+            + (f"; dev MAP@100 of the fine-tuned weights before interpolation: {before:.4f}." if before is not None
+               else ".") + chosen + "\n")
 
 
 # --------------------------------------------------------------------------------------------

@@ -50,7 +50,8 @@ def test_pipeline_runs_end_to_end_and_resumes(tmp_path: Path, settings) -> None:
         split_fractions=(0.6, 0.2, 0.2), ict_per_chunk=1, mine=4, keep_negatives=1, dev_queries=6,
         description_corpora={str(tmp_path / "described.jsonl"): 8},
         train=dataclasses.replace(CPU_DEMO.train, base=str(base), name="tiny-domain", max_steps=2, batch_size=6,
-                                  mini_batch_size=6, max_seq_length=48, learning_rate=1e-3, interpolate=0.5),
+                                  mini_batch_size=6, max_seq_length=48, learning_rate=1e-3,
+                                  interpolate_choices=[0.5]),
         eval_models=("domain", str(base), "bm25", "hybrid:domain"), eval_scope="both", general_sets=())
     root = tmp_path / "run"
     manifest = run_pipeline(preset, settings, root=root, progress=False)

@@ -175,3 +175,31 @@ def test_resumable_checkpoint_matches_optimisation_settings(tmp_path: Path) -> N
         torch.save(SimpleNamespace(**{**vars(args), "learning_rate": lr}), ckpt / "training_args.bin")
         (ckpt / "trainer_state.json").write_text("{}")
     assert resumable_checkpoint(tmp_path, args) == tmp_path / "checkpoint-10"  # latest with the same settings
+
+
+def test_interpolation_is_chosen_on_dev_and_leaves_the_model_unchanged(tiny_base: Path) -> None:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from finetune.train import choose_interpolation, interpolate_with_base
+
+    base = SentenceTransformer(str(tiny_base), device="cpu")
+    tuned = SentenceTransformer(str(tiny_base), device="cpu")
+    with torch.no_grad():
+        for p in tuned[0].auto_model.parameters():
+            p.add_(1.0)
+    before = {k: v.clone() for k, v in tuned[0].auto_model.state_dict().items()}
+    probe = next(k for k, v in before.items() if v.is_floating_point())
+    base_value = base[0].auto_model.state_dict()[probe]
+
+    def score(model) -> float:  # a dev score that peaks at alpha = 0.5
+        alpha = float((model[0].auto_model.state_dict()[probe] - base_value).mean())
+        return -abs(alpha - 0.5)
+
+    alpha, scores = choose_interpolation(tuned, base, [0.0, 0.5, 1.0], score)
+    assert alpha == 0.5 and set(scores) == {"0", "0.5", "1"} and scores["0.5"] == pytest.approx(0.0, abs=1e-5)
+    assert all(torch.equal(before[k], v) for k, v in tuned[0].auto_model.state_dict().items())
+    interpolate_with_base(tuned, base, 0.0)
+    assert torch.allclose(tuned[0].auto_model.state_dict()[probe], base_value)
+    with pytest.raises(ValueError, match="within"):
+        interpolate_with_base(tuned, base, 1.5)
