@@ -572,7 +572,8 @@ scale {cfg.scale}) by `python -m finetune.train` of this project.
 
 ## Data
 - {result.pairs} training pairs from {result.patients} training patients; sources: {result.pair_sources}
-  (qa = synthetic question -> chunk holding its evidence; ict = inverse cloze, a sentence -> its chunk).
+  (qa = synthetic question -> chunk holding its evidence; ict = inverse cloze, a sentence -> its chunk;
+  description = a document's own summary -> its best-matching chunk).
 - Hard negatives per pair: {cfg.num_negatives} (mined with the base model, same-patient and same-document
   candidates removed; missing ones filled with random passages of other patients).
 - Patient-disjoint split: no document, question or sentence of a dev or test patient was used for training.
