@@ -117,7 +117,6 @@ class PseudoResult:
     #: (start, end) of every surrogate in the NEW text, so a check for leftover PHI can tell a
     #: surrogate that happens to equal another original value (a shifted date) from a leak
     replaced: list[tuple[int, int]] = field(default_factory=list)
-    spans_extra: int = 0  # PHI spans replaced in free-text ``extra`` fields (not in ``spans``)
 
     def counts(self) -> Counter[str]:
         return Counter(span.label.value for span in self.spans)
@@ -177,7 +176,6 @@ class Pseudonymizer:
             patient = doc.patient_id if doc.patient_id and str(doc.patient_id).strip() else f"doc:{doc.doc_id}"
             new, _, placeholders = self._substitute(text, spans, patient, result.language, None)
             result.placeholders += placeholders
-            result.spans_extra += len(spans)
             if index is None:
                 extra[key] = new
             else:
