@@ -36,7 +36,7 @@ import logging
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,15 +165,21 @@ def _synthesize(run: Run) -> tuple[list[Path], dict]:
     out_dir = run.dir("synthesize")
     out = out_dir / "qa.jsonl"
     preset = run.preset
-    if preset.qa_file:
-        src = Path(preset.qa_file)
-        if not src.is_file():
-            raise PipelineError(f"preset {preset.name!r} reuses the QA file {src}, which does not exist")
+    if preset.qa_files:
+        sources = [Path(f) for f in preset.qa_files]
+        missing = [str(f) for f in sources if not f.is_file()]
+        if missing:
+            raise PipelineError(f"preset {preset.name!r} reuses the QA files {missing}, which do not exist")
         out_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, out)
-        src_manifest = _read_json(src.parent / "manifest.json")
-        return [out], {"source": "committed", "qa_file": str(src), "qa_manifest": src_manifest,
-                       "qa_pairs": sum(1 for line in out.open(encoding="utf-8") if line.strip())}
+        tmp = out.with_name(f".{out.name}.tmp")
+        with open(tmp, "wb") as dst:
+            for src in sources:
+                data = src.read_bytes()
+                dst.write(data if not data or data.endswith(b"\n") else data + b"\n")
+        tmp.replace(out)
+        files = [{"qa_file": str(src), "qa_pairs": sum(1 for line in src.open(encoding="utf-8") if line.strip()),
+                  "qa_manifest": _read_json(src.parent / "manifest.json")} for src in sources]
+        return [out], {"source": "committed", "qa_files": files, "qa_pairs": sum(f["qa_pairs"] for f in files)}
     from finetune import synthesize  # the QA engineer's module
 
     docs = run.dir("pseudonymize") / f"{corpus_slug(preset.qa_corpus)}.jsonl"
@@ -285,7 +291,7 @@ def _mine(run: Run) -> tuple[list[Path], dict]:
 
 
 def _train(run: Run) -> tuple[list[Path], dict]:
-    from eval.beir import load_beir
+    from eval.beir import load_beir, load_named_set
     from finetune.pairs import read_pairs
     from finetune.train import DevSet, train
     from rag.embedders import trained_models_dir
@@ -298,8 +304,10 @@ def _train(run: Run) -> tuple[list[Path], dict]:
         if beir.queries:
             dev = DevSet.from_beir(beir, name="dev").limited(preset.dev_queries, seed=preset.split_seed)
             break
+    guards = [DevSet.from_beir(guard_sample(load_named_set(name, run.settings), preset), name=f"guard-{name}")
+              for name in preset.guard_sets]
     pairs = read_pairs(run.dir("mine") / "pairs.jsonl")
-    result = train(pairs, preset.train, run.settings, dev=dev, progress=run.progress)
+    result = train(pairs, preset.train, run.settings, dev=dev, guards=guards, progress=run.progress)
     folder = trained_models_dir(run.settings) / preset.train.name
     return [folder / "crag_embedder.json"], {"result": result.to_json(), "model": str(folder)}
 
@@ -322,8 +330,7 @@ def _evaluate(run: Run) -> tuple[list[Path], dict]:
         results[key] = evaluate(test, models, scope=preset.eval_scope, settings=run.settings,
                                 out_dir=out_dir / key, progress=run.progress, base=preset.train.base)
     for name in preset.general_sets:
-        beir = subsample(load_named_set(name, run.settings), preset.general_query_limit, preset.general_max_docs,
-                         seed=preset.split_seed)
+        beir = general_sample(load_named_set(name, run.settings), preset)
         general = [m if m != "domain" else f"domain={preset.train.name}" for m in preset.general_models]
         results[name] = evaluate(beir, general, scope="both", settings=run.settings,
                                  out_dir=out_dir / name, progress=run.progress, base=preset.train.base)
@@ -332,19 +339,22 @@ def _evaluate(run: Run) -> tuple[list[Path], dict]:
     return [out_dir / "summary.json", out_dir / "summary.md"], {"summary": summary}
 
 
-def subsample(beir: Any, n_queries: int | None, max_docs: int | None, seed: int = 0) -> Any:
+def subsample(beir: Any, n_queries: int | None, max_docs: int | None, seed: int = 0,
+              exclude: Collection[str] = ()) -> Any:
     """A seeded sample of ``n_queries`` queries over a smaller corpus: their relevant documents plus
     random distractors up to ``max_docs``. An easier set than the full one (fewer distractors), but
-    the same for every model, so the domain-vs-base comparison stays fair at a CPU-sized cost."""
+    the same for every model, so the domain-vs-base comparison stays fair at a CPU-sized cost.
+    Queries in ``exclude`` are never sampled (a guard slice disjoint from the reported one)."""
     import random
 
     from eval.beir import BeirSet
     from rag.corpus import Corpus
 
-    if n_queries is None and max_docs is None:
+    if n_queries is None and max_docs is None and not exclude:
         return beir
     rng = random.Random(seed)
-    queries = list(beir.queries)
+    excluded = set(exclude)
+    queries = [q for q in beir.queries if q.query_id not in excluded]
     if n_queries is not None and n_queries < len(queries):
         queries = sorted(rng.sample(queries, n_queries), key=lambda q: q.query_id)
     qrels = {q.query_id: beir.qrels.get(q.query_id, {}) for q in queries}
@@ -357,6 +367,19 @@ def subsample(beir: Any, n_queries: int | None, max_docs: int | None, seed: int 
     name = f"{beir.name}-q{len(queries)}-d{len(docs)}-s{seed}"
     corpus = Corpus(name, docs, [], beir.corpus.patient_structure, f"{beir.corpus.source} (subsample)")
     return BeirSet(name, corpus, queries, qrels, dict(getattr(beir, "files", {}) or {}))
+
+
+def general_sample(beir: Any, preset: Preset) -> Any:
+    """The sample of a general set that the evaluate stage reports."""
+    return subsample(beir, preset.general_query_limit, preset.general_max_docs, seed=preset.split_seed)
+
+
+def guard_sample(beir: Any, preset: Preset) -> Any:
+    """The guard slice of a general set: ``guard_queries`` queries none of which the evaluate stage
+    reports, so bounding the interpolation choice with it never looks at the reported queries."""
+    reported = {q.query_id for q in general_sample(beir, preset).queries}
+    return subsample(beir, preset.guard_queries, preset.general_max_docs, seed=preset.split_seed + 1,
+                     exclude=reported)
 
 
 # --------------------------------------------------------------------------------------------
@@ -449,9 +472,9 @@ def _stage_params(run: Run, stage: str) -> dict[str, Any]:
     if stage == "pseudonymize":
         return {**common, "corpora": run.corpora(), "pseudonymize": p.pseudonymize, "key_file": str(run.key_file)}
     if stage == "synthesize":
-        qa = Path(p.qa_file) if p.qa_file else None
-        qa_hash = hashlib.sha256(qa.read_bytes()).hexdigest() if qa and qa.is_file() else None
-        return {**common, "qa_file": p.qa_file, "qa_sha256": qa_hash, "per_doc": p.synthesize_per_doc,
+        hashes = [hashlib.sha256(Path(f).read_bytes()).hexdigest() if Path(f).is_file() else None
+                  for f in p.qa_files]
+        return {**common, "qa_files": list(p.qa_files), "qa_sha256": hashes, "per_doc": p.synthesize_per_doc,
                 "generator": p.generator_gguf}
     if stage == "split":
         return {**common, "seed": p.split_seed, "fractions": p.split_fractions, "by": p.split_by}
@@ -460,7 +483,8 @@ def _stage_params(run: Run, stage: str) -> dict[str, Any]:
                 "mine": p.mine, "keep": p.keep_negatives, "base": p.train.base,
                 "chunking": [run.settings.chunk_tokens, run.settings.chunk_overlap_tokens]}
     if stage == "train":
-        return {**common, "train": dataclasses.asdict(p.train), "dev_queries": p.dev_queries}
+        return {**common, "train": dataclasses.asdict(p.train), "dev_queries": p.dev_queries,
+                "guards": p.guard_sets, "guard_queries": p.guard_queries, "guard_docs": p.general_max_docs}
     return {**common, "models": p.eval_models, "scope": p.eval_scope, "general": p.general_sets,
             "general_models": p.general_models, "limit": p.general_query_limit, "max_docs": p.general_max_docs}
 

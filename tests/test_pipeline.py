@@ -46,13 +46,14 @@ def test_pipeline_runs_end_to_end_and_resumes(tmp_path: Path, settings) -> None:
     texts = DEFAULT_CORPUS + [json.loads(line)["text"] for line in docs.read_text().splitlines()]
     base = build_tiny_st(tmp_path / "tiny", corpus=texts, dim=32, prompts={"query": "query: ", "passage": "passage: "})
     preset = dataclasses.replace(
-        CPU_DEMO, name="tiny", qa_corpus=str(docs), pseudonymize=False, qa_file=str(qa),
+        CPU_DEMO, name="tiny", qa_corpus=str(docs), pseudonymize=False, qa_files=(str(qa),),
         split_fractions=(0.6, 0.2, 0.2), ict_per_chunk=1, mine=4, keep_negatives=1, dev_queries=6,
         description_corpora={str(tmp_path / "described.jsonl"): 8},
         train=dataclasses.replace(CPU_DEMO.train, base=str(base), name="tiny-domain", max_steps=2, batch_size=6,
                                   mini_batch_size=6, max_seq_length=48, learning_rate=1e-3,
                                   interpolate_choices=[0.5]),
-        eval_models=("domain", str(base), "bm25", "hybrid:domain"), eval_scope="both", general_sets=())
+        eval_models=("domain", str(base), "bm25", "hybrid:domain"), eval_scope="both", general_sets=(),
+        guard_sets=("synthea-conditions",), guard_queries=6, general_max_docs=30)  # the demo corpus ships
     root = tmp_path / "run"
     manifest = run_pipeline(preset, settings, root=root, progress=False)
     assert all(not manifest["timings"][s]["skipped"] for s in STAGES)
@@ -77,7 +78,11 @@ def test_pipeline_runs_end_to_end_and_resumes(tmp_path: Path, settings) -> None:
     assert {splits[q["patient_id"]] for q in cloze} == {"test"}
     assert (root / "evaluate" / "summary.md").is_file() and (root / "evaluate" / "test" / "results.json").is_file()
     card = (settings.home / "models" / "tiny-domain" / "README.md").read_text()
-    assert "WiSE-FT): 0.50 x base + 0.50 x fine-tuned" in card
+    assert "WiSE-FT): 0.50 x base + 0.50 x fine-tuned" in card and "guard sets" in card
+    trained = json.loads((root / "train" / "manifest.json").read_text())["result"]
+    guard = trained["guard_map_by_interpolation"]  # the base (0) is scored as the tolerance's reference
+    assert set(guard) == {"0", "0.5"} and set(guard["0"]) == {"guard-synthea-conditions"}
+    assert trained["interpolation"] == 0.5  # the only choice: kept within the tolerance or as the least loss
 
     again = run_pipeline(preset, settings, root=root, progress=False)
     assert all(again["timings"][s]["skipped"] for s in STAGES)
@@ -106,3 +111,16 @@ def test_subsample_keeps_relevant_documents_and_is_seeded(synthea) -> None:
     again = subsample(full, 20, 150, seed=1)
     assert [q.query_id for q in again.queries] == [q.query_id for q in small.queries]
     assert subsample(full, None, None) is full
+
+
+def test_guard_slice_never_holds_a_reported_query(synthea) -> None:
+    from eval.beir import load_named_set
+    from finetune.pipeline import general_sample, guard_sample
+    from finetune.presets import CPU_DEMO
+
+    full = load_named_set("synthea-conditions")
+    reported, guard = general_sample(full, CPU_DEMO), guard_sample(full, CPU_DEMO)
+    assert len(guard.queries) == CPU_DEMO.guard_queries and len(guard.corpus) == CPU_DEMO.general_max_docs
+    assert not {q.query_id for q in reported.queries} & {q.query_id for q in guard.queries}
+    ids = {d.doc_id for d in guard.corpus.documents}
+    assert all(set(guard.qrels[q.query_id]) <= ids for q in guard.queries)

@@ -196,8 +196,21 @@ def test_interpolation_is_chosen_on_dev_and_leaves_the_model_unchanged(tiny_base
         alpha = float((model[0].auto_model.state_dict()[probe] - base_value).mean())
         return -abs(alpha - 0.5)
 
-    alpha, scores = choose_interpolation(tuned, base, [0.0, 0.5, 1.0], score)
+    alpha, scores, guards = choose_interpolation(tuned, base, [0.0, 0.5, 1.0], score)
     assert alpha == 0.5 and set(scores) == {"0", "0.5", "1"} and scores["0.5"] == pytest.approx(0.0, abs=1e-5)
+    assert guards == {}
+    assert all(torch.equal(before[k], v) for k, v in tuned[0].auto_model.state_dict().items())
+
+    def general(model) -> float:  # general retrieval that falls as the weight moves to the fine-tuned model
+        alpha = float((model[0].auto_model.state_dict()[probe] - base_value).mean())
+        return 1.0 - 0.2 * alpha
+
+    alpha, scores, guards = choose_interpolation(tuned, base, [0.0, 0.5, 1.0], score, {"g": general}, 0.15)
+    assert alpha == 0.5 and guards["0.5"]["g"] == pytest.approx(0.9, abs=1e-4)  # -10% is within 15%
+    alpha, _, _ = choose_interpolation(tuned, base, [0.0, 0.5, 1.0], score, {"g": general}, 0.05)
+    assert alpha == 0.0  # the dev winner loses 10% of general retrieval: the base is kept
+    alpha, scores, guards = choose_interpolation(tuned, base, [0.5, 1.0], score, {"g": general}, 0.05)
+    assert alpha == 0.5 and set(scores) == {"0.5", "1"} and set(guards) == {"0", "0.5", "1"}  # least loss
     assert all(torch.equal(before[k], v) for k, v in tuned[0].auto_model.state_dict().items())
     interpolate_with_base(tuned, base, 0.0)
     assert torch.allclose(tuned[0].auto_model.state_dict()[probe], base_value)
