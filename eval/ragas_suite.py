@@ -237,9 +237,9 @@ def _summary(values: Sequence[float], seed: int) -> dict[str, Any]:
 
     vals = [float(v) for v in values if v is not None]
     if not vals:
-        return {"mean": None, "ci": [None, None], "n": 0}
+        return {"mean": None, "ci95": [None, None], "n": 0}
     lo, hi = bootstrap_ci(vals, seed=seed)
-    return {"mean": statistics.fmean(vals), "ci": [lo, hi], "n": len(vals)}
+    return {"mean": statistics.fmean(vals), "ci95": [lo, hi], "n": len(vals)}
 
 
 def _median(values: Iterable[float | None]) -> float | None:
@@ -300,7 +300,7 @@ def aggregate(records: list[dict[str, Any]], choices: Sequence[RetrieverChoice],
 def _fmt(summary: dict[str, Any] | None) -> str | None:
     if not summary or summary.get("mean") is None:
         return None
-    lo, hi = summary["ci"]
+    lo, hi = summary["ci95"]
     if summary["n"] == 1:
         return f"{summary['mean']:.3f} (n=1)"
     return f"{summary['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
@@ -594,7 +594,7 @@ def run_suite(cfg: SuiteConfig, settings: "Settings") -> dict[str, Any]:
     chart = None
     first_set = next(iter(results), None)
     if first_set:
-        data = {mode: {CHART_NAMES.get(key, key): (m["context_precision"]["mean"], *m["context_precision"]["ci"])
+        data = {mode: {CHART_NAMES.get(key, key): (m["context_precision"]["mean"], *m["context_precision"]["ci95"])
                        for key, m in per_model.items() if m["context_precision"]["mean"] is not None}
                 for mode, per_model in results[first_set].items()}
         chart = bar_chart(data, out_dir / "context_precision.png", metric_name=f"context precision @{cfg.k}",

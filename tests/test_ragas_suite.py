@@ -100,7 +100,7 @@ def test_suite_records_hold_the_study_formulas(small_set, index, home, monkeypat
     summary = doc["results"]["synthea-small"]["patient"]["bm25"]["context_precision"]
     values = [r["metrics"]["context_precision"] for r in records if r["model"] == "bm25" and r["mode"] == "patient"]
     assert summary["mean"] == pytest.approx(sum(values) / len(values)) and summary["n"] == 6
-    assert summary["ci"][0] <= summary["mean"] <= summary["ci"][1]
+    assert summary["ci95"][0] <= summary["mean"] <= summary["ci95"][1]
     out = Path(doc["out_dir"])
     for name in ("per_question.jsonl", "results.json", "results.md", "context_precision.png", "manifest.json"):
         assert (out / name).is_file(), name
