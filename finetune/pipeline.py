@@ -504,7 +504,8 @@ def run_pipeline(preset: Preset, settings: Settings | None = None, *, root: Path
         raise PipelineError(f"unknown stages {sorted(unknown)}; stages are {', '.join(STAGES)}")
     t_all = time.perf_counter()
     previous = ""
-    for stage in STAGES:
+    last = max((STAGES.index(s) for s in stages), default=-1)  # later stages are neither run nor checked
+    for stage in STAGES[:last + 1]:
         key = _hash({"params": _stage_params(run, stage), "upstream": previous})
         previous = key
         folder = run.dir(stage)

@@ -55,8 +55,10 @@ def test_pipeline_runs_end_to_end_and_resumes(tmp_path: Path, settings) -> None:
         eval_models=("domain", str(base), "bm25", "hybrid:domain"), eval_scope="both", general_sets=(),
         guard_sets=("synthea-conditions",), guard_queries=6, general_max_docs=30)  # the demo corpus ships
     root = tmp_path / "run"
+    early = run_pipeline(preset, settings, root=root, stages=STAGES[:3], progress=False)
+    assert list(early["timings"]) == list(STAGES[:3])  # later stages are neither run nor required
     manifest = run_pipeline(preset, settings, root=root, progress=False)
-    assert all(not manifest["timings"][s]["skipped"] for s in STAGES)
+    assert [s for s in STAGES if not manifest["timings"][s]["skipped"]] == list(STAGES[3:])
     for stage in STAGES:
         m = json.loads((root / stage / "manifest.json").read_text())
         assert m["pipeline"]["complete"], stage
