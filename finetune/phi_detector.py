@@ -19,15 +19,8 @@ from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
 from presidio_analyzer.nlp_engine import NerModelConfiguration, NlpArtifacts, SpacyNlpEngine
 
 from finetune.phi_gazetteers import load_gazetteers
-from finetune.phi_recognizers import (
-    RULES,
-    PhiSpan,
-    RuleRecognizer,
-    allowed,
-    context_vetoed,
-    propagate,
-    resolve_overlaps,
-)
+from finetune.phi_recognizers import RULES, RuleRecognizer, allowed, context_vetoed, propagate, resolve_overlaps
+from finetune.phi_text import PhiSpan
 from finetune.phi_types import PRESIDIO_ENTITIES
 
 log = logging.getLogger(__name__)

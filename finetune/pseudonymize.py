@@ -41,7 +41,7 @@ from finetune.surrogates import Surrogates
 from rag.corpus import CorpusError, Document, Problem, read_jsonl_objects
 
 if TYPE_CHECKING:  # presidio (and spaCy, torch) load only where detection runs
-    from finetune.phi_recognizers import PhiSpan
+    from finetune.phi_text import PhiSpan
 
 log = logging.getLogger(__name__)
 

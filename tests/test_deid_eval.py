@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from eval.deid import GoldDoc, GoldSpan, Tally, load_gold, main, score_document, summarize
-from finetune.phi_recognizers import PhiSpan
+from finetune.phi_text import PhiSpan
 from finetune.phi_types import PhiType, gold_type
 from rag.corpus import CorpusError, Document
 
