@@ -291,7 +291,7 @@ def _mine(run: Run) -> tuple[list[Path], dict]:
 
 
 def _train(run: Run) -> tuple[list[Path], dict]:
-    from eval.beir import load_beir, load_named_set
+    from eval.beir import load_beir
     from finetune.pairs import read_pairs
     from finetune.train import DevSet, train
     from rag.embedders import trained_models_dir
@@ -304,8 +304,7 @@ def _train(run: Run) -> tuple[list[Path], dict]:
         if beir.queries:
             dev = DevSet.from_beir(beir, name="dev").limited(preset.dev_queries, seed=preset.split_seed)
             break
-    guards = [DevSet.from_beir(guard_sample(load_named_set(name, run.settings), preset), name=f"guard-{name}")
-              for name in preset.guard_sets]
+    guards = [guard_set(name, run) for name in preset.guard_sets]
     pairs = read_pairs(run.dir("mine") / "pairs.jsonl")
     result = train(pairs, preset.train, run.settings, dev=dev, guards=guards, progress=run.progress)
     folder = trained_models_dir(run.settings) / preset.train.name
@@ -367,6 +366,24 @@ def subsample(beir: Any, n_queries: int | None, max_docs: int | None, seed: int 
     name = f"{beir.name}-q{len(queries)}-d{len(docs)}-s{seed}"
     corpus = Corpus(name, docs, [], beir.corpus.patient_structure, f"{beir.corpus.source} (subsample)")
     return BeirSet(name, corpus, queries, qrels, dict(getattr(beir, "files", {}) or {}))
+
+
+def guard_set(name: str, run: Run) -> Any:
+    """The guard slice of a general set, chunked like the index chunks it, for the interpolation choice."""
+    from eval.beir import load_named_set
+    from finetune.pairs import chunk_corpus
+    from finetune.train import GuardSet
+    from rag.chunking import ChunkingConfig
+    from rag.embedders import get_embedder
+
+    beir = guard_sample(load_named_set(name, run.settings), run.preset)
+    base = get_embedder(run.preset.train.base, run.settings)
+    chunks = chunk_corpus(beir.corpus, base.token_offsets,
+                          ChunkingConfig(run.settings.chunk_tokens, run.settings.chunk_overlap_tokens))
+    relevant = {q.query_id: {d for d, g in beir.qrels.get(q.query_id, {}).items() if g >= 1} for q in beir.queries}
+    return GuardSet(f"guard-{name}", {q.query_id: q.text for q in beir.queries if relevant[q.query_id]},
+                    [(c.doc_id, c.text) for d in beir.corpus.documents for c in chunks.get(d.doc_id, [])],
+                    relevant)
 
 
 def general_sample(beir: Any, preset: Preset) -> Any:

@@ -122,7 +122,7 @@ def test_guard_slice_never_holds_a_reported_query(synthea) -> None:
 
     full = load_named_set("synthea-conditions")
     reported, guard = general_sample(full, CPU_DEMO), guard_sample(full, CPU_DEMO)
-    assert len(guard.queries) == CPU_DEMO.guard_queries and len(guard.corpus) == CPU_DEMO.general_max_docs
+    assert len(guard.queries) == CPU_DEMO.guard_queries and len(guard.corpus) >= CPU_DEMO.general_max_docs
     assert not {q.query_id for q in reported.queries} & {q.query_id for q in guard.queries}
     ids = {d.doc_id for d in guard.corpus.documents}
     assert all(set(guard.qrels[q.query_id]) <= ids for q in guard.queries)

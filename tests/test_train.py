@@ -216,3 +216,26 @@ def test_interpolation_is_chosen_on_dev_and_leaves_the_model_unchanged(tiny_base
     assert torch.allclose(tuned[0].auto_model.state_dict()[probe], base_value)
     with pytest.raises(ValueError, match="within"):
         interpolate_with_base(tuned, base, 1.5)
+
+
+def test_guard_set_ranks_documents_by_their_best_chunk() -> None:
+    import numpy as np
+
+    from finetune.train import GuardSet
+
+    vectors = {"query: q1": [1.0, 0.0], "query: q2": [0.0, 1.0], "passage: a": [0.0, 1.0],
+               "passage: b": [0.6, 0.8], "passage: c": [0.8, 0.6]}
+
+    class Fixed:  # an embedder with known vectors: only the ranking arithmetic is under test
+        max_seq_length = 128
+
+        def encode(self, texts, **_):
+            assert self.max_seq_length == 512  # scored at the inference length, not the training one
+            return np.array([vectors[t] for t in texts], dtype=np.float32)
+
+    guard = GuardSet("g", {"q1": "q1", "q2": "q2"}, [("d1", "a"), ("d1", "b"), ("d2", "c")],
+                     {"q1": {"d1"}, "q2": {"d1"}})
+    model = Fixed()
+    # q1: d2 (0.8) before d1 (best chunk b, 0.6) -> AP 1/2; q2: d1 (chunk a, 1.0) first -> AP 1
+    assert guard.map_at_100(model, "query: ", "passage: ", 512) == pytest.approx(0.75)
+    assert model.max_seq_length == 128
