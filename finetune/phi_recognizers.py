@@ -42,6 +42,9 @@ from finetune.phi_place_rules import addresses, employers, hospitals, places, sa
 from finetune.phi_text import LETTER, ORDINARY_SUFFIX, TITLE_CHAIN, PhiSpan, TextView
 from finetune.phi_types import PRIORITY, PhiType
 
+# --------------------------------------------------------------------------------------------
+# Rule registry, Presidio wrapper
+# --------------------------------------------------------------------------------------------
 
 Rule = Callable[[TextView], Iterable[PhiSpan]]
 

@@ -42,6 +42,7 @@ from typing import Any
 
 from finetune.presets import PRESETS, Preset, get_preset
 from rag.config import Settings, load_settings
+from rag.manifest import atomic_write_text
 
 log = logging.getLogger("finetune.pipeline")
 
@@ -170,16 +171,13 @@ def _synthesize(run: Run) -> tuple[list[Path], dict]:
         missing = [str(f) for f in sources if not f.is_file()]
         if missing:
             raise PipelineError(f"preset {preset.name!r} reuses the QA files {missing}, which do not exist")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        with open(tmp, "wb") as dst:
-            for src in sources:
-                data = src.read_bytes()
-                dst.write(data if not data or data.endswith(b"\n") else data + b"\n")
-        tmp.replace(out)
-        files = [{"qa_file": str(src), "qa_pairs": sum(1 for line in src.open(encoding="utf-8") if line.strip()),
-                  "qa_manifest": _read_json(src.parent / "manifest.json")} for src in sources]
-        return [out], {"source": "committed", "qa_files": files, "qa_pairs": sum(f["qa_pairs"] for f in files)}
+        texts = [src.read_text(encoding="utf-8") for src in sources]
+        atomic_write_text(out, "".join(t if not t or t.endswith("\n") else t + "\n" for t in texts))
+        files = [{"qa_file": str(src), "qa_pairs": sum(1 for line in t.splitlines() if line.strip())}
+                 for src, t in zip(sources, texts)]
+        manifests = {str(src.parent): _read_json(src.parent / "manifest.json") for src in sources}
+        return [out], {"source": "committed", "qa_files": files, "qa_manifests": manifests,
+                       "qa_pairs": sum(f["qa_pairs"] for f in files)}
     from finetune import synthesize  # the QA engineer's module
 
     docs = run.dir("pseudonymize") / f"{corpus_slug(preset.qa_corpus)}.jsonl"
@@ -369,21 +367,17 @@ def subsample(beir: Any, n_queries: int | None, max_docs: int | None, seed: int 
 
 
 def guard_set(name: str, run: Run) -> Any:
-    """The guard slice of a general set, chunked like the index chunks it, for the interpolation choice."""
+    """The guard slice of a general set, chunked as the index chunks it, for the interpolation choice."""
     from eval.beir import load_named_set
     from finetune.pairs import chunk_corpus
     from finetune.train import GuardSet
-    from rag.chunking import ChunkingConfig
     from rag.embedders import get_embedder
+    from rag.index import index_chunking
 
     beir = guard_sample(load_named_set(name, run.settings), run.preset)
     base = get_embedder(run.preset.train.base, run.settings)
-    chunks = chunk_corpus(beir.corpus, base.token_offsets,
-                          ChunkingConfig(run.settings.chunk_tokens, run.settings.chunk_overlap_tokens))
-    relevant = {q.query_id: {d for d, g in beir.qrels.get(q.query_id, {}).items() if g >= 1} for q in beir.queries}
-    return GuardSet(f"guard-{name}", {q.query_id: q.text for q in beir.queries if relevant[q.query_id]},
-                    [(c.doc_id, c.text) for d in beir.corpus.documents for c in chunks.get(d.doc_id, [])],
-                    relevant)
+    chunks = chunk_corpus(beir.corpus, base.token_offsets, index_chunking(base, run.settings))
+    return GuardSet.from_beir(beir, chunks, f"guard-{name}")
 
 
 def general_sample(beir: Any, preset: Preset) -> Any:

@@ -191,6 +191,11 @@ def make_patient_sampler(groups: Sequence[str], max_per_group: int = 1, min_batc
 # Dev evaluation
 
 
+def _relevant(beir: Any) -> dict[str, set[str]]:
+    """Relevant documents (grade >= 1) per query of a BEIR-like set."""
+    return {q: {d for d, g in r.items() if g >= 1} for q, r in beir.qrels.items()}
+
+
 @dataclass
 class DevSet:
     """Queries, a corpus and relevance for the training-time evaluation (ids -> texts)."""
@@ -202,7 +207,7 @@ class DevSet:
 
     @classmethod
     def from_beir(cls, beir: Any, name: str = "dev") -> "DevSet":
-        rel = {q: {d for d, g in r.items() if g >= 1} for q, r in beir.qrels.items()}
+        rel = _relevant(beir)
         return cls({q.query_id: q.text for q in beir.queries if rel.get(q.query_id)},
                    {d.doc_id: d.text for d in beir.corpus.documents}, rel, name)
 
@@ -229,6 +234,13 @@ class GuardSet:
     queries: dict[str, str]
     passages: list[tuple[str, str]]  # (doc_id, chunk text), documents' chunks in order
     relevant: dict[str, set[str]]
+
+    @classmethod
+    def from_beir(cls, beir: Any, chunks: dict[str, list[Any]], name: str) -> "GuardSet":
+        """``chunks``: doc_id -> its chunks, as the index would cut them (``rag.index.index_chunking``)."""
+        rel = _relevant(beir)
+        return cls(name, {q.query_id: q.text for q in beir.queries if rel.get(q.query_id)},
+                   [(c.doc_id, c.text) for d in beir.corpus.documents for c in chunks.get(d.doc_id, [])], rel)
 
     def map_at_100(self, model: "SentenceTransformer", query_prefix: str, passage_prefix: str,
                    max_seq_length: int) -> float:

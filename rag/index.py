@@ -17,7 +17,7 @@ import logging
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -43,6 +43,13 @@ def collection_name(corpus: str, embedder: "Embedder", chunking: ChunkingConfig)
     identity = f"{corpus}|{embedder.name}|{embedder.fingerprint}|{chunking.key()}"
     digest = hashlib.sha256(identity.encode()).hexdigest()[:10]
     return f"{_slug(corpus)[:40]}__{_slug(embedder.name)[:40]}__{digest}"
+
+
+def index_chunking(embedder: "Embedder", settings: Settings) -> ChunkingConfig:
+    """The chunking an index uses for ``embedder``: the configured size, cut to what still fits in
+    the model after the passage prefix (a longer chunk would be truncated without notice)."""
+    budget = embedder.max_seq_length - embedder.count_tokens(embedder.spec.passage_prefix) - 2
+    return ChunkingConfig(max_tokens=min(settings.chunk_tokens, budget), overlap_tokens=settings.chunk_overlap_tokens)
 
 
 def llama_index_embedding(embedder: "Embedder") -> Any:
@@ -126,11 +133,7 @@ class ChunkIndex:
         self.settings = settings or load_settings()
         self.corpus_name = corpus_name
         self.embedder = embedder
-        budget = embedder.max_seq_length - embedder.count_tokens(embedder.spec.passage_prefix) - 2
-        self.chunking = chunking or ChunkingConfig(
-            max_tokens=min(self.settings.chunk_tokens, budget),
-            overlap_tokens=self.settings.chunk_overlap_tokens,
-        )
+        self.chunking = chunking or index_chunking(embedder, self.settings)
         self.name = collection_name(corpus_name, embedder, self.chunking)
         self.store_dir = Path(self.settings.store_dir)
         self.store_dir.mkdir(parents=True, exist_ok=True)
