@@ -295,16 +295,18 @@ def _train(run: Run) -> tuple[list[Path], dict]:
     from rag.embedders import trained_models_dir
 
     preset = run.preset
-    dev = None
+    dev = dev_chunks = None
     for folder in ("dev_beir", "dev_cloze"):  # QA questions when there are any, else the cloze proxy
         d = run.dir("split") / folder
         beir = load_beir(d / "corpus.jsonl", d / "queries.jsonl", d / "qrels.tsv", name=folder)
         if beir.queries:
             dev = DevSet.from_beir(beir, name="dev").limited(preset.dev_queries, seed=preset.split_seed)
+            dev_chunks = chunked_set(beir, run, "dev", query_ids=set(dev.queries))
             break
     guards = [guard_set(name, run) for name in preset.guard_sets]
     pairs = read_pairs(run.dir("mine") / "pairs.jsonl")
-    result = train(pairs, preset.train, run.settings, dev=dev, guards=guards, progress=run.progress)
+    result = train(pairs, preset.train, run.settings, dev=dev, dev_chunks=dev_chunks, guards=guards,
+                   progress=run.progress)
     folder = trained_models_dir(run.settings) / preset.train.name
     return [folder / "crag_embedder.json"], {"result": result.to_json(), "model": str(folder)}
 
@@ -369,15 +371,20 @@ def subsample(beir: Any, n_queries: int | None, max_docs: int | None, seed: int 
 def guard_set(name: str, run: Run) -> Any:
     """The guard slice of a general set, chunked as the index chunks it, for the interpolation choice."""
     from eval.beir import load_named_set
+
+    return chunked_set(guard_sample(load_named_set(name, run.settings), run.preset), run, f"guard-{name}")
+
+
+def chunked_set(beir: Any, run: Run, name: str, query_ids: Collection[str] | None = None) -> Any:
+    """``beir`` cut into chunks as the base's index would cut it, scored like ``eval.ir`` in training."""
     from finetune.pairs import chunk_corpus
-    from finetune.train import GuardSet
+    from finetune.train import ChunkedSet
     from rag.embedders import get_embedder
     from rag.index import index_chunking
 
-    beir = guard_sample(load_named_set(name, run.settings), run.preset)
     base = get_embedder(run.preset.train.base, run.settings)
     chunks = chunk_corpus(beir.corpus, base.token_offsets, index_chunking(base, run.settings))
-    return GuardSet.from_beir(beir, chunks, f"guard-{name}")
+    return ChunkedSet.from_beir(beir, chunks, name, query_ids)
 
 
 def general_sample(beir: Any, preset: Preset) -> Any:

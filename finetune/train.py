@@ -23,7 +23,7 @@ import random
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -222,28 +222,45 @@ class DevSet:
 
 
 @dataclass
-class GuardSet:
-    """A general-retrieval set scored the way ``eval.ir`` scores it: chunks embedded at the base's
-    inference length, each document ranked by its best chunk, MAP@100 over documents (cross-patient).
+class ChunkedSet:
+    """A retrieval set scored the way ``eval.ir`` scores it: chunks embedded at the base's inference
+    length, each document ranked by its best chunk, MAP@100 over documents, in the cross-patient
+    scope and, where the set has real patients, the patient scope too. The interpolation choice
+    scores the dev questions and the general-retrieval guards with it.
 
-    Why not the dev evaluator: it embeds whole documents cut at the training length, a proxy that
-    once rated a model +29% on synthea while the chunk-level evaluation measured -13%.
+    Why not the trainer's dev evaluator: it embeds whole documents cut at the training length, a
+    proxy that once rated a model +29% on synthea while the chunk-level evaluation measured -13%,
+    and whose definition changes with the training length. Why the patient scope: a weight that
+    kept synthea's cross-patient MAP lost 5.9% inside patients' records.
     """
 
     name: str
     queries: dict[str, str]
     passages: list[tuple[str, str]]  # (doc_id, chunk text), documents' chunks in order
     relevant: dict[str, set[str]]
+    # patient scope: each query's patient and each document's; empty when the set has no patients
+    query_patient: dict[str, str] = field(default_factory=dict)
+    doc_patient: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_beir(cls, beir: Any, chunks: dict[str, list[Any]], name: str) -> "GuardSet":
-        """``chunks``: doc_id -> its chunks, as the index would cut them (``rag.index.index_chunking``)."""
+    def from_beir(cls, beir: Any, chunks: dict[str, list[Any]], name: str,
+                  query_ids: Collection[str] | None = None) -> "ChunkedSet":
+        """``chunks``: doc_id -> its chunks, as the index would cut them (``rag.index.index_chunking``);
+        ``query_ids``: only these queries (all when None)."""
         rel = _relevant(beir)
-        return cls(name, {q.query_id: q.text for q in beir.queries if rel.get(q.query_id)},
-                   [(c.doc_id, c.text) for d in beir.corpus.documents for c in chunks.get(d.doc_id, [])], rel)
+        queries = {q.query_id: q.text for q in beir.queries
+                   if rel.get(q.query_id) and (query_ids is None or q.query_id in query_ids)}
+        native = beir.corpus.patient_structure == "native"  # one patient per document: no patient scope
+        query_patient = {q.query_id: q.patient_id for q in beir.queries
+                         if native and q.query_id in queries and q.patient_id is not None}
+        doc_patient = {d.doc_id: d.patient_id for d in beir.corpus.documents} if query_patient else {}
+        return cls(name, queries,
+                   [(c.doc_id, c.text) for d in beir.corpus.documents for c in chunks.get(d.doc_id, [])], rel,
+                   query_patient, doc_patient)
 
-    def map_at_100(self, model: "SentenceTransformer", query_prefix: str, passage_prefix: str,
-                   max_seq_length: int) -> float:
+    def scores(self, model: "SentenceTransformer", query_prefix: str, passage_prefix: str,
+               max_seq_length: int) -> dict[str, float]:
+        """MAP@100 as ``{name: cross}`` plus ``{name:patient: patient scope}`` where there are patients."""
         import numpy as np
 
         from eval.metrics import average_precision
@@ -264,9 +281,21 @@ class GuardSet:
         sims = q @ p.T
         for j, d in enumerate(owners):
             np.maximum(best[:, col[d]], sims[:, j], out=best[:, col[d]])
-        order = np.argsort(-best, axis=1)[:, :100]
-        aps = [average_precision([docs[j] for j in order[i]], self.relevant[qid]) for i, qid in enumerate(qids)]
-        return float(np.mean(aps)) if aps else 0.0
+
+        def mean_ap(scores: "np.ndarray", ids: list[str]) -> float:
+            aps = []
+            for row, qid in zip(scores, ids):
+                order = [j for j in np.argsort(-row)[:100] if np.isfinite(row[j])]
+                aps.append(average_precision([docs[j] for j in order], self.relevant[qid]))
+            return round(float(np.mean(aps)), 5) if aps else 0.0
+
+        out = {self.name: mean_ap(best, qids)}
+        scoped = [i for i, qid in enumerate(qids) if qid in self.query_patient]
+        if scoped:
+            owner = np.array([self.doc_patient.get(d) for d in docs], dtype=object)
+            inside = np.stack([owner == self.query_patient[qids[i]] for i in scoped])
+            out[f"{self.name}:patient"] = mean_ap(np.where(inside, best[scoped], -np.inf), [qids[i] for i in scoped])
+        return out
 
 
 def make_evaluator(dev: DevSet, query_prefix: str, passage_prefix: str, batch_size: int = 32):
@@ -309,6 +338,7 @@ class TrainResult:
     dev_before_interpolation: dict[str, float] = field(default_factory=dict)  # fine-tuned, before WiSE-FT
     interpolation: float = 1.0  # the weight of the fine-tuned model in the saved weights
     dev_map_by_interpolation: dict[str, float] = field(default_factory=dict)  # "0.3" -> dev MAP@100
+    dev_map_scoring: str = ""  # how dev_map_by_interpolation was scored
     # "0.3" -> {guard set -> MAP@100}; "0" is the base, the reference of the tolerance
     guard_map_by_interpolation: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -379,7 +409,7 @@ def interpolate_with_base(model: "SentenceTransformer", base_model: "SentenceTra
 
 def choose_interpolation(model: "SentenceTransformer", base_model: "SentenceTransformer", choices: Sequence[float],
                          score: Callable[["SentenceTransformer"], float],
-                         guards: dict[str, Callable[["SentenceTransformer"], float]] | None = None,
+                         guards: dict[str, Callable[["SentenceTransformer"], dict[str, float]]] | None = None,
                          tolerance: float = 0.05) -> tuple[float, dict[str, float], dict[str, dict[str, float]]]:
     """The interpolation weight with the best dev score among the eligible ``choices`` (first of
     equals), every dev score, and every guard score. ``model`` comes back with its fine-tuned weights.
@@ -387,6 +417,7 @@ def choose_interpolation(model: "SentenceTransformer", base_model: "SentenceTran
     Why guards: a dev set of a few dozen questions from three patients is noisy, and on its own it
     once picked a = 1 by 0.01 MAP while general retrieval fell by 38%. A choice is eligible only if
     each guard score is at least ``(1 - tolerance)`` times the base's (weight 0, measured here too).
+    A guard returns named scores (e.g. one per retrieval scope); every one of them is bounded.
     The base itself always qualifies, so when 0 is not among the choices and none qualifies, the
     weight with the smallest worst guard loss is kept and a warning says so.
     """
@@ -402,14 +433,15 @@ def choose_interpolation(model: "SentenceTransformer", base_model: "SentenceTran
         if alpha in weights:
             dev_scores[f"{alpha:g}"] = round(float(score(model)), 5)
         if guards:
-            guard_scores[f"{alpha:g}"] = {name: round(float(g(model)), 5) for name, g in guards.items()}
+            guard_scores[f"{alpha:g}"] = {name: round(float(v), 5) for g in guards.values()
+                                          for name, v in g(model).items()}
         model[0].auto_model.load_state_dict(tuned)
 
     def worst_ratio(alpha: float) -> float:
         if not guards:
             return 1.0
         ref, got = guard_scores["0"], guard_scores[f"{alpha:g}"]
-        return min(got[n] / ref[n] if ref[n] > 0 else 1.0 for n in guards)
+        return min(got[n] / ref[n] if ref[n] > 0 else 1.0 for n in ref)
 
     eligible = [a for a in weights if worst_ratio(a) >= 1.0 - tolerance - 1e-9]
     if eligible:
@@ -446,12 +478,14 @@ def _dataset(pairs: Sequence["Pair"], num_negatives: int) -> Any:
 
 
 def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None = None, *,
-          dev: DevSet | None = None, guards: Sequence[GuardSet] = (), out_dir: Path | None = None,
-          work_dir: Path | None = None, progress: bool = True) -> TrainResult:
+          dev: DevSet | None = None, dev_chunks: ChunkedSet | None = None, guards: Sequence[ChunkedSet] = (),
+          out_dir: Path | None = None, work_dir: Path | None = None, progress: bool = True) -> TrainResult:
     """Train, keep the best dev checkpoint, save the model with its registry metadata and card.
 
-    ``guards`` are general-retrieval dev sets that bound the interpolation choice (see
-    :func:`choose_interpolation`); they are used only with ``interpolate_choices`` and a dev set.
+    ``dev`` chooses the checkpoint (the trainer's cheap document-level evaluator); ``dev_chunks``,
+    the same questions scored at chunk level, chooses the interpolation weight (cross-patient
+    MAP@100; without it the document-level score). ``guards`` are general-retrieval sets that bound
+    that choice (see :func:`choose_interpolation`); all are used only with ``interpolate_choices``.
 
     ``pairs`` must already be restricted to training patients; with ``num_negatives`` > 0 each
     pair needs that many negatives (see ``finetune.negatives.fill_missing``).
@@ -548,9 +582,11 @@ def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None =
     alpha, alpha_scores, guard_scores = cfg.interpolate, {}, {}
     if cfg.interpolate_choices and evaluator:
         length = base_emb.max_seq_length
+        dev_score = ((lambda m: dev_chunks.scores(m, qp, pp, length)[dev_chunks.name]) if dev_chunks is not None
+                     else (lambda m: _score(evaluator, m).get("map@100", 0.0)))
         alpha, alpha_scores, guard_scores = choose_interpolation(
-            model, base_emb.model, cfg.interpolate_choices, lambda m: _score(evaluator, m).get("map@100", 0.0),
-            guards={g.name: (lambda m, g=g: g.map_at_100(m, qp, pp, length)) for g in guards},
+            model, base_emb.model, cfg.interpolate_choices, dev_score,
+            guards={g.name: (lambda m, g=g: g.scores(m, qp, pp, length)) for g in guards},
             tolerance=cfg.guard_tolerance)
     dev_tuned = _score(evaluator, model) if evaluator and alpha < 1.0 else {}
     if alpha < 1.0:
@@ -572,6 +608,9 @@ def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None =
         pair_sources=_count(p.source for p in pairs), patients=len(set(groups)),
         dropped_by_sampler_epoch0=probe.dropped, loss_history=history, dev_before_interpolation=dev_tuned,
         interpolation=alpha, dev_map_by_interpolation=alpha_scores, guard_map_by_interpolation=guard_scores,
+        dev_map_scoring=("chunks at the inference length, best chunk per document, cross-patient (as eval.ir)"
+                         if dev_chunks is not None else "whole documents cut at the training length")
+        if alpha_scores else "",
     )
     write_embedder_metadata(tmp_out, name=cfg.name, base=base_emb, cfg=cfg, result=result)
     write_model_card(tmp_out, result, base_emb.label, qp, pp)
@@ -701,7 +740,7 @@ Queries take the prefix {json.dumps(query_prefix)}, passages {json.dumps(passage
 
 def _interpolation_note(result: TrainResult) -> str:
     alpha = result.interpolation
-    chosen = (f" Chosen on dev MAP@100 among {result.dev_map_by_interpolation}."
+    chosen = (f" Chosen on dev MAP@100 ({result.dev_map_scoring}) among {result.dev_map_by_interpolation}."
               if result.dev_map_by_interpolation else "")
     if result.guard_map_by_interpolation:
         chosen += (f" Eligible only within {100 * result.config.guard_tolerance:g}% of the base (weight 0) on "

@@ -83,8 +83,10 @@ def test_pipeline_runs_end_to_end_and_resumes(tmp_path: Path, settings) -> None:
     assert "WiSE-FT): 0.50 x base + 0.50 x fine-tuned" in card and "guard sets" in card
     trained = json.loads((root / "train" / "manifest.json").read_text())["result"]
     guard = trained["guard_map_by_interpolation"]  # the base (0) is scored as the tolerance's reference
-    assert set(guard) == {"0", "0.5"} and set(guard["0"]) == {"guard-synthea-conditions"}
+    assert set(guard) == {"0", "0.5"}
+    assert set(guard["0"]) == {"guard-synthea-conditions", "guard-synthea-conditions:patient"}
     assert trained["interpolation"] == 0.5  # the only choice: kept within the tolerance or as the least loss
+    assert trained["dev_map_scoring"].startswith("chunks at the inference length")  # scored as eval.ir scores
 
     again = run_pipeline(preset, settings, root=root, progress=False)
     assert all(again["timings"][s]["skipped"] for s in STAGES)

@@ -201,12 +201,12 @@ def test_interpolation_is_chosen_on_dev_and_leaves_the_model_unchanged(tiny_base
     assert guards == {}
     assert all(torch.equal(before[k], v) for k, v in tuned[0].auto_model.state_dict().items())
 
-    def general(model) -> float:  # general retrieval that falls as the weight moves to the fine-tuned model
+    def general(model) -> dict[str, float]:  # general retrieval that falls as the weight moves to the tuned model
         alpha = float((model[0].auto_model.state_dict()[probe] - base_value).mean())
-        return 1.0 - 0.2 * alpha
+        return {"g": 1.0, "g:patient": 1.0 - 0.2 * alpha}  # only one scope falls: it alone must bound
 
     alpha, scores, guards = choose_interpolation(tuned, base, [0.0, 0.5, 1.0], score, {"g": general}, 0.15)
-    assert alpha == 0.5 and guards["0.5"]["g"] == pytest.approx(0.9, abs=1e-4)  # -10% is within 15%
+    assert alpha == 0.5 and guards["0.5"]["g:patient"] == pytest.approx(0.9, abs=1e-4)  # -10% is within 15%
     alpha, _, _ = choose_interpolation(tuned, base, [0.0, 0.5, 1.0], score, {"g": general}, 0.05)
     assert alpha == 0.0  # the dev winner loses 10% of general retrieval: the base is kept
     alpha, scores, guards = choose_interpolation(tuned, base, [0.5, 1.0], score, {"g": general}, 0.05)
@@ -218,13 +218,13 @@ def test_interpolation_is_chosen_on_dev_and_leaves_the_model_unchanged(tiny_base
         interpolate_with_base(tuned, base, 1.5)
 
 
-def test_guard_set_ranks_documents_by_their_best_chunk() -> None:
+def test_guard_set_ranks_documents_by_their_best_chunk_in_both_scopes() -> None:
     import numpy as np
 
-    from finetune.train import GuardSet
+    from finetune.train import ChunkedSet
 
     vectors = {"query: q1": [1.0, 0.0], "query: q2": [0.0, 1.0], "passage: a": [0.0, 1.0],
-               "passage: b": [0.6, 0.8], "passage: c": [0.8, 0.6]}
+               "passage: b": [0.6, 0.8], "passage: c": [0.8, 0.6], "passage: e": [0.9, 0.4359]}
 
     class Fixed:  # an embedder with known vectors: only the ranking arithmetic is under test
         max_seq_length = 128
@@ -233,9 +233,15 @@ def test_guard_set_ranks_documents_by_their_best_chunk() -> None:
             assert self.max_seq_length == 512  # scored at the inference length, not the training one
             return np.array([vectors[t] for t in texts], dtype=np.float32)
 
-    guard = GuardSet("g", {"q1": "q1", "q2": "q2"}, [("d1", "a"), ("d1", "b"), ("d2", "c")],
-                     {"q1": {"d1"}, "q2": {"d1"}})
+    passages = [("d1", "a"), ("d1", "b"), ("d2", "c"), ("d3", "e")]
+    relevant = {"q1": {"d1"}, "q2": {"d1"}}
+    guard = ChunkedSet("g", {"q1": "q1", "q2": "q2"}, passages, relevant)
     model = Fixed()
-    # q1: d2 (0.8) before d1 (best chunk b, 0.6) -> AP 1/2; q2: d1 (chunk a, 1.0) first -> AP 1
-    assert guard.map_at_100(model, "query: ", "passage: ", 512) == pytest.approx(0.75)
+    # q1: d3 (0.9), d2 (0.8), then d1 (best chunk b, 0.6) -> AP 1/3; q2: d1 (chunk a, 1.0) first -> AP 1
+    assert guard.scores(model, "query: ", "passage: ", 512) == {"g": pytest.approx(2 / 3, abs=1e-5)}
     assert model.max_seq_length == 128
+    # patient scope: q1 belongs to patient A (d1, d2), so d3 of patient B is not ranked: AP 1/2
+    scoped = ChunkedSet("g", {"q1": "q1", "q2": "q2"}, passages, relevant, {"q1": "A", "q2": "A"},
+                      {"d1": "A", "d2": "A", "d3": "B"})
+    got = scoped.scores(model, "query: ", "passage: ", 512)
+    assert got == {"g": pytest.approx(2 / 3, abs=1e-5), "g:patient": pytest.approx(0.75, abs=1e-5)}
