@@ -329,7 +329,7 @@ def _evaluate(run: Run) -> tuple[list[Path], dict]:
         results[key] = evaluate(test, models, scope=preset.eval_scope, settings=run.settings,
                                 out_dir=out_dir / key, progress=run.progress, base=preset.train.base)
     for name in preset.general_sets:
-        beir = general_sample(load_named_set(name, run.settings), preset)
+        beir = general_sample(load_named_set(name, run.settings), preset, name)
         general = [m if m != "domain" else f"domain={preset.train.name}" for m in preset.general_models]
         results[name] = evaluate(beir, general, scope="both", settings=run.settings,
                                  out_dir=out_dir / name, progress=run.progress, base=preset.train.base)
@@ -387,17 +387,18 @@ def chunked_set(beir: Any, run: Run, name: str, query_ids: Collection[str] | Non
     return ChunkedSet.from_beir(beir, chunks, name, query_ids)
 
 
-def general_sample(beir: Any, preset: Preset) -> Any:
-    """The sample of a general set that the evaluate stage reports."""
-    return subsample(beir, preset.general_query_limit, preset.general_max_docs, seed=preset.split_seed)
+def general_sample(beir: Any, preset: Preset, set_name: str) -> Any:
+    """The part of the general set ``set_name`` that the evaluate stage reports: its queries less the
+    guard's (a seeded sample of ``general_query_limit`` of them when set), over ``general_max_docs``."""
+    guard = guard_sample(beir, preset) if set_name in preset.guard_sets else None
+    return subsample(beir, preset.general_query_limit, preset.general_max_docs, seed=preset.split_seed,
+                     exclude=[q.query_id for q in guard.queries] if guard else ())
 
 
 def guard_sample(beir: Any, preset: Preset) -> Any:
-    """The guard slice of a general set: ``guard_queries`` queries none of which the evaluate stage
-    reports, so bounding the interpolation choice with it never looks at the reported queries."""
-    reported = {q.query_id for q in general_sample(beir, preset).queries}
-    return subsample(beir, preset.guard_queries, preset.general_max_docs, seed=preset.split_seed + 1,
-                     exclude=reported)
+    """The guard slice of a general set: a seeded sample of ``guard_queries`` queries over
+    ``guard_max_docs`` documents. It bounds the interpolation choice, so it is never reported."""
+    return subsample(beir, preset.guard_queries, preset.guard_max_docs, seed=preset.split_seed + 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -502,9 +503,10 @@ def _stage_params(run: Run, stage: str) -> dict[str, Any]:
                 "chunking": [run.settings.chunk_tokens, run.settings.chunk_overlap_tokens]}
     if stage == "train":
         return {**common, "train": dataclasses.asdict(p.train), "dev_queries": p.dev_queries,
-                "guards": p.guard_sets, "guard_queries": p.guard_queries, "guard_docs": p.general_max_docs}
+                "guards": p.guard_sets, "guard_queries": p.guard_queries, "guard_docs": p.guard_max_docs}
     return {**common, "models": p.eval_models, "scope": p.eval_scope, "general": p.general_sets,
-            "general_models": p.general_models, "limit": p.general_query_limit, "max_docs": p.general_max_docs}
+            "general_models": p.general_models, "limit": p.general_query_limit, "max_docs": p.general_max_docs,
+            "guards": p.guard_sets, "guard_queries": p.guard_queries, "guard_docs": p.guard_max_docs}
 
 
 def run_pipeline(preset: Preset, settings: Settings | None = None, *, root: Path | None = None,

@@ -55,12 +55,14 @@ class Preset:
     eval_scope: str = "both"
     general_sets: tuple[str, ...] = ("synthea-conditions", "pubmedqa")
     general_models: tuple[str, ...] = ("domain", "me5-small")
-    general_query_limit: int | None = None  # a seeded sample of queries (None: all)
+    general_query_limit: int | None = None  # a seeded sample of queries (None: all but the guard's)
     general_max_docs: int | None = None  # corpus = their relevant documents + random distractors up to this
     # guards for the interpolation choice (TrainConfig.interpolate_choices): general sets of which a
-    # seeded sample of guard_queries queries, disjoint from the reported sample, is scored in training
+    # seeded sample of guard_queries queries over guard_max_docs documents is scored in training; the
+    # evaluate stage never reports those queries
     guard_sets: tuple[str, ...] = ()
     guard_queries: int = 50
+    guard_max_docs: int | None = 150
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -95,10 +97,11 @@ CPU_DEMO = Preset(
         interpolate_choices=[0.0, 0.3, 0.5, 0.7, 1.0],
     ),
     dev_queries=60,
-    general_query_limit=50,
-    general_max_docs=150,
+    general_query_limit=None,  # all queries the guard does not use, over the whole corpus
+    general_max_docs=None,
     guard_sets=("synthea-conditions", "pubmedqa"),
-    guard_queries=150,
+    guard_queries=100,
+    guard_max_docs=150,
 )
 
 # One GPU (80 GB), the study's model. The pipeline's CPU stages are the same; training differs in

@@ -53,7 +53,7 @@ def test_pipeline_runs_end_to_end_and_resumes(tmp_path: Path, settings) -> None:
                                   mini_batch_size=6, max_seq_length=48, learning_rate=1e-3,
                                   interpolate_choices=[0.5]),
         eval_models=("domain", str(base), "bm25", "hybrid:domain"), eval_scope="both", general_sets=(),
-        guard_sets=("synthea-conditions",), guard_queries=6, general_max_docs=30)  # the demo corpus ships
+        guard_sets=("synthea-conditions",), guard_queries=6, guard_max_docs=30)  # the demo corpus ships
     root = tmp_path / "run"
     early = run_pipeline(preset, settings, root=root, stages=STAGES[:3], progress=False)
     assert list(early["timings"]) == list(STAGES[:3])  # later stages are neither run nor required
@@ -123,8 +123,13 @@ def test_guard_slice_never_holds_a_reported_query(synthea) -> None:
     from finetune.presets import CPU_DEMO
 
     full = load_named_set("synthea-conditions")
-    reported, guard = general_sample(full, CPU_DEMO), guard_sample(full, CPU_DEMO)
-    assert len(guard.queries) == CPU_DEMO.guard_queries and len(guard.corpus) >= CPU_DEMO.general_max_docs
+    reported, guard = general_sample(full, CPU_DEMO, "synthea-conditions"), guard_sample(full, CPU_DEMO)
+    assert len(guard.queries) == CPU_DEMO.guard_queries and len(guard.corpus) >= CPU_DEMO.guard_max_docs
     assert not {q.query_id for q in reported.queries} & {q.query_id for q in guard.queries}
+    # everything else is reported, over the whole corpus
+    assert len(reported.queries) + len(guard.queries) == len(full.queries)
+    assert len(reported.corpus) == len(full.corpus)
+    unguarded = general_sample(full, CPU_DEMO.with_overrides(guard_sets=()), "synthea-conditions")
+    assert unguarded is full
     ids = {d.doc_id for d in guard.corpus.documents}
     assert all(set(guard.qrels[q.query_id]) <= ids for q in guard.queries)
