@@ -218,7 +218,7 @@ def test_interpolation_is_chosen_on_dev_and_leaves_the_model_unchanged(tiny_base
         interpolate_with_base(tuned, base, 1.5)
 
 
-def test_guard_set_ranks_documents_by_their_best_chunk_in_both_scopes() -> None:
+def test_chunked_set_ranks_documents_by_their_best_chunk_in_both_scopes() -> None:
     import numpy as np
 
     from finetune.train import ChunkedSet
