@@ -409,7 +409,7 @@ def interpolate_with_base(model: "SentenceTransformer", base_model: "SentenceTra
 
 def choose_interpolation(model: "SentenceTransformer", base_model: "SentenceTransformer", choices: Sequence[float],
                          score: Callable[["SentenceTransformer"], float],
-                         guards: dict[str, Callable[["SentenceTransformer"], dict[str, float]]] | None = None,
+                         guards: Sequence[Callable[["SentenceTransformer"], dict[str, float]]] = (),
                          tolerance: float = 0.05) -> tuple[float, dict[str, float], dict[str, dict[str, float]]]:
     """The interpolation weight with the best dev score among the eligible ``choices`` (first of
     equals), every dev score, and every guard score. ``model`` comes back with its fine-tuned weights.
@@ -423,7 +423,6 @@ def choose_interpolation(model: "SentenceTransformer", base_model: "SentenceTran
     """
     import copy
 
-    guards = guards or {}
     tuned = copy.deepcopy(model[0].auto_model.state_dict())
     weights = [float(a) for a in choices]
     guard_scores: dict[str, dict[str, float]] = {}
@@ -433,8 +432,7 @@ def choose_interpolation(model: "SentenceTransformer", base_model: "SentenceTran
         if alpha in weights:
             dev_scores[f"{alpha:g}"] = round(float(score(model)), 5)
         if guards:
-            guard_scores[f"{alpha:g}"] = {name: round(float(v), 5) for g in guards.values()
-                                          for name, v in g(model).items()}
+            guard_scores[f"{alpha:g}"] = {name: round(float(v), 5) for g in guards for name, v in g(model).items()}
         model[0].auto_model.load_state_dict(tuned)
 
     def worst_ratio(alpha: float) -> float:
@@ -579,15 +577,18 @@ def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None =
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     elapsed = time.perf_counter() - t0
     best = trainer.state.best_model_checkpoint
-    alpha, alpha_scores, guard_scores = cfg.interpolate, {}, {}
+    alpha, alpha_scores, guard_scores, dev_scoring = cfg.interpolate, {}, {}, ""
     if cfg.interpolate_choices and evaluator:
         length = base_emb.max_seq_length
-        dev_score = ((lambda m: dev_chunks.scores(m, qp, pp, length)[dev_chunks.name]) if dev_chunks is not None
-                     else (lambda m: _score(evaluator, m).get("map@100", 0.0)))
+        if dev_chunks is not None:
+            dev_scoring = "chunks at the inference length, best chunk per document, cross-patient (as eval.ir)"
+            dev_score = lambda m: dev_chunks.scores(m, qp, pp, length)[dev_chunks.name]  # noqa: E731
+        else:
+            dev_scoring = "whole documents cut at the training length"
+            dev_score = lambda m: _score(evaluator, m).get("map@100", 0.0)  # noqa: E731
         alpha, alpha_scores, guard_scores = choose_interpolation(
             model, base_emb.model, cfg.interpolate_choices, dev_score,
-            guards={g.name: (lambda m, g=g: g.scores(m, qp, pp, length)) for g in guards},
-            tolerance=cfg.guard_tolerance)
+            guards=[lambda m, g=g: g.scores(m, qp, pp, length) for g in guards], tolerance=cfg.guard_tolerance)
     dev_tuned = _score(evaluator, model) if evaluator and alpha < 1.0 else {}
     if alpha < 1.0:
         interpolate_with_base(model, base_emb.model, alpha)
@@ -608,9 +609,7 @@ def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None =
         pair_sources=_count(p.source for p in pairs), patients=len(set(groups)),
         dropped_by_sampler_epoch0=probe.dropped, loss_history=history, dev_before_interpolation=dev_tuned,
         interpolation=alpha, dev_map_by_interpolation=alpha_scores, guard_map_by_interpolation=guard_scores,
-        dev_map_scoring=("chunks at the inference length, best chunk per document, cross-patient (as eval.ir)"
-                         if dev_chunks is not None else "whole documents cut at the training length")
-        if alpha_scores else "",
+        dev_map_scoring=dev_scoring,
     )
     write_embedder_metadata(tmp_out, name=cfg.name, base=base_emb, cfg=cfg, result=result)
     write_model_card(tmp_out, result, base_emb.label, qp, pp)

@@ -205,11 +205,11 @@ def test_interpolation_is_chosen_on_dev_and_leaves_the_model_unchanged(tiny_base
         alpha = float((model[0].auto_model.state_dict()[probe] - base_value).mean())
         return {"g": 1.0, "g:patient": 1.0 - 0.2 * alpha}  # only one scope falls: it alone must bound
 
-    alpha, scores, guards = choose_interpolation(tuned, base, [0.0, 0.5, 1.0], score, {"g": general}, 0.15)
+    alpha, scores, guards = choose_interpolation(tuned, base, [0.0, 0.5, 1.0], score, [general], 0.15)
     assert alpha == 0.5 and guards["0.5"]["g:patient"] == pytest.approx(0.9, abs=1e-4)  # -10% is within 15%
-    alpha, _, _ = choose_interpolation(tuned, base, [0.0, 0.5, 1.0], score, {"g": general}, 0.05)
+    alpha, _, _ = choose_interpolation(tuned, base, [0.0, 0.5, 1.0], score, [general], 0.05)
     assert alpha == 0.0  # the dev winner loses 10% of general retrieval: the base is kept
-    alpha, scores, guards = choose_interpolation(tuned, base, [0.5, 1.0], score, {"g": general}, 0.05)
+    alpha, scores, guards = choose_interpolation(tuned, base, [0.5, 1.0], score, [general], 0.05)
     assert alpha == 0.5 and set(scores) == {"0.5", "1"} and set(guards) == {"0", "0.5", "1"}  # least loss
     assert all(torch.equal(before[k], v) for k, v in tuned[0].auto_model.state_dict().items())
     interpolate_with_base(tuned, base, 0.0)
