@@ -33,6 +33,27 @@ def test_parse_models_labels_bm25_and_hybrid_targets():
             parse_models(bad)
 
 
+# ---- query specificity ---------------------------------------------------------------------
+
+def test_query_specificity_by_the_rarest_shared_word():
+    from eval.specificity import mean_by_bucket, query_specificity
+
+    docs = {f"d{i}": "the patient is stable, heart rate normal" for i in range(60)}
+    docs["d0"] += " dopplerable pulses"  # 1 of 60 documents (<= 2%)
+    for i in range(1, 5):  # "nitro" in 4 of 60 (6.7%)
+        docs[f"d{i}"] += " nitro drip"
+    queries = {"q-rare": "Were the pulses Dopplerable?", "q-mid": "Is the Nitro still running?",
+               "q-common": "What is the patient's heart rate?", "q-none": "What is the diagnosis?",
+               "q-unjudged": "anything"}
+    qrels = {"q-rare": ["d0"], "q-mid": ["d1"], "q-common": ["d7"], "q-none": ["d8"], "q-unjudged": ["gone"]}
+    buckets = query_specificity(docs, queries, qrels)
+    assert buckets == {"q-rare": "specific", "q-mid": "partly specific", "q-common": "unspecific",
+                       "q-none": "unspecific"}
+    means = mean_by_bucket({"q-rare": 1.0, "q-mid": 0.5, "q-common": 0.2, "q-none": 0.0}, buckets)
+    assert means == {"specific": 1.0, "partly specific": 0.5, "unspecific": pytest.approx(0.1)}
+    assert mean_by_bucket({}, buckets)["specific"] is None
+
+
 # ---- BEIR files ----------------------------------------------------------------------------
 
 @pytest.fixture
@@ -182,6 +203,14 @@ def test_evaluate_end_to_end_and_rerun_reuses_everything(tmp_path, settings, tin
     assert all(f["dense_short_returns"] == 0 and f["dense_retries"] == 0 for s in res["fetch"].values() for f in s.values())
     md = (out / "results.md").read_text()
     assert "AP@100 = (1/min(R,100))" in md and "| cross | bm25 |" in md
+    spec = res["by_specificity"]  # the per-bucket means add up to the overall MAP
+    assert sum(spec["queries"].values()) == n
+    assert "MAP@100 by query specificity" in md
+    for scope in ("cross", "patient"):
+        per_q = res["per_query"][scope]["bm25"]["map@100"]
+        buckets = [b for b in spec["queries"] if spec["queries"][b]]
+        weighted = sum(spec["map@100"][scope]["bm25"][b] * spec["queries"][b] for b in buckets) / n
+        assert weighted == pytest.approx(sum(per_q.values()) / n)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["parameters"]["k"] == 20 and "sentence-transformers" in manifest["versions"]
 
