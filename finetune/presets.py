@@ -49,7 +49,7 @@ class Preset:
     keep_negatives: int = 1
     # training
     train: TrainConfig = field(default_factory=TrainConfig)
-    dev_queries: int = 150
+    dev_queries: int | None = 150  # a seeded sample of the dev questions (None: all)
     # evaluation
     eval_models: tuple[str, ...] = ("domain", "me5-small", "minilm", "bm25", "hybrid", "hybrid:domain")
     eval_scope: str = "both"
@@ -96,7 +96,7 @@ CPU_DEMO = Preset(
         matryoshka_dims=None, num_negatives=0, scale=20.0, max_per_patient=1, eval_steps=30, seed=0,
         interpolate_choices=[0.0, 0.3, 0.5, 0.7, 1.0],
     ),
-    dev_queries=60,
+    dev_queries=None,  # every dev question (79, from all 90 dev notes): chooses the interpolation weight
     general_query_limit=None,  # all queries the guard does not use, over the whole corpus
     general_max_docs=None,
     guard_sets=("synthea-conditions", "pubmedqa"),
