@@ -377,14 +377,9 @@ def guard_set(name: str, run: Run) -> Any:
 
 def chunked_set(beir: Any, run: Run, name: str, query_ids: Collection[str] | None = None) -> Any:
     """``beir`` cut into chunks as the base's index would cut it, scored like ``eval.ir`` in training."""
-    from finetune.pairs import chunk_corpus
     from finetune.train import ChunkedSet
-    from rag.embedders import get_embedder
-    from rag.index import index_chunking
 
-    base = get_embedder(run.preset.train.base, run.settings)
-    chunks = chunk_corpus(beir.corpus, base.token_offsets, index_chunking(base, run.settings))
-    return ChunkedSet.from_beir(beir, chunks, name, query_ids)
+    return ChunkedSet.like_index(beir, run.preset.train.base, run.settings, name, query_ids)
 
 
 def general_sample(beir: Any, preset: Preset, set_name: str) -> Any:

@@ -258,6 +258,18 @@ class ChunkedSet:
                    [(c.doc_id, c.text) for d in beir.corpus.documents for c in chunks.get(d.doc_id, [])], rel,
                    query_patient, doc_patient)
 
+    @classmethod
+    def like_index(cls, beir: Any, base: str, settings: Settings, name: str,
+                   query_ids: Collection[str] | None = None) -> "ChunkedSet":
+        """``beir`` cut into chunks as the index of embedder ``base`` would cut it."""
+        from finetune.pairs import chunk_corpus
+        from rag.embedders import get_embedder
+        from rag.index import index_chunking
+
+        emb = get_embedder(base, settings)
+        return cls.from_beir(beir, chunk_corpus(beir.corpus, emb.token_offsets, index_chunking(emb, settings)),
+                             name, query_ids)
+
     def scores(self, model: "SentenceTransformer", query_prefix: str, passage_prefix: str,
                max_seq_length: int) -> dict[str, float]:
         """MAP@100 as ``{name: cross}`` plus ``{name:patient: patient scope}`` where there are patients."""
@@ -797,15 +809,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg_data["matryoshka_dims"] = [int(x) for x in cfg_data["matryoshka_dims"].split(",") if x.strip()] or None
     cfg = TrainConfig.from_json(cfg_data)
     settings = load_settings()
-    dev = None
+    dev = dev_chunks = None
     if args.dev_dir:
         from eval.beir import load_beir
 
         d = args.dev_dir
-        dev = DevSet.from_beir(load_beir(d / "corpus.jsonl", d / "queries.jsonl", d / "qrels.tsv")).limited(args.dev_queries)
+        beir = load_beir(d / "corpus.jsonl", d / "queries.jsonl", d / "qrels.tsv")
+        dev = DevSet.from_beir(beir).limited(args.dev_queries)
+        # the interpolation weight is chosen on dev scored like eval.ir, as in finetune.pipeline
+        dev_chunks = ChunkedSet.like_index(beir, cfg.base, settings, "dev", query_ids=set(dev.queries))
     pairs = read_pairs(args.pairs)
     t0 = time.perf_counter()
-    result = train(pairs, cfg, settings, dev=dev, out_dir=args.out)
+    result = train(pairs, cfg, settings, dev=dev, dev_chunks=dev_chunks, out_dir=args.out)
     _manifest(result.path, args.pairs, cfg, result, args.dev_dir, time.perf_counter() - t0)
     print(json.dumps({"model": str(result.path), "dev_before": result.dev_before, "dev_after": result.dev_after,
                       "pairs_per_s": result.throughput_pairs_per_s}, indent=2))

@@ -245,3 +245,31 @@ def test_chunked_set_ranks_documents_by_their_best_chunk_in_both_scopes() -> Non
                       {"d1": "A", "d2": "A", "d3": "B"})
     got = scoped.scores(model, "query: ", "passage: ", 512)
     assert got == {"g": pytest.approx(2 / 3, abs=1e-5), "g:patient": pytest.approx(0.75, abs=1e-5)}
+
+
+def test_cli_chooses_the_weight_on_dev_scored_like_eval_ir(tiny_base: Path, tmp_path: Path) -> None:
+    from finetune.pairs import write_pairs
+    from finetune.train import main
+
+    pairs = _toy_pairs()
+    write_pairs(pairs, tmp_path / "pairs.jsonl")
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    held_out = _toy_pairs(n_patients=4, per_patient=2)
+    (dev / "corpus.jsonl").write_text("".join(
+        json.dumps({"doc_id": f"x{p.doc_id}", "patient_id": f"x{p.patient_id}", "text": p.positive}) + "\n"
+        for p in held_out))
+    (dev / "queries.jsonl").write_text("".join(
+        json.dumps({"query_id": f"q{i}", "text": p.query, "patient_id": f"x{p.patient_id}"}) + "\n"
+        for i, p in enumerate(held_out)))
+    (dev / "qrels.tsv").write_text("query_id\tdoc_id\tgrade\n" + "".join(
+        f"q{i}\tx{p.doc_id}\t1\n" for i, p in enumerate(held_out)))
+    (tmp_path / "cfg.json").write_text(json.dumps({"interpolate_choices": [0.0, 1.0]}))
+    out = tmp_path / "model"
+    assert main(["--pairs", str(tmp_path / "pairs.jsonl"), "--dev-dir", str(dev), "--config", str(tmp_path / "cfg.json"),
+                 "--base", str(tiny_base), "--name", "tiny-cli", "--max-steps", "4", "--batch-size", "12",
+                 "--mini-batch-size", "6", "--max-seq-length", "32", "--eval-steps", "4", "--out", str(out)]) == 0
+    result = json.loads((out / "manifest.json").read_text())["result"]
+    assert result["dev_map_scoring"].startswith("chunks at the inference length")
+    assert set(result["dev_map_by_interpolation"]) == {"0", "1"}
+    assert result["interpolation"] in (0.0, 1.0)
