@@ -38,8 +38,7 @@ from eval.beir import NAMED_SETS, BeirSet, Query, load_beir, load_named_set, qa_
 from eval.metrics import IR_METRICS, METRIC_FORMULAS, chunks_to_documents, mean, score_run
 from eval.report import bar_chart, markdown_table, run_manifest, write_json, write_markdown_table
 from eval.specificity import BUCKETS as SPECIFICITY_BUCKETS
-from eval.specificity import RULE as SPECIFICITY_RULE
-from eval.specificity import mean_by_bucket, query_specificity
+from eval.specificity import specificity_report
 from eval.stats import bootstrap_ci, paired_test
 from rag.config import Settings, load_settings
 from rag.corpus import CorpusError
@@ -445,16 +444,6 @@ def evaluate(
                 entry[metric] = m
             aggregate.setdefault(scope_name, {})[label] = entry
 
-    buckets = query_specificity({d.doc_id: d.text for d in beir_set.corpus.documents},
-                                {q.query_id: q.text for q in beir_set.queries},
-                                {q: [d for d, g in r.items() if g >= 1] for q, r in beir_set.qrels.items()})
-    by_specificity = {
-        "rule": SPECIFICITY_RULE,
-        "queries": {b: sum(1 for v in buckets.values() if v == b) for b in SPECIFICITY_BUCKETS},
-        "map@100": {s: {label: mean_by_bucket(per_query[s][label]["map@100"], buckets) for label in labels}
-                    for s in scopes},
-    }
-
     model_info = {}
     for spec in specs:
         info = indexes.sync[spec.embedder]
@@ -473,7 +462,8 @@ def evaluate(
         "aggregate": aggregate,
         "fetch": fetch,
         "per_query": per_query,
-        "by_specificity": by_specificity,
+        "by_specificity": specificity_report(
+            beir_set, {s: {label: per_query[s][label]["map@100"] for label in labels} for s in scopes}),
         "stats": {"ci": f"percentile bootstrap over queries, {n_resamples} resamples, 95%",
                   "paired_test": f"two-sided paired sign-flip randomization test against {base_label} "
                                  f"(exact for <= 16 non-zero differences, else {n_permutations} permutations)",
@@ -551,12 +541,12 @@ def _write_outputs(results: dict, out: Path) -> str:
     notes += [f"- {f}" for f in results["metrics"].values()]
     notes += [f"- 95% CI: {results['stats']['ci']}; p: {results['stats']['paired_test']}; "
               "x base = model mean / base mean."]
-    spec = results.get("by_specificity")
-    if spec:
-        notes += ["", "MAP@100 by query specificity (eval.specificity: " + spec["rule"] + "):", ""]
-        head = [f"{b} ({spec['queries'][b]} q)" for b in SPECIFICITY_BUCKETS]
+    by_spec = results.get("by_specificity")
+    if by_spec:
+        notes += ["", "MAP@100 by query specificity (eval.specificity: " + by_spec["rule"] + "):", ""]
+        head = [f"{b} ({by_spec['queries'][b]} q)" for b in SPECIFICITY_BUCKETS]
         rows = [{"scope": s, "model": label, **{h: v[b] for h, b in zip(head, SPECIFICITY_BUCKETS)}}
-                for s, by_label in spec["map@100"].items() for label, v in by_label.items()]
+                for s, by_label in by_spec["map@100"].items() for label, v in by_label.items()]
         notes += [markdown_table(rows, ["scope", "model", *head])]
     notes += ["", "Chunks fetched until 100 distinct documents (median / max over queries with >= 100 docs in scope):"]
     for scope_name in results["scopes"]:

@@ -7,9 +7,9 @@ embedder can lift. Splitting MAP by specificity shows where a model gains and ho
 answerable at all. The rule looks only at words, never at a model's ranking, so it cannot favour one.
 
 A query's specificity is the document frequency (share of corpus documents) of its rarest word that
-also occurs in one of its relevant documents; stop words do not count. Buckets:
-``specific`` (<= 2% of documents, or a single one), ``partly specific`` (<= 10%), ``unspecific`` (more, or no shared
-word at all).
+also occurs in one of its relevant documents; stop words do not count. Buckets: ``specific`` (<= 2%
+of documents, or a single one), ``partly specific`` (<= 10%), ``unspecific`` (more, or no shared word
+at all).
 """
 from __future__ import annotations
 
@@ -17,13 +17,17 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from eval.beir import BeirSet
 
 BUCKETS = ("specific", "partly specific", "unspecific")
 SPECIFIC_MAX_DF = 0.02
 PARTLY_MAX_DF = 0.10
 RULE = (f"rarest query word found in a relevant document occurs in <= {SPECIFIC_MAX_DF:.0%} of the corpus "
-        f"documents (or in 1): specific; <= {PARTLY_MAX_DF:.0%}: partly specific; else (or no shared word): unspecific "
-        "(stop words excluded; words are lower-cased letters/digits, 2+ characters)")
+        f"documents (or in 1): specific; <= {PARTLY_MAX_DF:.0%}: partly specific; else (or no shared word): "
+        "unspecific (stop words excluded; words are lower-cased letters/digits, 2+ characters)")
 
 _WORD = re.compile(r"[^\W_]{2,}")
 
@@ -69,3 +73,17 @@ def mean_by_bucket(values: Mapping[str, float], buckets: Mapping[str, str]) -> d
         vals = [v for q, v in values.items() if buckets.get(q) == b]
         out[b] = sum(vals) / len(vals) if vals else None
     return out
+
+
+def specificity_report(beir_set: "BeirSet", map_per_query: Mapping[str, Mapping[str, Mapping[str, float]]]
+                       ) -> dict[str, Any]:
+    """The rule, query counts per bucket and MAP@100 per bucket for ``{scope: {model: {query: AP}}}``."""
+    buckets = query_specificity({d.doc_id: d.text for d in beir_set.corpus.documents},
+                                {q.query_id: q.text for q in beir_set.queries},
+                                {q: [d for d, g in r.items() if g >= 1] for q, r in beir_set.qrels.items()})
+    return {
+        "rule": RULE,
+        "queries": {b: sum(1 for v in buckets.values() if v == b) for b in BUCKETS},
+        "map@100": {s: {label: mean_by_bucket(values, buckets) for label, values in by_label.items()}
+                    for s, by_label in map_per_query.items()},
+    }

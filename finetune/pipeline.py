@@ -291,7 +291,7 @@ def _mine(run: Run) -> tuple[list[Path], dict]:
 def _train(run: Run) -> tuple[list[Path], dict]:
     from eval.beir import load_beir
     from finetune.pairs import read_pairs
-    from finetune.train import DevSet, train
+    from finetune.train import ChunkedSet, DevSet, train
     from rag.embedders import trained_models_dir
 
     preset = run.preset
@@ -301,7 +301,7 @@ def _train(run: Run) -> tuple[list[Path], dict]:
         beir = load_beir(d / "corpus.jsonl", d / "queries.jsonl", d / "qrels.tsv", name=folder)
         if beir.queries:
             dev = DevSet.from_beir(beir, name="dev").limited(preset.dev_queries, seed=preset.split_seed)
-            dev_chunks = chunked_set(beir, run, "dev", query_ids=set(dev.queries))
+            dev_chunks = ChunkedSet.like_index(beir, preset.train.base, run.settings, "dev", set(dev.queries))
             break
     guards = [guard_set(name, run) for name in preset.guard_sets]
     pairs = read_pairs(run.dir("mine") / "pairs.jsonl")
@@ -371,15 +371,10 @@ def subsample(beir: Any, n_queries: int | None, max_docs: int | None, seed: int 
 def guard_set(name: str, run: Run) -> Any:
     """The guard slice of a general set, chunked as the index chunks it, for the interpolation choice."""
     from eval.beir import load_named_set
-
-    return chunked_set(guard_sample(load_named_set(name, run.settings), run.preset), run, f"guard-{name}")
-
-
-def chunked_set(beir: Any, run: Run, name: str, query_ids: Collection[str] | None = None) -> Any:
-    """``beir`` cut into chunks as the base's index would cut it, scored like ``eval.ir`` in training."""
     from finetune.train import ChunkedSet
 
-    return ChunkedSet.like_index(beir, run.preset.train.base, run.settings, name, query_ids)
+    beir = guard_sample(load_named_set(name, run.settings), run.preset)
+    return ChunkedSet.like_index(beir, run.preset.train.base, run.settings, f"guard-{name}")
 
 
 def general_sample(beir: Any, preset: Preset, set_name: str) -> Any:
