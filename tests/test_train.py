@@ -12,7 +12,7 @@ import pytest
 
 from finetune.pairs import Pair
 from finetune.train import DevSet, TrainConfig, _patient_batches, make_patient_sampler, train
-from tests.tiny_models import DEFAULT_CORPUS, build_tiny_st
+from tests.tiny_models import DEFAULT_CORPUS, build_tiny_st, build_xlmr_st
 
 PROMPTS = {"query": "query: ", "passage": "passage: "}
 
@@ -110,35 +110,6 @@ def test_training_lowers_loss_saves_and_registry_finds_it(tiny_base: Path, setti
     assert np.allclose(v, w, atol=1e-5)
 
 
-def build_tiny_xlmr(out_dir: Path, texts: list[str], dim: int = 32) -> Path:
-    """A tiny XLM-RoBERTa (multilingual-e5-large's architecture) with a Unigram tokenizer, built here."""
-    import torch
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import XLMRobertaConfig, XLMRobertaModel, XLMRobertaTokenizerFast
-
-    hf = out_dir.parent / f".{out_dir.name}-hf"
-    tok = Tokenizer(models.Unigram())
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    tok.train_from_iterator(texts, trainers.UnigramTrainer(vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
-                                                           unk_token="<unk>", show_progress=False))
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
-        special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))])
-    XLMRobertaTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
-                            unk_token="<unk>", pad_token="<pad>", mask_token="<mask>", model_max_length=64).save_pretrained(hf)
-    config = XLMRobertaConfig(vocab_size=tok.get_vocab_size(), hidden_size=dim, num_hidden_layers=2, num_attention_heads=2,
-                              intermediate_size=2 * dim, max_position_embeddings=66, pad_token_id=tok.token_to_id("<pad>"))
-    torch.manual_seed(0)
-    XLMRobertaModel(config).save_pretrained(hf)
-    tr = Transformer(str(hf), max_seq_length=64)
-    SentenceTransformer(modules=[tr, Pooling(dim, "mean"), Normalize()], device="cpu", prompts=PROMPTS).save(
-        str(out_dir), create_model_card=False)
-    return out_dir
-
-
 def test_gpu_preset_recipe_runs_on_tiny_xlmr(tmp_path: Path, settings) -> None:
     """The e5-large GPU configuration, shrunk only in size (steps, batch, dims), on the same architecture."""
     import torch
@@ -147,7 +118,8 @@ def test_gpu_preset_recipe_runs_on_tiny_xlmr(tmp_path: Path, settings) -> None:
     from rag.embedders import clear_cache, get_embedder
 
     pairs = _toy_pairs(8, 2)
-    folder = build_tiny_xlmr(tmp_path / "xlmr", DEFAULT_CORPUS + [p.query + " " + p.positive for p in pairs])
+    folder = build_xlmr_st(tmp_path / "xlmr", DEFAULT_CORPUS + [p.query + " " + p.positive for p in pairs],
+                           prompts=PROMPTS)
     gpu = GPU_E5_LARGE.train
     assert gpu.base == "e5-large" and not gpu.freeze_embeddings and gpu.matryoshka_dims and gpu.bf16
     cfg = dataclasses.replace(gpu, base=str(folder), name="tiny-xlmr-domain", max_steps=3, batch_size=8,

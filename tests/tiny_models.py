@@ -87,3 +87,49 @@ def build_tiny_st(out_dir: Path, corpus: list[str] | None = None, dim: int = 32,
 
     shutil.rmtree(hf_dir, ignore_errors=True)
     return out_dir
+
+
+def build_xlmr_st(out_dir: Path, texts: list[str], *, hidden: int = 32, layers: int = 2, heads: int = 2,
+                  intermediate: int | None = None, vocab_size: int | None = None, tokenizer_vocab: int = 300,
+                  max_seq_length: int = 64, prompts: dict[str, str] | None = None, seed: int = 0) -> Path:
+    """An XLM-RoBERTa sentence-transformers folder (multilingual-e5's architecture), random weights.
+
+    Tiny by default, for tests. With e5-large's sizes (hidden 1024, 24 layers, 16 heads, 4096
+    intermediate, vocab 250,002) it has that model's parameter count, so memory and speed measured on
+    it (bench/gpu_train_recipe.py) hold for the real weights; ``vocab_size`` above what the Unigram
+    tokenizer learns only sizes the embedding matrix. Random weights give no retrieval quality.
+    """
+    import shutil
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import XLMRobertaConfig, XLMRobertaModel, XLMRobertaTokenizerFast
+
+    out_dir = Path(out_dir)
+    hf = out_dir.parent / f".{out_dir.name}-hf"
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(texts, trainers.UnigramTrainer(
+        vocab_size=tokenizer_vocab, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], unk_token="<unk>",
+        show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))])
+    XLMRobertaTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
+                            unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
+                            model_max_length=max_seq_length).save_pretrained(hf)
+    config = XLMRobertaConfig(vocab_size=max(vocab_size or 0, tok.get_vocab_size()), hidden_size=hidden,
+                              num_hidden_layers=layers, num_attention_heads=heads,
+                              intermediate_size=intermediate or 2 * hidden, max_position_embeddings=max_seq_length + 2,
+                              pad_token_id=tok.token_to_id("<pad>"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        XLMRobertaModel(config).save_pretrained(hf)
+    tr = Transformer(str(hf), max_seq_length=max_seq_length)
+    SentenceTransformer(modules=[tr, Pooling(hidden, "mean"), Normalize()], device="cpu", prompts=prompts).save(
+        str(out_dir), create_model_card=False)
+    shutil.rmtree(hf, ignore_errors=True)
+    return out_dir
