@@ -33,6 +33,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import resource
 import shutil
 import sys
 import time
@@ -73,6 +74,15 @@ def stage_complete(folder: Path, key: str, outputs: Sequence[Path]) -> bool:
     manifest = _read_json(folder / "manifest.json") or {}
     done = manifest.get("pipeline") or {}
     return bool(done.get("complete")) and done.get("key") == key and all(Path(p).exists() for p in outputs)
+
+
+def peak_rss_mb() -> float:
+    """The highest resident memory so far of this process or any finished child, in MB.
+
+    Monotonic over a run, so recorded after each stage it shows which stage first reached the peak.
+    """
+    kib = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return round(kib / 1024, 1)
 
 
 def mark_complete(folder: Path, key: str, outputs: Sequence[Path], seconds: float, extra: dict[str, Any]) -> dict:
@@ -536,8 +546,8 @@ def run_pipeline(preset: Preset, settings: Settings | None = None, *, root: Path
         seconds = time.perf_counter() - t0
         mark_complete(folder, key, outs, seconds, {"stage": f"finetune.pipeline:{stage}", **extra,
                                                     "parameters": _stage_params(run, stage)})
-        run.timings[stage] = {"skipped": False, "seconds": round(seconds, 1)}
-        log.info("stage %-12s done in %.0f s", stage, seconds)
+        run.timings[stage] = {"skipped": False, "seconds": round(seconds, 1), "peak_rss_mb_so_far": peak_rss_mb()}
+        log.info("stage %-12s done in %.0f s (peak RSS so far %.0f MB)", stage, seconds, peak_rss_mb())
     manifest = run_manifest(stage="finetune.pipeline", preset=preset.to_json(), timings=run.timings,
                             seconds=round(time.perf_counter() - t_all, 1), root=str(root))
     write_json(manifest, root / "manifest.json")

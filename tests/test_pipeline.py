@@ -59,6 +59,8 @@ def test_pipeline_runs_end_to_end_and_resumes(tmp_path: Path, settings) -> None:
     assert list(early["timings"]) == list(STAGES[:3])  # later stages are neither run nor required
     manifest = run_pipeline(preset, settings, root=root, progress=False)
     assert [s for s in STAGES if not manifest["timings"][s]["skipped"]] == list(STAGES[3:])
+    peaks = [manifest["timings"][s]["peak_rss_mb_so_far"] for s in STAGES[3:]]
+    assert peaks[0] > 0 and peaks == sorted(peaks)  # a running maximum: the stage where it jumps is the one
     for stage in STAGES:
         m = json.loads((root / stage / "manifest.json").read_text())
         assert m["pipeline"]["complete"], stage
