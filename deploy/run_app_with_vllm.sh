@@ -6,8 +6,9 @@
 # Parameters (environment, defaults in brackets); all of vllm_serve.sh's VLLM_* / GPU_PROFILE too:
 #   APP_VENV             the app's venv [<repo>/.venv]
 #   APP_ENTRY            script the app is started with, relative to the repo or absolute [app.py]
-#   CRAG_EMBEDDER        embedder registry name or model folder [me5-small]; on a GPU host e.g. the
-#                        folder of multilingual-e5-large or of our fine-tuned model
+#   CRAG_EMBEDDER        embedder registry name or model folder [the app's default: the fine-tuned
+#                        'domain' model if finetune.pipeline made one, else me5-small]; on a GPU host
+#                        e.g. the folder of multilingual-e5-large or of our fine-tuned model
 #   CRAG_DEVICE          device for the embedder [cuda]
 #   VLLM_START_TIMEOUT   seconds to wait for /v1/models [900]
 #   VLLM_LOG             vLLM's output [<repo>/var/log/vllm.log]
@@ -26,7 +27,7 @@ port="${VLLM_PORT:-8000}"
 served_name="${VLLM_SERVED_NAME:-clinical-llm}"
 start_timeout="${VLLM_START_TIMEOUT:-900}"
 vllm_log="${VLLM_LOG:-$REPO/var/log/vllm.log}"
-export CRAG_EMBEDDER="${CRAG_EMBEDDER:-me5-small}"
+if [ -n "${CRAG_EMBEDDER:-}" ]; then export CRAG_EMBEDDER; fi  # unset: the app chooses
 export CRAG_DEVICE="${CRAG_DEVICE:-cuda}"
 
 [[ "$port" =~ ^[0-9]+$ ]] || die "VLLM_PORT must be a port number, got '$port'"
@@ -158,7 +159,7 @@ echo "+ vLLM is up: $models_url" >&2
 # --- the app -----------------------------------------------------------------------------------
 export CRAG_LLM_BASE_URL="$base_url"
 export CRAG_LLM_MODEL="$served_name"
-echo "+ CRAG_LLM_BASE_URL=$CRAG_LLM_BASE_URL CRAG_LLM_MODEL=$CRAG_LLM_MODEL CRAG_EMBEDDER=$CRAG_EMBEDDER CRAG_DEVICE=$CRAG_DEVICE${CRAG_LLM_API_KEY:+ CRAG_LLM_API_KEY=***}${CRAG_LLM_API_KEY_FILE:+ CRAG_LLM_API_KEY_FILE=$CRAG_LLM_API_KEY_FILE}" >&2
+echo "+ CRAG_LLM_BASE_URL=$CRAG_LLM_BASE_URL CRAG_LLM_MODEL=$CRAG_LLM_MODEL CRAG_EMBEDDER=${CRAG_EMBEDDER:-<app default>} CRAG_DEVICE=$CRAG_DEVICE${CRAG_LLM_API_KEY:+ CRAG_LLM_API_KEY=***}${CRAG_LLM_API_KEY_FILE:+ CRAG_LLM_API_KEY_FILE=$CRAG_LLM_API_KEY_FILE}" >&2
 cd "$REPO"
 printf '+ %q %q' "$app_py" "$app_entry" >&2; (( $# )) && printf ' %q' "$@" >&2; printf '\n' >&2
 # In the background plus `wait`, so a TERM to this script runs the cleanup at once.

@@ -14,6 +14,7 @@ from typing import Any
 
 from finetune.train import TrainConfig
 from rag.config import REPO_ROOT
+from rag.embedders import DOMAIN_MODEL
 
 
 @dataclass
@@ -91,7 +92,7 @@ CPU_DEMO = Preset(
     mine=10,
     keep_negatives=0,
     train=TrainConfig(
-        base="me5-small", name="domain", max_steps=60, learning_rate=1e-4, warmup_ratio=0.1,
+        base="me5-small", name=DOMAIN_MODEL, max_steps=60, learning_rate=1e-4, warmup_ratio=0.1,
         batch_size=32, mini_batch_size=32, max_seq_length=256, freeze_embeddings=True, freeze_layers=4,
         matryoshka_dims=None, num_negatives=0, scale=20.0, max_per_patient=1, eval_steps=30, seed=0,
         interpolate_choices=[0.0, 0.3, 0.5, 0.7, 1.0],

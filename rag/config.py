@@ -123,8 +123,12 @@ def _coerce(name: str, raw: Any, hint: Any) -> Any:
     return text
 
 
-def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
-    """Defaults < TOML file < ``CRAG_*`` environment < explicit keyword overrides."""
+def configured_values(config_file: str | Path | None = None) -> dict[str, Any]:
+    """The raw values the TOML file and the ``CRAG_*`` environment set (environment wins).
+
+    Separate from :func:`load_settings` so a caller can tell a chosen value from a default one
+    (the app picks its embedder only where nobody chose one).
+    """
     hints = get_type_hints(Settings)
     values: dict[str, Any] = {}
     path = config_file or os.environ.get(f"{ENV_PREFIX}CONFIG")
@@ -141,5 +145,12 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         env = os.environ.get(ENV_PREFIX + name.upper())
         if env is not None:
             values[name] = env
+    return values
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Defaults < TOML file < ``CRAG_*`` environment < explicit keyword overrides."""
+    hints = get_type_hints(Settings)
+    values = configured_values(config_file)
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})

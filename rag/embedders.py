@@ -239,6 +239,11 @@ def _looks_like_path(name: str) -> bool:
 TRAINED_METADATA = "crag_embedder.json"
 
 
+# The name `python -m finetune.pipeline --preset cpu-demo` saves its model under; the app starts with
+# it when it exists and nobody chose an embedder (app.default_embedder).
+DOMAIN_MODEL = "domain"
+
+
 def trained_models_dir(settings: Settings | None = None) -> Path:
     """Where ``python -m finetune.train`` saves models that the registry finds by name."""
     return Path((settings or load_settings()).home) / "models"

@@ -110,6 +110,28 @@ def test_training_lowers_loss_saves_and_registry_finds_it(tiny_base: Path, setti
     assert np.allclose(v, w, atol=1e-5)
 
 
+def test_app_starts_with_the_trained_domain_model_unless_one_is_chosen(tiny_base: Path, settings, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The acceptance rule 'the best measured retriever is the app's default': hybrid over the
+    pipeline's model once it exists, the shipped me5-small before; a chosen embedder always wins."""
+    import app
+    from rag.embedders import DOMAIN_MODEL
+
+    monkeypatch.delenv("CRAG_EMBEDDER", raising=False)
+    monkeypatch.delenv("CRAG_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)  # no clinical-rag.toml here
+    assert app.default_embedder(settings) == "me5-small"
+    cfg = TrainConfig(base=str(tiny_base), name=DOMAIN_MODEL, max_steps=1, batch_size=6, mini_batch_size=6,
+                      max_seq_length=32, num_negatives=0)
+    train(_toy_pairs(6, 1), cfg, settings, progress=False)
+    assert app.default_embedder(settings) == DOMAIN_MODEL
+    monkeypatch.setenv("CRAG_EMBEDDER", "me5-small")
+    assert app.default_embedder(settings) == "me5-small"
+    monkeypatch.delenv("CRAG_EMBEDDER")
+    (tmp_path / "clinical-rag.toml").write_text('embedder = "minilm"\n')
+    assert app.default_embedder(settings.replace(embedder="minilm")) == "minilm"
+
+
 def test_gpu_preset_recipe_runs_on_tiny_xlmr(tmp_path: Path, settings) -> None:
     """The e5-large GPU configuration, shrunk only in size (steps, batch, dims), on the same architecture."""
     import torch
