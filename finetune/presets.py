@@ -91,9 +91,11 @@ CPU_DEMO = Preset(
     ict_per_chunk=0,
     mine=10,
     keep_negatives=0,
+    # GradCache mini-batches of 8: the loss is the batch-32 loss either way; measured on 3-6 steps,
+    # peak RSS 9.7 GB at 32 -> 4.6 GB at 8, and ~2 s per step faster
     train=TrainConfig(
         base="me5-small", name=DOMAIN_MODEL, max_steps=60, learning_rate=1e-4, warmup_ratio=0.1,
-        batch_size=32, mini_batch_size=32, max_seq_length=256, freeze_embeddings=True, freeze_layers=4,
+        batch_size=32, mini_batch_size=8, max_seq_length=256, freeze_embeddings=True, freeze_layers=4,
         matryoshka_dims=None, num_negatives=0, scale=20.0, max_per_patient=1, eval_steps=30, seed=0,
         interpolate_choices=[0.0, 0.3, 0.5, 0.7, 1.0],
     ),
