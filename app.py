@@ -421,8 +421,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default=None, help="interface to bind (default from settings: 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default from settings: 7860)")
     p.add_argument("--corpus", default=None, help="named corpus or path (default from settings: synthea)")
-    p.add_argument("--embedder", default=None, help="embedder registry name or folder (default: the fine-tuned 'domain' model if "
-                   "finetune.pipeline made one, else me5-small)")
+    p.add_argument("--embedder", default=None,
+                   help="embedder registry name or folder (default: the fine-tuned 'domain' model if "
+                        "finetune.pipeline made one, else me5-small)")
     p.add_argument("--limit", type=int, default=None,
                    help="index only the first N documents (quick demos and tests; synthea's notes are grouped by patient)")
     return p.parse_args(list(argv) if argv is not None else None)
