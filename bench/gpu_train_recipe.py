@@ -4,7 +4,7 @@ The e5-large weights cannot be had here, so the model is an XLM-RoBERTa with e5-
 (24 layers, hidden 1024, 16 heads, vocab 250,002: 560M parameters) and random weights. Memory and
 step time depend on the shape and the sequence lengths, not on the weight values, so the figures
 hold for the real model; retrieval quality does not (none is measured). The training pairs are
-inverse-cloze pairs (a sentence as query, its 512-token chunk as positive, another note's chunk as
+inverse-cloze pairs (a sentence as query, its chunk of up to 512 tokens as positive, another note's chunk as
 hard negative) from the synthea demo notes shipped in ``data/synthea``; each pair counts as its own
 patient so that batches of 1024 fill (the patient rule itself is covered by tests/test_train.py).
 It runs ``finetune.train.train`` with the preset's TrainConfig, changing only the base, the name
@@ -14,7 +14,10 @@ and the number of steps.
     python bench/gpu_train_recipe.py --tiny --steps 2                          # plumbing check on CPU
 
 Prints one table (step time, pairs/s, tokens/s, peak GPU memory, hours per million pairs) and
-writes it as JSON to ``--out``.
+writes it as JSON to ``--out`` (``figures-mini<N>[-fill].json``).
+
+    python bench/gpu_train_recipe.py --steps 4 --mini-batch 16                  # smaller GradCache chunks
+    python bench/gpu_train_recipe.py --steps 4 --fill --max-pairs 2048           # every passage 512 tokens
 """
 from __future__ import annotations
 
@@ -41,22 +44,33 @@ E5_LARGE_SHAPE = dict(hidden=1024, layers=24, heads=16, intermediate=4096, vocab
 TINY_SHAPE = dict(hidden=32, layers=2, heads=2, intermediate=64, vocab_size=None)
 
 
-def make_pairs(corpus, tokenizer, max_tokens: int, seed: int = 0) -> list[Pair]:
-    """Inverse-cloze pairs over ``corpus``, chunked to ``max_tokens`` of ``tokenizer``."""
+def make_pairs(corpus, tokenizer, max_tokens: int, seed: int = 0, fill: bool = False,
+               limit: int | None = None) -> list[Pair]:
+    """Inverse-cloze pairs over ``corpus``, chunked to ``max_tokens`` of ``tokenizer``.
+
+    ``fill``: positives and negatives are lengthened with other chunks' text up to ``max_tokens``,
+    the worst case for time and memory (clinical notes are often longer than the demo's).
+    """
 
     def offsets(text: str) -> list[tuple[int, int]]:
         return tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
 
     chunks = chunk_corpus(corpus, offsets, ChunkingConfig(max_tokens=max_tokens, overlap_tokens=32))
-    pairs = inverse_cloze_pairs(chunks, per_chunk=2, seed=seed)
+    pairs = inverse_cloze_pairs(chunks, per_chunk=2, seed=seed)[:limit]
     rng = random.Random(seed)
     others = [c.text for cs in chunks.values() for c in cs]
+    def filled(text: str) -> str:
+        while fill and len(tokenizer(text, add_special_tokens=False)["input_ids"]) < max_tokens:
+            text += "\n" + rng.choice(others)
+        return text
+
     out = []
     for i, p in enumerate(pairs):
         negative = rng.choice(others)
         while negative == p.positive:
             negative = rng.choice(others)
-        out.append(dataclasses.replace(p, patient_id=f"pair{i}", negatives=[negative]))
+        out.append(dataclasses.replace(p, patient_id=f"pair{i}", positive=filled(p.positive),
+                                       negatives=[filled(negative)]))
     return out
 
 
@@ -75,6 +89,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--tiny", action="store_true", help="a 2-layer model and batch 16: checks the script on CPU")
+    ap.add_argument("--mini-batch", type=int, default=None, help="GradCache mini-batch (default: the preset's)")
+    ap.add_argument("--fill", action="store_true", help="passages filled to the full length (worst case)")
+    ap.add_argument("--max-pairs", type=int, default=None, help="use only the first N pairs (a faster --fill)")
     ap.add_argument("--out", default="var/bench/gpu-recipe")
     args = ap.parse_args()
 
@@ -98,11 +115,11 @@ def main() -> None:
     base = build_xlmr_st(Path(settings.home) / "base", texts, tokenizer_vocab=8000, max_seq_length=seq,
                          prompts={"query": "query: ", "passage": "passage: "}, **shape)
     tokenizer = AutoTokenizer.from_pretrained(str(base))
-    pairs = make_pairs(demo, tokenizer, max_tokens=seq - 8)
+    pairs = make_pairs(demo, tokenizer, max_tokens=seq - 8, fill=args.fill, limit=args.max_pairs)
     build_s = time.perf_counter() - t0
 
     batch = 16 if args.tiny else recipe.batch_size
-    mini = 8 if args.tiny else recipe.mini_batch_size
+    mini = args.mini_batch or (8 if args.tiny else recipe.mini_batch_size)
     cfg = dataclasses.replace(recipe, base=str(base), name="bench-gpu-recipe", max_steps=args.steps,
                               batch_size=batch, mini_batch_size=mini, max_seq_length=seq, bf16=recipe.bf16 and cuda,
                               eval_steps=0, interpolate_choices=None)
@@ -131,7 +148,8 @@ def main() -> None:
         "hours_per_million_pairs": round(1e6 / (batch / step_s) / 3600, 2),
         "loss_history": [h.get("loss") for h in result.loss_history if "loss" in h],
     }
-    (out / "figures.json").write_text(json.dumps(figures, indent=2))
+    tag = f"mini{mini}{'-fill' if args.fill else ''}"
+    (out / f"figures-{tag}.json").write_text(json.dumps(figures, indent=2))
     width = max(len(k) for k in figures)
     for k, v in figures.items():
         print(f"{k:<{width}}  {v}")
