@@ -56,6 +56,32 @@ def test_patient_batches_hold_one_pair_per_patient() -> None:
     assert all(max(Counter(groups[i] for i in b).values()) <= 2 for b in two)
 
 
+def _draws_with_random_choices(weights: list[int], k: int, rng) -> list[int]:
+    """The draw the sampler used before its Fenwick tree: random.choices over what is left."""
+    idx, w, out = list(range(len(weights))), list(weights), []
+    for _ in range(min(k, len(w))):
+        j = rng.choices(range(len(idx)), weights=w)[0]
+        out.append(idx.pop(j))
+        w.pop(j)
+    return out
+
+
+def test_weighted_draw_matches_random_choices_draw_for_draw() -> None:
+    """Same seed, same positions: the cpu-demo batches (and its reported model) did not change."""
+    import random
+
+    from finetune.train import _WeightedDraw
+
+    gen = random.Random(7)
+    for case in range(200):
+        weights = [gen.randint(1, 9) for _ in range(gen.randint(1, 70))]
+        k = gen.randint(1, len(weights))
+        a, b = random.Random(case), random.Random(case)
+        draw = _WeightedDraw(weights)
+        assert [draw.draw(a) for _ in range(k)] == _draws_with_random_choices(weights, k, b), case
+        assert a.random() == b.random()  # the same number of random() calls
+
+
 def test_sampler_is_picklable_and_checks_length() -> None:
     import pickle
 
