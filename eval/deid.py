@@ -32,6 +32,10 @@ from typing import Any
 
 import rag  # noqa: F401  (offline environment first)
 from finetune.phi_types import PhiType, excluded_reason, gold_type
+from finetune.split import UNREAD_SEED, unread_patients
+from tqdm import tqdm
+
+from eval.deid_detectors import DETECTORS, Detector, DetectorUnavailable, make_detector
 from eval.report import sha256_file, write_json
 from rag.corpus import CorpusError, Document, Problem, read_jsonl_objects
 
@@ -219,19 +223,26 @@ def markdown_table(summary: dict[str, Any], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: dict[str, Any], path: Path, title: str) -> None:
+def plot(summary: dict[str, Any], path: Path, title: str, stress: dict[str, Any] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(summary["per_type"])
-    recall = [summary["per_type"][n]["recall"] or 0 for n in names]
-    precision = [summary["per_type"][n]["precision"] or 0 for n in names]
-    fig, ax = plt.subplots(figsize=(max(6, len(names) * 0.9), 3.6))
+    names = [n for n in summary["per_type"] if summary["per_type"][n]["gold"]] + ["all"]
+
+    def values(source: dict[str, Any], key: str) -> list[float]:
+        rows = {**source["per_type"], "all": source["overall"]}
+        return [(rows.get(n) or {}).get(key) or 0 for n in names]
+
+    bars = [("recall", values(summary, "recall")), ("precision", values(summary, "precision"))]
+    if stress is not None:
+        bars += [("recall, stress", values(stress, "recall")), ("precision, stress", values(stress, "precision"))]
+    fig, ax = plt.subplots(figsize=(max(6, len(names) * 1.1), 3.8))
     x = range(len(names))
-    ax.bar([i - 0.2 for i in x], recall, width=0.4, label="recall")
-    ax.bar([i + 0.2 for i in x], precision, width=0.4, label="precision")
+    width = 0.8 / len(bars)
+    for k, (label, heights) in enumerate(bars):
+        ax.bar([i - 0.4 + width * (k + 0.5) for i in x], heights, width=width, label=label)
     ax.set_xticks(list(x), names, rotation=30, ha="right")
     ax.set_ylim(0, 1.05)
     ax.set_title(title)
@@ -241,26 +252,39 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def evaluate(data: Path, *, key: bytes = EVAL_KEY, language: str | None = None, scheme: str | None = None,
-             limit: int | None = None, keep_examples: bool = False, batch_size: int = 32) -> dict[str, Any]:
-    from finetune.pseudonymize import Pseudonymizer
+PARTS = ("all", "dev", "unread")
 
-    docs = load_gold(data, scheme)[:limit]
-    engine = Pseudonymizer(key, batch_size=batch_size)
+
+def select_part(docs: list[GoldDoc], part: str) -> list[GoldDoc]:
+    """The development or the unread part of a set, split by patient (``finetune.split.unread_patients``)."""
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+    if part == "all":
+        return docs
+    unread = unread_patients(g.document.patient_id for g in docs)
+    return [g for g in docs if (g.document.patient_id in unread) == (part == "unread")]
+
+
+def evaluate_docs(docs: list[GoldDoc], detector: Detector, *, language: str | None = None,
+                  keep_examples: bool = False, batch_size: int = 32, progress: str | None = None) -> dict[str, Any]:
+    """Run a detector over annotated documents and score it (see the module docstring)."""
     tally = Tally()
     started = time.perf_counter()
     languages: Counter[str] = Counter()
-    for i in range(0, len(docs), batch_size):
-        batch = docs[i: i + batch_size]
-        results = engine.pseudonymize_many([g.document for g in batch], language)
-        for gd, result in zip(batch, results):
-            languages[result.language] += 1
-            score_document(gd, result.spans, result.document.text, tally, keep_examples, result.replaced)
+    with tqdm(total=len(docs), desc=progress or detector.name, unit="doc", disable=progress is None) as bar:
+        for i in range(0, len(docs), batch_size):
+            batch = docs[i: i + batch_size]
+            for gd, result in zip(batch, detector.detect([g.document for g in batch], language)):
+                languages[result.language] += 1
+                score_document(gd, result.spans, result.output_text, tally, keep_examples, result.replaced)
+            bar.update(len(batch))
     elapsed = time.perf_counter() - started
     summary = summarize(tally)
-    summary["run"] = {"documents": len(docs), "characters": sum(len(g.document.text) for g in docs),
+    characters = sum(len(g.document.text) for g in docs)
+    summary["run"] = {"detector": detector.name, "documents": len(docs), "characters": characters,
                       "languages": dict(languages), "seconds": round(elapsed, 2),
-                      "models": engine.model_versions}
+                      "docs_per_second": round(len(docs) / elapsed, 2) if elapsed else None,
+                      "models": detector.model_versions}
     if keep_examples:
         summary["misses"] = tally.misses
         summary["false_alarms"] = tally.false_alarms
@@ -268,43 +292,110 @@ def evaluate(data: Path, *, key: bytes = EVAL_KEY, language: str | None = None, 
     return summary
 
 
+def evaluate(data: Path, *, key: bytes = EVAL_KEY, language: str | None = None, scheme: str | None = None,
+             limit: int | None = None, keep_examples: bool = False, batch_size: int = 32, part: str = "all",
+             stress: int = 0, seed: int = 0, detector: str = "ours", progress: bool = False) -> dict[str, Any]:
+    """Scores on a set (or its dev/unread part); with ``stress`` > 0 also on that many surrogate
+    re-injected variants of every document (``eval.deid_stress``) and the difference."""
+    docs = select_part(load_gold(data, scheme), part)[:limit]
+    engine = make_detector(detector, key, batch_size)
+    summary = evaluate_docs(docs, engine, language=language, keep_examples=keep_examples, batch_size=batch_size,
+                            progress="original" if progress else None)
+    summary["run"]["part"] = part
+    if stress <= 0:
+        return summary
+    from eval.deid_stress import build_pools, stress_variants
+
+    pools = build_pools()
+    stressed = stress_variants(docs, stress, seed, pools)
+    stress_summary = evaluate_docs(stressed, engine, language=language, keep_examples=keep_examples,
+                                   batch_size=batch_size, progress="stress" if progress else None)
+    stress_summary["run"].update(part=part, variants=stress, seed=seed, pools=pools.summary())
+    return {**summary, "stress": stress_summary}
+
+
+def comparison_table(summary: dict[str, Any]) -> str:
+    """Original vs stress variants, per type: what the detector knows vs what it generalizes to."""
+    stress = summary["stress"]
+    lines = ["| type | gold (orig / stress) | recall orig | recall stress | diff | precision orig | precision stress |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+
+    def fmt(v: float | None) -> str:
+        return "–" if v is None else f"{v:.3f}"
+
+    names = list(dict.fromkeys([*summary["per_type"], *stress["per_type"]]))
+    rows = [(n, summary["per_type"].get(n, {}), stress["per_type"].get(n, {})) for n in names]
+    rows.append(("**all**", summary["overall"], stress["overall"]))
+    for name, a, b in rows:
+        if not a.get("gold") and not b.get("gold"):
+            continue
+        ra, rb = a.get("recall"), b.get("recall")
+        diff = "–" if ra is None or rb is None else f"{rb - ra:+.3f}"
+        lines.append(f"| {name} | {a.get('gold', 0)} / {b.get('gold', 0)} | {fmt(ra)} | {fmt(rb)} | {diff} | "
+                     f"{fmt(a.get('precision'))} | {fmt(b.get('precision'))} |")
+    lines.append("")
+    lines.append(f"Non-PHI characters masked: original {100 * (summary['overall']['nonphi_masked'] or 0):.2f} %, "
+                 f"stress {100 * (stress['overall']['nonphi_masked'] or 0):.2f} %. Stress: "
+                 f"{stress['run']['variants']} surrogate re-injected variants per document (seed {stress['run']['seed']}).")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.deid", description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True, help="JSONL with gold 'phi' spans")
-    parser.add_argument("--out", default=None, help="output folder (default: var/eval/deid/<data name>)")
+    parser.add_argument("--out", default=None, help="output folder (default: var/eval/deid/<data name>[-part][-detector])")
     parser.add_argument("--language", choices=["en", "de"], default=None,
                         help="force a language (default: per document, given or detected)")
     parser.add_argument("--scheme", choices=["physionet", "grascco", "own"], default=None,
                         help="gold label set (default: looked up in all known sets)")
+    parser.add_argument("--part", choices=PARTS, default="all",
+                        help="'dev': the patients rules may be written against; 'unread': the seeded third nobody "
+                             "reads (no --show-misses); default all")
+    parser.add_argument("--stress", type=int, default=0, metavar="N",
+                        help="also score N surrogate re-injected variants per document (eval.deid_stress)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the stress variants")
+    parser.add_argument("--detector", choices=list(DETECTORS), default="ours",
+                        help="'ours' (finetune.pseudonymize) or 'philter' (philter-lite, for comparison)")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--show-misses", action="store_true",
                         help="also write missed gold spans and false alarms (contains PHI strings!)")
     args = parser.parse_args(argv)
+    if args.show_misses and args.part != "dev":
+        parser.error("--show-misses needs --part dev: the unread part is scored, never read")
     data = Path(args.data)
     name = data.parent.name if data.name in ("notes.jsonl", "documents.jsonl") else data.stem
     from rag.config import load_settings
 
-    out = Path(args.out) if args.out else load_settings().home / "eval" / "deid" / name
+    suffix = ("" if args.part == "all" else f"-{args.part}") + ("" if args.detector == "ours" else f"-{args.detector}")
+    out = Path(args.out) if args.out else load_settings().home / "eval" / "deid" / f"{name}{suffix}"
     out.mkdir(parents=True, exist_ok=True)
     try:
         summary = evaluate(data, language=args.language, scheme=args.scheme, limit=args.limit,
-                           keep_examples=args.show_misses)
-    except (CorpusError, FileNotFoundError) as exc:
+                           keep_examples=args.show_misses, part=args.part, stress=args.stress, seed=args.seed,
+                           detector=args.detector, progress=True)
+    except (CorpusError, FileNotFoundError, DetectorUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    title = f"De-identification on {name} ({summary['run']['documents']} documents)"
+    part = "" if args.part == "all" else f", {args.part} part"
+    title = f"De-identification on {name}{part} ({summary['run']['documents']} documents, {summary['run']['detector']})"
     write_json(summary, out / "deid_metrics.json")
     table = markdown_table(summary, title)
+    if "stress" in summary:
+        table += "\n" + markdown_table(summary["stress"], f"Stress variants of {name}{part}") + "\n"
+        table += "### Original vs stress\n\n" + comparison_table(summary)
     (out / "deid_metrics.md").write_text(table, encoding="utf-8")
-    plot(summary, out / "deid_recall.png", title)
+    plot(summary, out / "deid_recall.png", title, summary.get("stress"))
     manifest = {
         "stage": "eval.deid", "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "input": {"path": str(data), "sha256": sha256_file(data),
                   "documents": summary["run"]["documents"]},
         "parameters": {"coverage_found": COVERAGE_FOUND, "precision_inside": PRECISION_INSIDE,
                        "language": args.language or "per document", "scheme": args.scheme or "auto",
+                       "part": args.part, "unread_seed": UNREAD_SEED, "stress_variants": args.stress,
+                       "stress_seed": args.seed, "detector": args.detector,
                        "limit": args.limit, "key": "fixed public evaluation key (outputs discarded)"},
         "models": summary["run"]["models"], "timing_seconds": summary["run"]["seconds"],
+        "stress_pools": summary.get("stress", {}).get("run", {}).get("pools"),
         "outputs": ["deid_metrics.json", "deid_metrics.md", "deid_recall.png"],
     }
     write_json(manifest, out / "manifest.json")

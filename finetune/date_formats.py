@@ -31,6 +31,8 @@ _MON_FULL = "|".join(sorted({*MONTHS_EN, *MONTHS_DE, "maerz", "jänner"}, key=le
 _MON_ABBR = "|".join(sorted(MONTH_ABBR, key=len, reverse=True))
 #: A month name, full or abbreviated (the abbreviation's dot stays outside the group).
 MON = rf"(?P<mon>(?:{_MON_FULL}|{_MON_ABBR})(?![a-zäöü]))"
+#: Before a month name: a word boundary, or a capital glued to a lower-case word ("onFebruary 12").
+_MB = r"(?:\b|(?-i:(?<=[a-z])(?=[A-Z])))"
 
 _D = r"(?P<d>0?[1-9]|[12]\d|3[01])"
 _M = r"(?P<m>0?[1-9]|1[0-2])"
@@ -69,14 +71,18 @@ FORMATS: list[DateFormat] = [
     _fmt("en_mdy_dot", rf"{_L}{_M}/{_D}\.(?P<y>\d{{2}})(?=\s|$)", "en"),  # "11/21.93", a typing habit
     _fmt("en_mdy_dash", rf"{_L}{_M}-{_D}-{_Y}{_R}", "en"),
     _fmt("en_md", rf"{_L}{_M}/{_D}{_R}", "en"),
+    # "12.27.94": English month.day.year (German day.month.year wins where both read)
+    _fmt("en_mdy_dots", rf"{_L}{_M}\.{_D}\.{_Y}(?!\d|\.\d)", "en"),
+    # "28-Apr-02", "3-JAN-2004", "28/Apr/02": day, month name, year with dashes or slashes
+    _fmt("d_mon_y_dash", rf"{_L}{_D}[-/]{MON}\.?[-/]{_Y}(?!\d)"),
     # "052647": month, day and year run together, all zero-padded (a typing habit in notes)
     _fmt("en_mdy_compact", r"(?<![\w/.,#:+-])(?P<m>0[1-9]|1[0-2])(?P<d>0[1-9]|[12]\d|3[01])(?P<y>\d{2})"
          r"(?![\w/:]|[.,]\d|-\d|\s?(?:mg|µg|ug|ml|mmol|g\b|%|cc|units))", "en"),
     _fmt("my_slash", rf"{_L}{_M}/(?P<y>(?:19|20)\d{{2}}|\d{{2}}){_R}", "de en"),
     # month names
-    _fmt("en_mon_d_y", rf"\b{MON}\.?\s{_D}{_ORD}?,?\s{_Y}(?!\d)", "en"),
+    _fmt("en_mon_d_y", rf"{_MB}{MON}\.?\s{_D}{_ORD}?,?\s{_Y}(?!\d)", "en"),
     _fmt("en_d_mon_y", rf"\b{_D}{_ORD}?\s(?:of\s)?{MON}\.?,?\s{_Y}(?!\d)", "en"),
-    _fmt("en_mon_d", rf"\b{MON}\.?\s{_D}{_ORD}?(?![\d:])", "en"),
+    _fmt("en_mon_d", rf"{_MB}{MON}\.?\s{_D}{_ORD}?(?![\d:])", "en"),
     _fmt("en_d_mon", rf"\b{_D}{_ORD}?\s(?:of\s)?{MON}\b\.?", "en"),
     _fmt("mon_y", rf"\b{MON}\.?,?\s(?:of\s)?{_Y4}(?!\d)"),
     _fmt("mon_y_short", rf"\b{MON}\.?\s'(?P<y>\d{{2}})(?!\d)"),
@@ -98,7 +104,8 @@ def find_dates(text: str, language: str) -> Iterator[tuple[int, int, str]]:
                 if not (match.group("mon")[0].isupper() or match.groupdict().get("ord")
                         or _DATE_PREPOSITION.search(text[max(0, match.start() - 12): match.start()])):
                     continue
-            if fmt.name in ("en_md", "en_mdy") and _not_a_date(text, match):
+            if (fmt.name in ("en_md", "en_mdy") or fmt.name == "my_slash" and len(match.group("y")) == 2
+                    and language == "en") and _not_a_date(text, match):
                 continue
             yield match.start(), match.end(), fmt.name
 
@@ -108,6 +115,7 @@ _SETTINGS = re.compile(r"(?i)(?:\b(?:ps|psv|cpap|bipap|ipap|epap|peep|simv|imv|a
                        r"motor|grip|tabs?|x|of|by)\s*|\d\s*)$")
 
 
+_VENT_VALUES = {2, 3, 4, 5, 6, 8, 10, 12, 14, 15, 16, 18, 20}
 _VENT_CONTEXT = re.compile(r"(?i)\b(?:psv?|cpap|bipap|ipap|epap|ips|peep|simv|imv|vent\w*|flow-?by|mask|wean\w*|settings?)\b")
 _PAIN_CONTEXT = re.compile(r"(?i)\b(?:pain|cp|c/o|discomfort|ache|scale|rates?|rated)\b")
 _COUNT_AFTER = re.compile(r"(?i)\s*(?:ns\b|strength|tabs?\b|dose|bl\b|bottles?|blood|cx|sets?|pain|%)")
@@ -117,18 +125,29 @@ def _not_a_date(text: str, match: re.Match[str]) -> bool:
     """m/d shapes that are fractions (1/2 NS), muscle strength (5/5), pain scores (7/10), culture
     counts (2/4 bottles) or ventilator settings (PSV 10/5); a date trigger right before wins."""
     value = match.group()
+    if value.count("/") > 1:
+        return False  # a year makes it a date: "12/5/2029" after "wean off vent"
     month, day = (int(v) for v in value.split("/")[:2])
     before = text[max(0, match.start() - 30): match.start()]
     after = text[match.end(): match.end() + 12]
-    if re.search(r"(?i)\b(?:since|from|until|dated?|admitted|discharged)\s*$", before):
+    if re.search(r"(?i)\b(?:since|from|until|dated?|admitted|discharged)\s*$", before) or value.startswith("0"):
+        return False  # a date word before it, or zero-padding ("01/01"), which no fraction or setting has
+    if _COUNT_AFTER.match(after) or (day in _VENT_VALUES and (_VENT_CONTEXT.search(before[-14:])
+                                                               or _VENT_CONTEXT.match(after.lstrip()))) \
+            or (day == 10 and _PAIN_CONTEXT.search(before[-20:] + " " + after)):
+        return True
+    # weaker triggers: they beat the fraction shapes (1/2, 1/3), not the settings above; "on 5/5" stays a
+    # setting (pressure support 5, PEEP 5) unless a follow-up or a shift header says date
+    if re.search(r"(?i)(?:\bf/?u:?|\bfollow[- ]?up)\s*$", before) or _SHIFT_HEADER.match(after) and _LINE_START.search(before):
         return False
-    if value in _FRACTIONS or (month == day and month <= 5) or _COUNT_AFTER.match(after):
-        return True
-    if day == 10 and _PAIN_CONTEXT.search(before[-20:] + " " + after):
-        return True
-    return bool(_VENT_CONTEXT.search(before)) and day in (2, 3, 4, 5, 6, 8, 10, 12, 14, 15, 16, 18, 20)
+    if month != day and re.search(r"(?i)\b(?:on|thru|through|due|starting|started)\s*$", before):
+        return False
+    return value in _FRACTIONS or (month == day and month <= 5)
 
 
+#: "2/2 CSRU 7P-7A SHIFT SUMMARY": a date at the start of a line, before a unit or a shift header.
+_SHIFT_HEADER = re.compile(r"(?i)\s+(?:[a-z]*icu|ccu|csru|shift|nursing|npn|progress|note|\d{1,2}[ap]\s*-\s*\d{1,2}[ap])")
+_LINE_START = re.compile(r"(?:^|\n)[ \t]*$")
 _AMBIGUOUS_EN = {"may", "march", "mar", "jun", "jan", "dec", "sep", "sept", "aug"}
 #: A lower-case "may 15" is a date after these ("last used in may 15", "since march 3").
 _DATE_PREPOSITION = re.compile(r"(?i)\b(?:in|on|since|until|till|from|early|mid|late|before|after|around|last)\s+$")

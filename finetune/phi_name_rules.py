@@ -525,3 +525,65 @@ def possessive_homes(view: TextView) -> Iterator[PhiSpan]:
         if surname.lower() in view.gaz.common and surname.lower() not in view.gaz.last_names:
             continue
         yield PhiSpan(first.start, tok.start + len(surname), PhiType.NAME, 0.7, "possessive_home", True)
+
+
+#: Titles that introduce nothing but a person: the word after them is a surname whatever else it
+#: means ("Dr. Story", "mr Page", "DR LITTLE"). In the development notes every word after them was one.
+PERSON_TITLES = {"dr", "drs", "mr", "mrs", "mister", "herr", "herrn", "frau"}
+#: German words that follow "Herr"/"Frau" without being a name.
+GERMAN_ROLE_WORDS = {"doktor", "oberarzt", "oberärztin", "chefarzt", "chefärztin", "professor", "professorin",
+                     "kollege", "kollegin", "patient", "patientin", "pfarrer", "direktor", "direktorin", "primar",
+                     "primaria", "und", "oder", "bzw"}
+#: What may follow a title without being a name ("Dr. aware", "MR 2+", "Dr. in the morning").
+NOT_A_NAME = {"aware", "notified", "paged", "called", "informed", "updated", "here", "office", "orders", "order", "note",
+              "notes", "team", "service", "services", "on", "call", "made", "wants", "said", "says", "will", "would",
+              "was", "is", "has", "had", "and", "or", "in", "at", "to", "of", "the", "re", "med", "kollege", "kollegin"}
+
+
+def titled_words(view: TextView) -> Iterator[PhiSpan]:
+    """The word right after a person's title is a name even when it is an ordinary word ("Dr. Story",
+    "Herrn spain"), in any case. "MR" is also mitral regurgitation: in capitals the word after it must
+    not be an ordinary word (it may still be a known name).
+    """
+    toks = view.tokens
+    for i, tok in enumerate(toks):
+        low = tok.low
+        if low not in PERSON_TITLES or i + 1 >= len(toks):
+            continue
+        if view.case == "mixed" and tok.core.isupper() and low != "dr":
+            continue  # "MR" in a mixed-case note is mitral regurgitation
+        j = i + 1
+        while j < len(toks) and toks[j].text in {".", ":"} and toks[j].line == tok.line:
+            j += 1
+        if j + 1 < len(toks) and toks[j].line == tok.line and len(toks[j].core) == 1 and toks[j].core.isalpha() \
+                and toks[j + 1].line == tok.line and toks[j + 1].is_word:
+            j += 1  # an initial first: "Frau l wandera", "Dr. H. Habibov"
+        if j >= len(toks) or toks[j].line != tok.line or not toks[j].is_word or len(toks[j].core) < 2:
+            continue
+        nxt = toks[j]
+        if nxt.low in STOP_WORDS or nxt.low in TITLE_CHAIN or nxt.low in NOT_A_NAME or nxt.low in RELATIONS \
+                or nxt.low in CREDENTIALS:
+            continue
+        if view.language == "de" and (nxt.low in GERMAN_ROLE_WORDS or DE_HOSPITAL.search(nxt.core)):
+            continue  # "Herr Oberarzt", "Frau Doktor"
+        cautious = low in {"mr", "mrs"} and view.case != "mixed"
+        if cautious and view.ordinary(nxt) and not view.gaz.is_name_word(nxt.core):
+            continue
+        first = toks[j - 1] if j > i + 1 and len(toks[j - 1].core) == 1 and toks[j - 1].core.isalpha() else nxt
+        yield view.span(first, nxt, PhiType.NAME, "titled_word", strong=True)
+
+
+def relation_capitalised(view: TextView) -> Iterator[PhiSpan]:
+    """In mixed case, a capitalised word right after a relation is the relative's name ("daughter Good in")."""
+    if view.case != "mixed" or view.language == "de":
+        return
+    toks = view.tokens
+    for i, tok in enumerate(toks[:-1]):
+        nxt = toks[i + 1]
+        if tok.low not in RELATIONS or nxt.line != tok.line or not nxt.is_word or not nxt.is_title_case \
+                or len(nxt.core) < 3 or view.text[tok.end:nxt.start] not in (" ", ", ", ": "):
+            continue
+        if nxt.low in STOP_WORDS or nxt.low in RELATIONS or nxt.low in TITLE_CHAIN or nxt.low in CREDENTIALS \
+                or nxt.low in NOT_A_NAME or nxt.low in view.gaz.allow_terms:
+            continue
+        yield view.span(nxt, nxt, PhiType.NAME, "relation_capital", strong=True)

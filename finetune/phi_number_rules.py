@@ -25,6 +25,19 @@ YEAR_NOT_TIME = re.compile(r"(?<![\d.,:/])\b(?P<y>19[6-9]\d|20[6-9]\d)\b(?![\d:/
 YEAR_APOSTROPHE = re.compile(r"(?<![\w'’])['’](?P<y>\d{2})\b(?!['’\d])|\b(?P<y2>\d{2})['’](?=[\s.,;)]|$)(?!\d)")
 ORDINAL_DAY = re.compile(r"(?i:\b(?:the|on|am|vom|bis|zum)\s+)(?P<d>(?:[12]?\d|3[01])(?:st|nd|rd|th))\b"
                          r"(?=\s*(?:[.,;:)\n]|$|at\b|in the\b|of\s+[A-Za-z]+\b))", re.I)
+#: A day as an ordinal after a date preposition ("since the 24th", "on 3rd"), unless a noun follows that
+#: makes it a rank ("on 4th floor", "the 3rd day", "2nd ICS").
+ORDINAL_AFTER_PREPOSITION = re.compile(
+    r"(?i)\b(?:on|since|until|till|by|from|before|after|through|thru)\s+(?:the\s+)?(?P<d>(?:[12]?\d|3[01])(?:st|nd|rd|th))\b"
+    r"(?!\s*(?:floor|fl\b|grade|degree|day|days|time|times|week|weeks|rib|ics|intercostal|toe|finger|digit|cranial|"
+    r"nerve|percentile|line|dose|attempt|try|episode|unit|round|cycle|generation|order|of\s+(?:the\s+)?(?:month|week)))")
+#: A month name alone after a date preposition ("in aug", "since March", "early sept"); "may" only
+#: where the verb cannot stand ("in may", "since may", "early may").
+MONTH_AFTER_PREPOSITION = re.compile(
+    r"(?i)\b(?P<prep>in|since|until|till|early|mid|late|during|from|of|last|next|through|thru|by|before|after)\s+"
+    r"(?:of\s+)?(?P<mon>january|february|march|april|june|july|august|september|october|november|december|"
+    r"jan|feb|mar|apr|jun|jul|aug|sep|sept|oct|nov|dec|may)\b\.?")
+MAY_PREPOSITIONS = {"in", "since", "until", "till", "early", "mid", "late", "during", "last", "next"}
 
 
 YEAR_DE = re.compile(r"(?<![\d.,:/\-])\b(?P<y>(?:19|20)\d{2})\b(?![\d:]|[.,]\d|\s*(?:mg|µg|ug|ml|ie|i\.e\.|u\b|cc|g\b|kg|mcg|"
@@ -32,7 +45,8 @@ YEAR_DE = re.compile(r"(?<![\d.,:/\-])\b(?P<y>(?:19|20)\d{2})\b(?![\d:]|[.,]\d|\
 MONTH_WORD_DE = re.compile(r"\b(?:Januar|Jänner|Februar|März|April|Mai|Juni|Juli|August|September|Oktober|November|"
                            r"Dezember)\b")
 MONTH_WORD_EN = re.compile(r"\b(?:January|February|April|June|July|August|September|October|November|December|"
-                           r"JANUARY|FEBRUARY|MARCH|APRIL|JUNE|JULY|AUGUST|SEPTEMBER|OCTOBER|NOVEMBER|DECEMBER)\b")
+                           r"JANUARY|FEBRUARY|MARCH|APRIL|JUNE|JULY|AUGUST|SEPTEMBER|OCTOBER|NOVEMBER|DECEMBER|"
+                           r"january|february|july|september|october|november|december)\b")
 RANGE_START = re.compile(r"(?P<d>\b\d{1,2}\.?)\s*(?:->|-|–|/|bis(?:\s+zum)?|und|to|through)\s*$")
 
 
@@ -62,8 +76,15 @@ def dates(view: TextView) -> Iterator[PhiSpan]:
         if group == "y2" and not re.search(r"(?i)\b(?:in|since|cabg|x\d|of)\s*$", view.text[max(0, m.start() - 8): m.start()]):
             continue  # "HOB 30'", "upper 30'S": degrees and rates, not years
         yield PhiSpan(m.start(group), m.end(group), PhiType.DATE, 0.6, "year", True)
-    for m in ORDINAL_DAY.finditer(view.text):
-        yield PhiSpan(m.start("d"), m.end("d"), PhiType.DATE, 0.6, "day", True)
+    for regex in (ORDINAL_DAY, ORDINAL_AFTER_PREPOSITION) if view.language == "en" else (ORDINAL_DAY,):
+        for m in regex.finditer(view.text):
+            yield PhiSpan(m.start("d"), m.end("d"), PhiType.DATE, 0.6, "day", True)
+    for m in MONTH_AFTER_PREPOSITION.finditer(view.text) if view.language == "en" else ():
+        if m.group("mon").lower() == "may" and m.group("prep").lower() not in MAY_PREPOSITIONS:
+            continue
+        if m.group("mon").lower() == "mar" and not m.group("mon")[0].isupper():
+            continue  # "mar" is also a verb
+        yield PhiSpan(m.start("mon"), m.end("mon"), PhiType.DATE, 0.6, "month", True)
 
 
 AGE = re.compile(
@@ -91,7 +112,7 @@ ID_TRIGGER = re.compile(
     r"versichertennummer|versicherten-?nr\.?|versicherungsnummer|auftragsnummer|auftrags-?nr\.?|labor-?nr\.?|"
     r"labornummer|befund-?nr\.?|eingangs-?nr\.?|order(?:\s(?:number|no\.?|#))|specimen(?:\s(?:number|no\.?|#))?|"
     r"kennziffer|krankenkassen-?nr\.?|ik-?nr\.?|lanr|bsnr|patient\snumber|record\snumber|fallzahl|fall(?=\s*:)|"
-    r"sv-?nr\.?|sv(?=\s*:)|sozialversicherungs-?nr\.?|sozialversicherungsnummer|histologie|histo-?nr\.?))"
+    r"sv[- ]?nr\.?|sv(?=\s*:)|sozialversicherungs-?nr\.?|sozialversicherungsnummer|histologie|histo-?nr\.?))"
     r"\s*[:#.]?\s*(?:Nr\.?\s*[:.]?\s*)?(?P<id>[A-Z]{0,4}[-/ ]?\d[\dA-Za-z]*(?:[-/.][\dA-Za-z]+)*)")
 ROOM_TRIGGER = re.compile(
     r"(?:\b|(?<=-))(?:Station|Stat\.|Ambulanz|Zimmer|Zi\.?|Raum|Bett|OP|Intensiv|Room|Rm\.?|Bed(?!\.)|Ward|Intensivstation|"
@@ -119,10 +140,19 @@ def identifiers(view: TextView) -> Iterator[PhiSpan]:
 PHONE_TRIGGER = re.compile(
     r"(?i:\b(?:pager|pg|beeper(?:\snumber)?|beep|phone(?:\snumber)?|tel|telephone|telefon|cell|cellular|home|work|"
     r"mobile?|mobil|handy|fax|telefax|durchwahl|info|rufnummer|nummer|number|unter|reached\sat|call\sat|call)"
-    r"\.?(?:\s?(?:no\.?|#|nr\.?))?)[\s:#.\-]*(?P<phone>\+?\(?\d[\d()\s/.\-–]{3,}\d(?:\s?o\.\s?\d+)?)")
-PHONE_US = re.compile(r"(?<![\d/.-])(?:\(\d{3}\)\s?|\b\d{3}[\s.-]?)?\d{3}-\d{4}\b(?![-/]\d)")  # "202555-0123" too
+    r"\.?(?:\s?(?:no\.?|#|nr\.?))?)[\s:#.\-]*(?P<phone>\+{0,2}\(?\d[\d()\s/.\-–]{3,}\d(?:\s?o\.\s?\d+)?)")
+PHONE_US = re.compile(r"(?<![\d/.-])(?:\+1[\s.-]?)?(?:\(\d{3}\)\s?|\b\d{3}[\s./-]?)?\d{3}-\d{4}\b(?![-/]\d)"  # "202555-0123" too
+                      r"|(?<![\d/.-])(?:\+1[\s.-]?)?\(?\b\d{3}\)?([\s./])\d{3}\1\d{4}\b(?![-/.]\d)"  # "617 555 1234", "617.555.1234"
+                      r"|(?<![\d/.-])\+1[\s.-]?\d{3}[\s.-]?\d{3}[\s.-]?\d{4}\b")
+#: "x2216", "ext 13027", "ext. 23" right after a phone number
+PHONE_EXTENSION = re.compile(r"\s*(?:x|ext\.?|extension)\s*\d{1,6}\b", re.I)
+#: "call family at 74169", "reached at beeper number 55037", "page him at 3310771659"
+CALL_AT = re.compile(r"(?i)\b(?:call|calls|called|calling|reach|reached|contact|contacted|page|paged|beep|beeped)\b"
+                     r"[^\n.;]{0,30}?(?:\bat|@|#)\s*(?P<phone>\+?\(?\d[\d()\s/.\-]{2,}\d)(?![\d/:])")
+#: "(Irene Sherwood, 202232-4455)", "(daughter, 55037)": a number after a name inside parentheses
+PARENTHESISED_CONTACT = re.compile(r"\((?P<who>[^()\n\d]{2,40}),\s*(?P<phone>\+?\d[\d\s/.\-]{3,}\d)\s*\)")
 PHONE_DE = re.compile(
-    r"(?<![\d.,/])(?:\+\d{2}\s?(?:\(0\)\s?)?\(?\d{1,4}\)?|\(0\d{2,5}\)|\b0\d{2,5})(?:\s?[/\-–]\s?|\s)\d[\d\s\-–]{2,}\d(?![\d.,])")
+    r"(?<![\d.,/])(?:\+\d{2}\s?(?:\(0\)\s?)?\(?\d{1,4}\)?|\(0\d{2,5}\)|\b0\d{2,5})(?:\s?[/\-–]\s?|\s)\d[\d\s\-–]{2,}\d(?!\d|[.,]\d)")
 
 
 def phones(view: TextView) -> Iterator[PhiSpan]:
@@ -136,14 +166,29 @@ def phones(view: TextView) -> Iterator[PhiSpan]:
         first_word = re.split(r"[\s.:#-]", trigger.strip(), maxsplit=1)[0]
         needed = 7 if first_word in {"unter", "nummer", "number", "call", "home", "work", "info", "reached"} else 4
         if digits >= needed:
-            yield PhiSpan(m.start("phone"), m.start("phone") + len(value), PhiType.PHONE, 0.85, "phone", True)
+            yield _with_extension(view.text, PhiSpan(m.start("phone"), m.start("phone") + len(value), PhiType.PHONE,
+                                                      0.85, "phone", True))
     for regex in (PHONE_US, PHONE_DE):
         for m in regex.finditer(view.text):
             times = re.fullmatch(r"(\d{3,4})-(\d{4})", m.group())
             if times and all(int(t) <= 2400 and int(t[-2:]) < 60 for t in times.groups()):
                 continue  # "900-1300": a time range
             if sum(c.isdigit() for c in m.group()) >= 7:
-                yield PhiSpan(m.start(), m.end(), PhiType.PHONE, 0.7, "phone_shape", True)
+                yield _with_extension(view.text, PhiSpan(m.start(), m.end(), PhiType.PHONE, 0.7, "phone_shape", True))
+    for regex, minimum in ((CALL_AT, 4), (PARENTHESISED_CONTACT, 5)):
+        for m in regex.finditer(view.text):
+            value = m.group("phone").rstrip(" -/.")
+            if sum(c.isdigit() for c in value) >= minimum and not re.fullmatch(r"\d{1,2}[/.]\d{1,2}(?:[/.]\d{2,4})?", value):
+                span = PhiSpan(m.start("phone"), m.start("phone") + len(value), PhiType.PHONE, 0.75, "contact", True)
+                yield _with_extension(view.text, span)
+
+
+def _with_extension(text: str, span: PhiSpan) -> PhiSpan:
+    """A phone span grows over an extension written after it ("617-555-1234 x2216")."""
+    m = PHONE_EXTENSION.match(text, span.end)
+    if m:
+        span.end = m.end()
+    return span
 
 
 URL = re.compile(r"\b(?:https?://|www\.)[^\s<>\"')\]]+", re.I)

@@ -22,6 +22,7 @@ from finetune.phi_text import (
     Token,
 )
 from finetune.phi_types import PhiType
+from finetune.phi_vocabulary import load_vocabulary
 
 # --------------------------------------------------------------------------------------------
 # Places
@@ -85,6 +86,29 @@ def hospitals(view: TextView) -> Iterator[PhiSpan]:
         yield view.span(toks[first], toks[last], PhiType.HOSPITAL, "hospital", strong=True)
 
 
+#: German hospital names by their form: "St.-Marien-Hospital", "MVZ Mitte-Nord", "Praxis Dr. med. Weber",
+#: "Helios Klinikum Zelem", "Kreiskrankenhaus Samrée", "Obourg-Klinik". The name part must not be a
+#: German word ("Klinik für Innere Medizin", "Klinikum der Universität").
+DE_HOSPITAL_FORMS = (
+    re.compile(rf"(?i)\bSt\.?-[{LETTER}]+(?:-[{LETTER}]+)*-(?:Hospital|Krankenhaus|Klinikum|Klinik|Stift|Spital)\b"),
+    re.compile(rf"(?i)\b(?:MVZ|Praxis(?:\s+Dr\.?(?:\s*med\.?)?)?|(?:Helios|Asklepios|Sana|Vivantes|Universitäts|Uni|Kreis)?"
+               rf"[ \t-]?Klinikum|(?:Kreis|Stadt|Bezirks)?krankenhaus|Klinik)[ \t]+(?P<name>[{LETTER}][{LETTER}\-]+)"),
+    re.compile(rf"(?i)\b(?P<name>[{LETTER}]{{3,}})-(?:Klinik|Klinikum|Krankenhaus|Hospital)\b"),
+)
+
+
+def german_hospital_forms(view: TextView) -> Iterator[PhiSpan]:
+    vocab = load_vocabulary("de")
+    for regex in DE_HOSPITAL_FORMS:
+        for m in regex.finditer(view.text):
+            name = m.groupdict().get("name")
+            if name is not None:
+                first = name.split("-")[0].lower()
+                if first in STOP_WORDS or first in TITLE_CHAIN or vocab.is_safe(first) and not vocab.is_name(first):
+                    continue
+            yield PhiSpan(m.start(), m.end(), PhiType.HOSPITAL, 0.75, "hospital_form", True)
+
+
 def _german_hospital(view: TextView, i: int) -> Iterator[PhiSpan]:
     toks = view.tokens
     tok = toks[i]
@@ -124,6 +148,9 @@ RELIGIOUS = re.compile(rf"(?i)\b(holy|sacred)\s+(?P<name>[{LETTER}]{{3,}})")
 RELIGIOUS_OBJECTS = {"water", "communion", "oil", "oils", "spirit", "ghost", "bible", "book", "rosary", "rites",
                      "scripture", "week", "day", "days", "place", "ground"}
 HOSPITAL_ABBR = re.compile(r"(?i:\b(?:to|at|from|in|into|@|by|via))\s+(?:(?i:the)\s+)?(?P<abbr>[A-Z]{1,3}H|[A-Z]{2,4}MC)\b")
+#: The same shapes in any case after a transfer ("transferred to tch", "admitted to pomc", "ADM TO THE ymc"),
+#: where the word is neither clinical shorthand ("osh") nor frequent English ("bath").
+HOSPITAL_ABBR_ANY_CASE = re.compile(r"(?i)\b(?:to|at|from|into|@|via)\s+(?:the\s+)?(?P<abbr>[a-z]{1,4}h|[a-z]{1,4}mc|[a-z]{2,3}lc)\b")
 WARD = re.compile(rf"(?i:\b(?:to|from|on|at|per|transfer|transferred|transfered|tx))\s+(?P<ward>[{LETTER}]{{5,}})\s?\d{{1,2}}\b"
                   r"(?!\s*(?:mg|mcg|cc|ml|l\b|%|x|u\b|units|meq|hr|h\b|/|:|\.\d|mm|min|am|pm|liters?))")
 
@@ -145,6 +172,12 @@ def saints_and_wards(view: TextView) -> Iterator[PhiSpan]:
         abbr = m.group("abbr").lower()
         if abbr not in gaz.allow_terms and abbr not in gaz.common and abbr not in gaz.english_words:
             yield PhiSpan(m.start("abbr"), m.end("abbr"), PhiType.HOSPITAL, 0.7, "hospital_abbr", True)
+    for m in HOSPITAL_ABBR_ANY_CASE.finditer(view.text) if view.language == "en" else ():
+        abbr = m.group("abbr").lower()
+        vocab = load_vocabulary("en")
+        if abbr not in gaz.allow_terms and abbr not in gaz.common and not vocab.is_clinical(abbr) \
+                and not vocab.is_frequent(abbr):
+            yield PhiSpan(m.start("abbr"), m.end("abbr"), PhiType.HOSPITAL, 0.6, "hospital_abbr", True)
     for m in WARD.finditer(view.text):
         word = m.group("ward")
         after = re.match(r"\s*([A-Za-z']+)", view.text[m.end(): m.end() + 20])
@@ -225,7 +258,7 @@ STREET_DE_BARE = re.compile(rf"(?<![{LETTER}\-])(?:[{L_UP}][{LETTER}]*-)*[{L_UP}
 STREET_EN = re.compile(
     rf"\b\d{{1,5}}[ \t]+(?:[{L_UP}][{L_LOW}]+[ \t]+){{1,2}}(?:St|Street|Ave|Avenue|Rd|Road|Blvd|Boulevard|Lane|Ln|Drive|Dr|Way|Court|Ct|Place|Pl|Terrace|Circle)\b\.?")
 ZIP_CITY = re.compile(
-    rf"(?P<zip>\b(?:D-|A-|CH-)?\d{{5}}\b|\b(?:A|CH)-\d{{4}}\b|(?<![\d.,/])\b\d{{4}}\b)(?:[ \t]+|-)(?P<city>[{L_UP}][{LETTER}]+(?:[ \t-](?:[{L_UP}][{LETTER}]+|an der|am|im|ob der|bei)(?:\s[{L_UP}][{LETTER}]+)?)?(?:\s\([A-Z]{{2}}\))?)")
+    rf"(?P<zip>\b(?:[A-Z]{{1,2}}-)?\d{{5}}\b|\b[A-Z]{{1,2}}-\d{{4}}\b|(?<![\d.,/])\b\d{{4}}\b)(?:[ \t]+|-)(?P<city>[{LETTER}][{LETTER}]+(?:[ \t-](?:[{L_UP}][{LETTER}]+|an der|am|im|ob der|bei)(?:\s[{L_UP}][{LETTER}]+)?)?(?:\s\([A-Z]{{2}}\))?)")
 #: "from ANNAPOLIS, MD", "in hampton,ma": a place preposition, a city, a state code that is not also a
 #: clinical abbreviation (ID, PA, CT, MI, MS, SC and OR are left out on purpose).
 CITY_STATE = re.compile(
@@ -255,9 +288,11 @@ def addresses(view: TextView) -> Iterator[PhiSpan]:
         plain4 = re.fullmatch(r"\d{4}", zip_code) is not None
         context = re.search(r"(^|\n|,|:|in|wohnhaft|\d[a-z]?)\s*$", before) is not None or before == ""
         city_known = city.split()[0].lower() in view.gaz.cities
+        if not city[0].isupper() and not (context and (len(zip_code) >= 5 or "-" in zip_code)):
+            continue  # a lower-case town only after a full postcode where an address stands
         if view.common_word(city.split()[0]) and not city_known and len(city.split()) == 1:
             continue
-        if plain4 and not (city_known or re.search(r":\s*$", before)):
+        if plain4 and not (city_known or re.search(r"(?::|\bin|\bwh\.?:?)\s*$", before)):
             continue
         if GERMAN_NOUN_SUFFIX.search(city.split()[0].lower()):
             continue  # "2044 TIPS-Anlage", "1990 Tonsillektomie": a year before a noun

@@ -34,11 +34,14 @@ from finetune.phi_name_rules import (
     parenthesised_relation_names,
     patient_names,
     possessive_homes,
+    relation_capitalised,
     relation_names,
     title_names,
+    titled_words,
 )
 from finetune.phi_number_rules import ages, dates, identifiers, phones, urls
-from finetune.phi_place_rules import addresses, employers, hospitals, places, saints_and_wards
+from finetune.phi_place_rules import addresses, employers, german_hospital_forms, hospitals, places, saints_and_wards
+from finetune.phi_unknown_rules import unknown_words
 from finetune.phi_text import LETTER, ORDINARY_SUFFIX, TITLE_CHAIN, PhiSpan, TextView
 from finetune.phi_types import PRIORITY, PhiType
 
@@ -57,6 +60,7 @@ RULES: dict[str, tuple[Rule, frozenset[str]]] = {
     "urls": (urls, frozenset({"en", "de"})),
     "addresses": (addresses, frozenset({"en", "de"})),
     "hospitals": (hospitals, frozenset({"en", "de"})),
+    "german_hospital_forms": (german_hospital_forms, frozenset({"de"})),
     "saints_and_wards": (saints_and_wards, frozenset({"en", "de"})),
     "places": (places, frozenset({"en", "de"})),
     "employers": (employers, frozenset({"en"})),
@@ -72,6 +76,9 @@ RULES: dict[str, tuple[Rule, frozenset[str]]] = {
     "possessive_homes": (possessive_homes, frozenset({"en"})),
     "gazetteer_names": (gazetteer_names, frozenset({"en", "de"})),
     "ner_entities": (ner_entities, frozenset({"en", "de"})),
+    "titled_words": (titled_words, frozenset({"en", "de"})),
+    "relation_capitalised": (relation_capitalised, frozenset({"en"})),
+    "unknown_words": (unknown_words, frozenset({"en", "de"})),
 }
 
 

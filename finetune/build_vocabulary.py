@@ -1,0 +1,147 @@
+"""Build the clinical word lists of the allow-list layer from text that is not PHI.
+
+    python -m finetune.build_vocabulary            # writes finetune/resources/clinical_vocabulary.{en,de}.txt
+
+The allow-list layer (``finetune.phi_vocabulary``) masks words it does not know. General word
+lists do not know clinical shorthand ("fio", "ogt", "carevue", "dc'd", "Z.n.", "Thoraxdrainage"),
+so this script collects the words clinical text uses from sources without PHI or with gold PHI:
+
+- English: the Synthea notes (``data/synthea``, synthetic), MTSamples and PubMedQA abstracts
+  (``../shared/data``, no patient identifiers), and the non-PHI words of the *dev* part of
+  physionet_deid_dev (never its unread part: ``eval.deid.select_part``);
+- German: the non-PHI words of the dev part of GraSCCo.
+
+A word is kept when it occurs in at least ``MIN_DOCS`` documents; in mixed-case text it must occur
+in lower case (a word seen only capitalised is likely a proper noun) or as a short all-capital
+abbreviation; words of gold PHI spans are never kept. The output is committed, so a clone without
+``../shared`` has it; rebuild only when the sources change.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+from finetune.phi_text import LETTER
+from finetune.split import unread_patients
+from rag.config import load_settings
+from rag.corpus import read_jsonl_objects
+
+RESOURCES = Path(__file__).resolve().parent / "resources"
+MIN_DOCS = 2
+WORD = re.compile(rf"[{LETTER}][{LETTER}]*(?:['’\-][{LETTER}]+)*")
+SENTENCE_START = re.compile(r"(?:^|[.!?:;]\s+|\n\s*)$")
+
+
+def _case_style(text: str) -> str:
+    letters = [c for c in text[:4000] if c.isalpha()]
+    if not letters:
+        return "mixed"
+    upper = sum(c.isupper() for c in letters) / len(letters)
+    return "upper" if upper > 0.6 else "lower" if upper < 0.02 else "mixed"
+
+
+def document_words(text: str, phi: Iterable[tuple[int, int]] = ()) -> set[str]:
+    """The lower-cased words a document vouches for (see the module docstring)."""
+    masked = sorted(phi)
+    style = _case_style(text)
+    out: set[str] = set()
+    for m in WORD.finditer(text):
+        if any(s < m.end() and m.start() < e for s, e in masked):
+            continue
+        word = m.group()
+        if len(word) < 2:
+            continue
+        if style == "mixed" and not (word.islower() or (word.isupper() and len(word) <= 6)):
+            if not SENTENCE_START.search(text[max(0, m.start() - 3): m.start()]):
+                continue  # capitalised mid-sentence: maybe a name or a place
+            if word[1:].islower():
+                continue  # sentence-initial capital says nothing either way
+        out.add(word.lower())
+    return out
+
+
+def _rows(path: Path) -> Iterable[dict]:
+    problems: list = []
+    for _, row in read_jsonl_objects(path, problems):
+        yield row
+
+
+def collect(sources: list[tuple[str, Path, str]], part_of) -> tuple[Counter, dict[str, int]]:
+    """Document frequency of each vouched-for word, and the number of documents per source."""
+    df: Counter[str] = Counter()
+    docs: dict[str, int] = defaultdict(int)
+    phi_words: set[str] = set()
+    for name, path, field in sources:
+        for row in _rows(path):
+            if part_of is not None and "phi" in row and not part_of(name, row):
+                continue
+            text = row.get(field) or ""
+            spans = [(int(p["start"]), int(p["end"])) for p in row.get("phi") or []]
+            phi_words |= {w.lower() for s, e in spans for w in WORD.findall(text[s:e])}
+            df.update(document_words(text, spans))
+            docs[name] += 1
+    for word in phi_words:
+        df.pop(word, None)
+    return df, dict(docs)
+
+
+def _dev_only(name: str, row: dict) -> bool:
+    """Annotated sets give words only from their dev part: never from the unread third."""
+    return str(row.get("patient_id") or row.get("doc_id")) not in _UNREAD.get(name, set())
+
+
+_UNREAD: dict[str, set[str]] = {}
+
+
+def _mark_unread(name: str, path: Path) -> None:
+    rows = list(_rows(path))
+    if rows and "phi" in rows[0]:
+        _UNREAD[name] = unread_patients(str(r.get("patient_id") or r.get("doc_id")) for r in rows)
+
+
+def build(data_dir: Path, language: str) -> tuple[list[str], dict[str, int]]:
+    repo = Path(__file__).resolve().parents[1]
+    if language == "en":
+        sources = [("synthea", repo / "data" / "synthea" / "notes.jsonl", "text"),
+                   ("mtsamples", data_dir / "mtsamples" / "documents.jsonl", "text"),
+                   ("pubmedqa_retrieval", data_dir / "pubmedqa_retrieval" / "corpus.jsonl", "text"),
+                   ("physionet_deid_dev", data_dir / "physionet_deid_dev" / "notes.jsonl", "text")]
+    else:
+        sources = [("grascco_phi", data_dir / "grascco_phi" / "documents.jsonl", "text")]
+    missing = [str(p) for _, p, _ in sources if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"sources missing: {missing} (set CRAG_DATA_DIR to the shared data folder)")
+    for name, path, _ in sources:
+        _mark_unread(name, path)
+    df, docs = collect(sources, _dev_only)
+    words = sorted(w for w, n in df.items() if n >= MIN_DOCS)
+    return words, docs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m finetune.build_vocabulary", description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", default=None, help="shared data folder (default: CRAG_DATA_DIR)")
+    parser.add_argument("--out-dir", default=str(RESOURCES))
+    args = parser.parse_args(argv)
+    data_dir = Path(args.data_dir) if args.data_dir else load_settings().data_dir
+    for language in ("en", "de"):
+        try:
+            words, docs = build(data_dir, language)
+        except FileNotFoundError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        out = Path(args.out_dir) / f"clinical_vocabulary.{language}.txt"
+        header = (f"# Clinical words of the allow-list layer ({language}); built by python -m finetune.build_vocabulary\n"
+                  f"# sources (documents): {', '.join(f'{k} {v}' for k, v in docs.items())}; dev parts only;\n"
+                  f"# kept: in >= {MIN_DOCS} documents, lower case or a short abbreviation, never a gold PHI word\n")
+        out.write_text(header + "\n".join(words) + "\n", encoding="utf-8")
+        print(f"{out}: {len(words)} words from {sum(docs.values())} documents")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,243 @@
+"""The allow-list layer: a word nobody listed as safe, standing where a name or a place can stand, is PHI.
+
+Gazetteer and trigger rules find the names they were written for; this rule finds the rest the way
+Philter does, by exclusion. Every word is looked up in ``finetune.phi_vocabulary``: a safe word (or
+an inflection, a German compound, an obvious misspelling of one) stays; a word that is on no safe
+list is masked, as a place after a place preposition and as a name otherwise. It does not need to
+have seen the name, so names from any country, in any case, misspelt or not, are caught.
+
+What keeps its precision: clinical shorthand collected from non-PHI notes is on the safe list;
+words without a vowel ("sxn", "drsg") and numbers are never names; words of fewer than three
+letters need a trigger rule; eponyms in use ("Quinton catheter") are vetoed by the shared context
+check. Spans are weak evidence unless the word is a known name, so the allow-list of eponyms still
+applies.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from finetune.phi_name_rules import CREDENTIALS, RELATIONS
+from finetune.phi_text import STOP_WORDS, TITLE_CHAIN, PhiSpan, TextView, Token
+from finetune.phi_types import PhiType
+from finetune.phi_name_shape import load_name_shape
+from finetune.phi_vocabulary import load_vocabulary
+
+#: Place prepositions ("lives in", "transferred from"); "to" counts only after a transfer verb.
+PLACE_BEFORE = {"in", "from", "at", "into", "near", "via", "@", "nach", "aus", "bei", "towards", "outside"}
+MIN_LETTERS = 3
+#: Hospital units ("MICU", "TSICU", "CSRU", "PACU"): shorthand, never a name or a place.
+UNIT_NAME = re.compile(r"(?i)^[a-z]{0,3}(?:icu|ccu|cu|ru|pacu)$")
+#: A lower-case letter followed by a capital inside a word ("CaGluconate", "ReNeph", "EPstudy" reads
+#: the other way) marks a product or glued shorthand; names do it only after Mc, Mac, De, Di, La...
+_CAMEL = re.compile(r"[a-zäöü][A-ZÄÖÜ]|^[A-Z]{2,}[a-z]")
+_NAME_PREFIX = re.compile(r"^(?:Mc|Mac|De|Di|Da|Du|La|Le|Van|Von|Fitz|St)[A-Z][a-z]")
+_VOWEL = re.compile(r"[aeiouyäöüàáâãåæèéêëìíîïòóôõøùúûýÿāăąēėęěīįıōőœūůűų]", re.IGNORECASE)
+
+
+#: Words right before a name: titles and roles ("per", "spoke with", "house officer", "resident").
+NAME_BEFORE = {"dr", "drs", "doctor", "per", "nurse", "rn", "np", "pa", "md", "ho", "resident", "fellow",
+               "intern", "attending", "officer", "pcp", "cardiologist", "surgeon", "mr", "mrs", "ms", "miss", "herr",
+               "herrn", "frau", "patient", "patientin", "name", "called", "paged", "notified", "informed", "told",
+               "asked", "messaged", "gez", "prof", "oa", "oä", "fa", "fä", "assistenzarzt", "assistenzärztin",
+               "oberarzt", "oberärztin", "chefarzt", "chefärztin", "stationsarzt", "stationsärztin", "orthoptistin",
+               "orthoptist", "psychologin", "psychologe", "physiotherapeutin", "physiotherapeut", "pat", "liebe",
+               "lieber", "kollegin", "kollege", "doz", "primarin", "primar", *RELATIONS}
+#: Words right after a name ("Kipkosgei aware", "Snell, RN", "Ultaigh (daughter)").
+NAME_AFTER = {"aware", "notified", "paged", "called", "informed", "updated", "rn", "md", "np", "pa", "rrt", "ho",
+              "visited", "came", "spoke", "said", "states", "stated", "agrees", "consented", "wants", "wishes",
+              "requests", *CREDENTIALS, *RELATIONS}
+#: Phrases that end right before a name ("spoke with", "seen by", "d/w", "case manager", "signed out to").
+NAME_PHRASE_BEFORE = re.compile(
+    r"(?i)(?:\b(?:spoke|spoken|talked|discussed|d/w|dw|consulted|met|conferred)\s*(?:with|w/?|to)?|"
+    r"\b(?:seen|evaluated|examined|assessed|covered|followed|called|paged|visited|reviewed|started|ordered)\s+by|"
+    r"\b(?:house\s+officer|case\s+manager|social\s+worker|sw|slp|rrt|chaplain|covering|attending|"
+    r"intern|resident|fellow|nurse\s+practitioner|dietitian|nutritionist|pharmacist)|"
+    r"\b(?:signed|sign|handed)\s+(?:out|over)\s+to|\b(?:page|call|message|msg|phone\s+call)\s+(?:from|to|for)|"
+    r"\b(?:message|msg|voicemail|vm)\s+(?:left\s+)?(?:for|with))\s*[:.,]?\s*$")
+#: Plain prepositions and verbs: context only for words on no list ("by Mitei", "Dockx visited").
+WEAK_BEFORE = {"by"}
+WEAK_AFTER = {"will", "would", "following", "follows", "evaluated", "saw", "sees", "recommends", "recommended",
+              "ordered", "wrote", "feels", "thinks", "reports", "reported", "plans", "visited", "present", "says",
+              "said", "agrees", "came", "called",
+              # German: what a child or a patient named in a letter does ("Esio ist", "Hemang erhielt")
+              "ist", "war", "wurde", "würde", "wird", "hat", "habe", "hatte", "sei", "erhielt", "erhält", "zeigte",
+              "zeigt", "berichtet", "berichtete", "kam", "klagt", "klagte", "entwickelte", "befindet", "befand",
+              "konnte", "kann", "soll", "sollte", "möchte", "gibt", "gab", "lebt", "wohnt", "erscheint", "stellte",
+              "besucht", "besuchte", "nimmt", "nahm", "geht", "ging", "spielt", "isst", "trinkt", "schläft"}
+#: "to" counts after a transfer verb ("transferred to tch", "admitted to pomc").
+TRANSFER_VERBS = {"transferred", "transfered", "transfer", "tx", "sent", "admitted", "adm", "brought", "back",
+                  "returned", "return", "discharged", "going", "go", "went", "taken", "came"}
+
+
+def _word(tok: Token) -> str:
+    """The word without a possessive or a contraction ("Kipkosgei's" -> "Kipkosgei", "c'ed" -> "c")."""
+    core = tok.core
+    if re.match(r"^[A-Za-z]['’][A-Z]", core):  # O'Driscoll, D'Angelo (but "C'ed")
+        return core
+    return re.split(r"['’]", core)[0]
+
+
+def _candidate(view: TextView, tok: Token) -> str | None:
+    """Why a word might be PHI: 'unknown' (on no safe list), 'typo', 'clinical typo' or 'run-together'
+    (resembles safe words, so only context makes it a name), 'name' (a common first name or surname
+    that is not an ordinary word); None where it is safe or shorthand."""
+    if not tok.is_word:
+        return None
+    word = _word(tok)
+    if len(word) < MIN_LETTERS or tok.low in TITLE_CHAIN or tok.low in STOP_WORDS or UNIT_NAME.match(word) \
+            or _CAMEL.search(word) and not _NAME_PREFIX.match(word) or view.text[tok.start - 1: tok.start].isdigit():
+        return None  # "TSICU", "CaGluconate", "2NDARY": units, products and glued shorthand
+    vocab = load_vocabulary(view.language)
+    parts = word.split("-")
+    if len(parts) > 1 and any(len(p) < MIN_LETTERS for p in parts):
+        return None  # "bp-neosyn", "gu-uo": a clinical prefix, not a double-barrelled name
+    kinds = []
+    for part in parts:
+        if vocab.is_safe(part) or not _VOWEL.search(part) and not vocab.is_name(part):
+            return None
+        if vocab.is_common_name(part):
+            kinds.append("name")
+            continue
+        target = vocab.misspelling_of(part)
+        if target is not None and vocab.is_clinical(target):
+            kinds.append("clinical typo")  # "Natricor", "Diminshed": a drug or a clinical word, capitalised or not
+            continue
+        kinds.append("typo" if target is not None else "run-together" if vocab.is_run_together(part) else "unknown")
+    for kind in ("clinical typo", "typo", "run-together", "unknown"):
+        if kind in kinds:
+            return kind
+    return "name"
+
+
+def _context(view: TextView, toks: list[Token], i: int) -> str | None:
+    """What the neighbours say about a word: 'person' (a title, role or relation before it, "spoke
+    with", "aware" or ", RN" after it), 'place' (a place preposition or "St." before it, a hospital
+    word after it), 'weak' (a plain preposition or a verb people do: "by Mitei", "Dockx will call"),
+    or None."""
+    tok = toks[i]
+    before = toks[i - 1] if i > 0 and toks[i - 1].line == tok.line else None
+    after = toks[i + 1] if i + 1 < len(toks) and toks[i + 1].line == tok.line else None
+    if after is not None and after.text == "," and i + 2 < len(toks) and toks[i + 2].line == tok.line:
+        after = toks[i + 2]  # "Snell, RN"
+    if before is not None and before.low in NAME_BEFORE or after is not None and after.low in NAME_AFTER \
+            or NAME_PHRASE_BEFORE.search(view.text[max(0, tok.start - 24): tok.start]):
+        return "person"
+    if before is not None and (before.low in PLACE_BEFORE or before.low in HOSPITAL_BEFORE) \
+            or after is not None and after.low in HOSPITAL_AFTER:
+        return "place"
+    if before is not None and before.low in ("to", "the"):
+        k = i - 2 if before.low == "to" else i - 3 if i >= 2 and toks[i - 2].low == "to" else -1
+        if k >= 0 and toks[k].low in TRANSFER_VERBS:
+            return "place"
+    if before is not None and before.low in WEAK_BEFORE or after is not None and after.low in WEAK_AFTER:
+        return "weak"
+    return None
+
+
+def _decide(view: TextView, toks: list[Token], i: int, kind: str | None) -> str | None:
+    """Mask this word, and why ('person', 'place', 'weak', 'capital', 'name', 'shape'), or None.
+
+    Context decides first: after a person trigger anything unlisted is a name (even a word that
+    resembles a clinical one, except "per protcol"); after a place trigger anything but a clinical
+    typo; after a weak trigger only words on no list. Without context, shorthand-sized words and
+    typos stay, and the rest is masked when it is a known name or spelled like one
+    (``phi_name_shape``)."""
+    if kind is None:
+        return None
+    tok = toks[i]
+    context = _context(view, toks, i)
+    if kind == "clinical typo":  # "Natricor", "per protcol"
+        return context if context == "person" and i > 0 and toks[i - 1].low != "per" else None
+    if context == "person" or context == "place" and len(_word(tok)) > 4:
+        return context  # a short word after "from"/"in" is shorthand ("wean from ven"); initials have their rule
+    if _capital_mid_sentence(view, tok):
+        return "capital"
+    if kind in ("typo", "run-together"):
+        return None
+    if context == "weak" and len(_word(tok)) >= 4:
+        return context
+    if len(_word(tok)) <= 4:
+        return None  # "reck", "chux", "marg": shorthand more often than a name, unless context says person
+    if kind == "name":
+        return "name"
+    if view.language == "de" and tok.capitalised:  # German capitalises every noun: capitals say nothing,
+        return "unknown"  # so an unknown capitalised word is masked; a lower-case one must look like a name
+    return "shape" if load_name_shape(view.language).is_name_like(_word(tok)) else None
+
+
+def _capital_mid_sentence(view: TextView, tok: Token) -> bool:
+    """In mixed case, a capitalised word inside a sentence was written as a name, whatever it resembles."""
+    if view.case != "mixed" or not tok.is_title_case or view.language == "de":
+        return False
+    before = view.text[max(0, tok.start - 3): tok.start]
+    return not re.search(r"(^|[.!?:;\n]\s*)$", before) and tok.start > 0
+
+
+def _joins(view: TextView, a: Token, b: Token) -> bool:
+    """Two tokens of one name: same line, nothing but a space (or a hyphen) between them, and the
+    first does not end a sentence ("Milzhilus. Tumormanschette")."""
+    gap = view.text[a.end:b.start]
+    return a.line == b.line and gap in (" ", "-", "  ") and (not a.text.endswith(".") or a.is_initial)
+
+
+#: Words that make a place a hospital when they follow it ("Thisnes Hospital", "Cavalo Medical Center").
+HOSPITAL_AFTER = {"hospital", "hosp", "memorial", "regional", "general", "medical", "center", "centre", "rehab",
+                  "rehabilitation", "clinic", "manor", "nursing", "home", "house", "infirmary", "institute", "va",
+                  "klinik", "klinikum", "krankenhaus", "spital"}
+#: ... and when they precede it ("St. Julienne", "Holy Ytuika").
+HOSPITAL_BEFORE = {"st", "saint", "holy", "sacred", "sankt"}
+
+
+def unknown_words(view: TextView) -> Iterator[PhiSpan]:
+    toks = view.tokens
+    vocab = load_vocabulary(view.language)
+    kinds = [_candidate(view, t) for t in toks]
+    flagged = [_decide(view, toks, k, kind) for k, kind in enumerate(kinds)]
+    i = 0
+    while i < len(toks):
+        if not flagged[i]:
+            i += 1
+            continue
+        first = last = i
+        # neighbours of an unknown word that belong to it: further unknown words, rare words of a
+        # place ("garessio borgo ponte"), name words in mixed case ("Adam Kipkosgei")
+        while first > 0 and _joins(view, toks[first - 1], toks[first]) and (
+                kinds[first - 1] is not None or _belongs(view, toks[first - 1], toks[i], vocab)):
+            first -= 1
+        while last + 1 < len(toks) and _joins(view, toks[last], toks[last + 1]) and (
+                kinds[last + 1] is not None or _belongs(view, toks[last + 1], toks[i], vocab)):
+            last += 1
+        label = PhiType.NAME
+        while last + 1 < len(toks) and toks[last + 1].line == toks[last].line and toks[last + 1].low in HOSPITAL_AFTER \
+                and view.text[toks[last].end:toks[last + 1].start].strip() == "" \
+                and not re.search(r"['’]s$", toks[last].core):  # "Anne's house" is a person's home
+            last, label = last + 1, PhiType.HOSPITAL
+        while first > 0 and toks[first - 1].line == toks[first].line and toks[first - 1].low in HOSPITAL_BEFORE \
+                and view.text[toks[first - 1].end:toks[first].start].strip() in ("", "."):
+            first, label = first - 1, PhiType.HOSPITAL
+        before = toks[first - 1].low if first > 0 and toks[first - 1].line == toks[first].line else ""
+        why = next(flagged[k] for k in range(first, last + 1) if flagged[k])
+        if label is PhiType.NAME and (before in PLACE_BEFORE or why == "place"):
+            label = PhiType.LOCATION
+        known = any(vocab.is_name(_word(t)) for t in toks[first:last + 1])
+        span = view.span(toks[first], toks[last], label, f"unknown_word:{why}", strong=False, score=0.7 if known else 0.6)
+        if label is not PhiType.HOSPITAL:  # "Anne's": the possessive stays outside
+            span.end = min(span.end, toks[last].start + len(_word(toks[last])))
+        yield span
+        i = last + 1
+
+
+def _belongs(view: TextView, tok: Token, anchor: Token, vocab) -> bool:
+    """A neighbour of an unknown word is part of the same name or place when it is a rare word
+    (not frequent English, not clinical) or, in mixed case, a capitalised name word next to a
+    capitalised anchor ("Adam Kipkosgei", "Mauri Hill"); never a function word, title or relation."""
+    if not tok.is_word or len(tok.core) < 2 or tok.low in STOP_WORDS or tok.low in TITLE_CHAIN \
+            or tok.low in RELATIONS or tok.low in CREDENTIALS or tok.low in view.gaz.allow_terms \
+            or tok.low in HOSPITAL_AFTER or tok.low in HOSPITAL_BEFORE:
+        return False
+    word = _word(tok)
+    if view.case == "mixed" and tok.is_title_case and anchor.is_title_case and vocab.is_name(word):
+        return True
+    return len(word) >= MIN_LETTERS and _VOWEL.search(word) is not None and not vocab.is_frequent(word) \
+        and not (view.case == "mixed" and tok.core.islower() != anchor.core.islower())

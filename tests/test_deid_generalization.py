@@ -1,0 +1,254 @@
+"""The layers that do not depend on having seen a name: word lists, the allow-list rule, the name-shape
+classifier, the new context, date and phone rules, and the stress test that measures them (EN + DE)."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from eval.deid import GoldDoc, GoldSpan, load_gold, main, select_part
+from eval.deid_stress import build_pools, known_words, stress_variants
+from finetune.build_vocabulary import document_words
+from finetune.phi_detector import PhiDetector
+from finetune.phi_name_shape import load_name_shape
+from finetune.phi_types import PhiType, gold_type
+from finetune.phi_vocabulary import load_vocabulary
+from rag.corpus import Document
+from tests.conftest import SHARED_DATA, needs_shared
+
+
+@pytest.fixture(scope="module")
+def detector() -> PhiDetector:
+    return PhiDetector()
+
+
+def _masked(detector: PhiDetector, text: str, language: str) -> dict[str, PhiType]:
+    return {text[s.start:s.end]: s.label for s in detector.detect(text, language)}
+
+
+def _covered(detector: PhiDetector, text: str, value: str, language: str) -> bool:
+    start = text.index(value)
+    covered = set()
+    for span in detector.detect(text, language):
+        covered |= set(range(span.start, span.end))
+    return all(i in covered for i in range(start, start + len(value)) if text[i].isalnum())
+
+
+# --- word lists ------------------------------------------------------------------------------
+
+
+def test_vocabulary_knows_words_typos_shorthand_and_names() -> None:
+    en = load_vocabulary("en")
+    assert en.is_safe("secretions") and en.is_safe("carevue") and en.is_safe("hydralazine")
+    assert en.misspelling_of("secretionns") and en.misspelling_of("hydralazien")  # typos of clinical words
+    assert en.misspelling_of("eyees") == "eyes"  # a doubled letter in a short word
+    assert en.misspelling_of("mitei") is None  # but "mite" + a letter is not a typo
+    assert en.is_run_together("fromsuture") and en.is_run_together("tubefeeds")
+    assert en.is_name("swackhamer") and not en.is_safe("swackhamer")
+    assert en.is_safe("hill") and en.is_name("hill")  # an ordinary word first: context decides
+    de = load_vocabulary("de")
+    assert de.is_safe("Wiedervorstellung") and de.is_safe("Thoraxdrainage")  # compounds of safe words
+    assert de.is_safe("Sigmoideostomie") and de.is_safe("perihilär")  # medical endings
+    assert not de.is_safe("Kipkosgei")
+
+
+def test_name_shape_tells_names_from_mangled_words() -> None:
+    shape = load_name_shape("en")
+    names, words = shape.probability(["kipkosgei", "ogunwobi", "swackhamer"]), shape.probability(
+        ["prauuations", "secretionns", "tomrrow"])
+    assert names.min() > 0.5 > words.max()
+
+
+def test_clinical_vocabulary_takes_only_lower_case_non_phi_words() -> None:
+    text = "Pt seen by Dr. Marder today. Carevue shows fio 40 and ogt in place; Boston follow-up."
+    words = document_words(text, [(text.index("Marder"), text.index("Marder") + 6)])
+    assert {"fio", "ogt", "seen", "place"} <= words
+    assert "marder" not in words and "boston" not in words  # PHI span / capitalised mid-sentence
+
+
+# --- the allow-list layer, English -------------------------------------------------------------
+
+UNSEEN = ["Kipkosgei", "Ogunwobi", "Dlamlenze", "Mumpuni", "Wafeeq"]
+
+
+def test_test_names_are_unseen() -> None:
+    vocab = load_vocabulary("en")
+    assert not any(vocab.is_name(n) or vocab.is_safe(n) for n in UNSEEN)
+
+
+@pytest.mark.parametrize("template", [
+    "Dr. {} aware of labs.", "DR {} PAGED RE BP", "spoke with {} re plan", "house officer {} in to see pt",
+    "resident {} aware", "signed out to {}", "case manager {} following", "{}, RN", "wife {} called",
+    "pt seen by {} this am.", "per {} cont current plan", "message left for {}",
+])
+@pytest.mark.parametrize("case", ["title", "upper", "lower"])
+def test_unseen_names_in_context_any_case(detector: PhiDetector, template: str, case: str) -> None:
+    for name in UNSEEN:
+        value = {"title": name, "upper": name.upper(), "lower": name.lower()}[case]
+        text = template.format(value)
+        assert _covered(detector, text, value, "en"), text
+
+
+@pytest.mark.parametrize("text,value", [
+    ("Dr. Story made aware, pt started on drip.", "Story"),  # a surname that is an English word
+    ("mr Page had a very uneventful night.", "Page"),
+    ("Social: daughter Good in to visit.", "Good"),
+    ("transferred to Thisnes Hospital for cath", "Thisnes Hospital"),
+    ("pt transfered to tch for further eval", "tch"),  # a hospital's initials after a transfer
+    ("d/c to St. Julienne at 4pm", "St. Julienne"),
+])
+def test_context_rules(detector: PhiDetector, text: str, value: str) -> None:
+    assert _covered(detector, text, value, "en"), _masked(detector, text, "en")
+
+
+@pytest.mark.parametrize("text", [
+    "pt with thick secreations, hydralizine given for sbp 170.",
+    "CV: Cont on Natricor at .01, Lasix gtt at 20mg/hr",
+    "plan: attempt to wean from ven",
+    "pt. transferred from TSICU at 6:15pm",
+    "Remains on Big Boy BariAir bed, CaGluconate IV overnight.",
+    "bs: crackles and fromsuture site oozing, tubefeeds at goal",
+    "Pt in Trendelenburg, Quinton catheter in place.",
+])
+def test_typos_shorthand_and_products_stay(detector: PhiDetector, text: str) -> None:
+    assert not [s for s in detector.detect(text, "en") if s.label is PhiType.NAME], _masked(detector, text, "en")
+
+
+# --- dates and phones -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,value", [
+    ("will f/u 28-Apr-02. Should consider", "28-Apr-02"),
+    ("last used in 12.27.94 and since", "12.27.94"),
+    ("labs onFebruary 12 to hct 30", "February 12"),
+    ("wean off vent, family meeting 12/5/2029", "12/5/2029"),
+    ("CABG 01/01, EF 30%", "01/01"),
+    ("seen since the 24th by renal", "24th"),
+    ("pt was admitted in aug for a fall", "aug"),
+])
+def test_more_date_formats(detector: PhiDetector, text: str, value: str) -> None:
+    assert _masked(detector, text, "en").get(value) is PhiType.DATE, _masked(detector, text, "en")
+
+
+@pytest.mark.parametrize("text", ["pt c/o CP, 5/10, ECG done", "on PSV 12/10, Vt 450", "1/2 NS at 75", "motor 5/5"])
+def test_scores_and_settings_are_not_dates(detector: PhiDetector, text: str) -> None:
+    assert not [s for s in detector.detect(text, "en") if s.label is PhiType.DATE]
+
+
+@pytest.mark.parametrize("text,value", [
+    ("will call family at 74169.", "74169"),
+    ("wife (Irene Sherwood, 202232-4455) in", "202232-4455"),
+    ("call family at 215-765-3542 x2216.", "215-765-3542 x2216"),
+    ("cell 617 555 1234 anytime", "617 555 1234"),
+    ("Tel.: ++49 (0)760 95652, Fax", "+49 (0)760 95652"),
+])
+def test_more_phone_formats(detector: PhiDetector, text: str, value: str) -> None:
+    language = "de" if "Tel." in text else "en"
+    assert _covered(detector, text, value, language), _masked(detector, text, language)
+
+
+# --- German -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,value", [
+    ("Anamnese:\nEsio ist eine in unserer Klinik bekannte Patientin.", "Esio"),
+    ("Die stationäre Aufnahme von Frau l wandera erfolgte zur Einleitung", "l wandera"),
+    ("Herrn spain erfolgte zur Fortführung der Therapie", "spain"),
+    ("eine Woche lang im St.-Olasunmbo-Hospital behandelt", "St.-Olasunmbo-Hospital"),
+    ("Befund elektronisch an MVZ Campovico versendet!", "MVZ Campovico"),
+    ("Praxis Dr. Lallaidh\n\nSehr geehrte Frau Kollegin", "Praxis Dr. Lallaidh"),
+    ("Samovaweg 20\n93532 lanzada\n", "93532 lanzada"),
+    ("SV Nr.: \t3197197974\n", "3197197974"),
+])
+def test_german_layers(detector: PhiDetector, text: str, value: str) -> None:
+    assert _covered(detector, text, value, "de"), _masked(detector, text, "de")
+
+
+def test_german_clinical_words_stay(detector: PhiDetector) -> None:
+    text = "Z.n. Sigmoideostomie, perihilär keine Raumforderung, Wiedervorstellung bei Thoraxdrainage."
+    assert not detector.detect(text, "de")
+
+
+# --- the stress test ---------------------------------------------------------------------------
+
+
+def _gold_doc(text: str, spans: list[tuple[str, str]], doc_id: str = "d1", patient: str = "P1") -> GoldDoc:
+    gold = []
+    for value, label in spans:
+        start = text.index(value)
+        gold.append(GoldSpan(start, start + len(value), label, gold_type(label, value)))
+    return GoldDoc(Document(doc_id=doc_id, patient_id=patient, text=text, language="en"), gold)
+
+
+def test_stress_variants_replace_every_counted_span_and_keep_offsets() -> None:
+    text = "Dr. Marder saw pt on 8/25/1993, aged 55. Wife Mary Swackhamer at 617-555-0143, from Quartermain 2."
+    doc = _gold_doc(text, [("Marder", "HCPName"), ("8/25/1993", "Date"), ("Mary", "RelativeProxyName"),
+                           ("Swackhamer", "RelativeProxyName"), ("617-555-0143", "Phone"),
+                           ("Quartermain", "Location"), ("55", "Age")])
+    variants = stress_variants([doc], variants=4, seed=3)
+    assert len(variants) == 4 and {v.document.doc_id for v in variants} == {f"d1~s{k}" for k in range(4)}
+    originals = {text[g.start:g.end] for g in doc.gold}
+    known = known_words()
+    for variant in variants:
+        assert len(variant.gold) == len(doc.gold)
+        for g in variant.gold:
+            value = variant.document.text[g.start:g.end]
+            assert value.strip(), variant.document.text
+            if g.kind is None:
+                assert value == "55"  # an age up to 89 is not PHI: kept, offsets moved
+            else:
+                assert value not in originals
+            if g.kind is PhiType.NAME:
+                assert any(w.lower() not in known for w in value.split()) or value.lower() in {
+                    n.lower() for n in build_pools().hard_last}
+    assert stress_variants([doc], 4, seed=3)[2].document.text == variants[2].document.text
+    assert stress_variants([doc], 4, seed=4)[2].document.text != variants[2].document.text
+
+
+def test_stress_pools_hold_nothing_the_detector_knows() -> None:
+    pools = build_pools()
+    known = known_words()
+    sample = random.Random(0).sample(list(pools.first) + list(pools.last) + list(pools.places), 300)
+    assert not [w for w in sample if any(part.lower() in known for part in w.replace("-", " ").split())]
+    assert pools.summary()["first_names"] > 500 and pools.summary()["places"] > 500
+
+
+def test_parts_are_disjoint_by_patient_and_stable() -> None:
+    docs = [_gold_doc(f"note {i}", [], doc_id=f"d{i}", patient=f"P{i % 12}") for i in range(60)]
+    dev, unread = select_part(docs, "dev"), select_part(docs, "unread")
+    assert len(dev) + len(unread) == 60 and unread
+    assert not {g.document.patient_id for g in dev} & {g.document.patient_id for g in unread}
+    assert [g.document.doc_id for g in select_part(list(reversed(docs)), "unread")] == \
+        [g.document.doc_id for g in reversed(unread)]
+
+
+def test_unread_part_cannot_show_its_misses(tmp_path: Path) -> None:
+    data = tmp_path / "gold.jsonl"
+    data.write_text('{"doc_id": "a", "patient_id": "P1", "text": "Dr. Marder aware.", '
+                    '"phi": [{"start": 4, "end": 10, "label": "HCPName"}]}\n', encoding="utf-8")
+    with pytest.raises(SystemExit):
+        main(["--data", str(data), "--part", "unread", "--show-misses", "--out", str(tmp_path / "out")])
+
+
+def test_cli_reports_stress_next_to_the_original(tmp_path: Path) -> None:
+    data = tmp_path / "gold.jsonl"
+    data.write_text('{"doc_id": "a", "patient_id": "P1", "text": "Dr. Marder aware, seen 8/25/1993.", '
+                    '"phi": [{"start": 4, "end": 10, "label": "HCPName"}, {"start": 23, "end": 32, "label": "Date"}]}\n',
+                    encoding="utf-8")
+    assert main(["--data", str(data), "--stress", "2", "--out", str(tmp_path / "out")]) == 0
+    report = (tmp_path / "out" / "deid_metrics.md").read_text(encoding="utf-8")
+    assert "Original vs stress" in report and "| NAME | 1 / 2 |" in report
+    assert (tmp_path / "out" / "deid_recall.png").stat().st_size > 1000
+
+
+@needs_shared
+def test_stress_recall_on_the_development_part() -> None:
+    """A floor on the dev part's stress variants, so a change that loses generalization fails here
+    (measured 0.978 at the commit that added it; docs/results.md has all parts)."""
+    from eval.deid import evaluate
+
+    summary = evaluate(SHARED_DATA / "physionet_deid_dev" / "notes.jsonl", part="dev", stress=1, limit=250)
+    assert summary["stress"]["overall"]["recall"] >= 0.95
+    assert summary["stress"]["overall"]["precision"] >= 0.8
+    assert load_gold(SHARED_DATA / "physionet_deid_dev" / "notes.jsonl")  # the set loads as gold
