@@ -47,6 +47,13 @@ NAME_BEFORE = {"dr", "drs", "doctor", "per", "nurse", "rn", "np", "pa", "md", "h
 NAME_AFTER = {"aware", "notified", "paged", "called", "informed", "updated", "rn", "md", "np", "pa", "rrt", "ho",
               "visited", "came", "spoke", "said", "states", "stated", "agrees", "consented", "wants", "wishes",
               "requests", *CREDENTIALS, *RELATIONS}
+#: Ordinary words that are also common surnames but in a note follow "aware"-like words or roles as
+#: anything but a person ("MD AWARE", "pt called", "charge nurse aware").
+NOT_NAMES = {"team", "family", "md", "rn", "nurse", "doctor", "staff", "pt", "patient", "charge", "house", "son", "wife",
+             "daughter", "husband", "sister", "brother", "mother", "father", "parents", "resident", "fellow",
+             "attending", "surgeon", "service", "unit", "floor", "will", "may", "can", "also", "all", "both", "who",
+             "then", "now", "here", "there", "today", "tonight", "again", "well",
+             "cardiology", "renal", "surgery", "medicine", "neuro", "ortho", "micu", "ccu", "icu", "ed", "er", "or"}
 #: Phrases that end right before a name ("spoke with", "seen by", "d/w", "case manager", "signed out to").
 NAME_PHRASE_BEFORE = re.compile(
     r"(?i)(?:\b(?:spoke|spoken|talked|discussed|d/w|dw|consulted|met|conferred)\s*(?:with|w/?|to)?|"
@@ -65,9 +72,10 @@ WEAK_AFTER = {"will", "would", "following", "follows", "evaluated", "saw", "sees
               "zeigt", "berichtet", "berichtete", "kam", "klagt", "klagte", "entwickelte", "befindet", "befand",
               "konnte", "kann", "soll", "sollte", "möchte", "gibt", "gab", "lebt", "wohnt", "erscheint", "stellte",
               "besucht", "besuchte", "nimmt", "nahm", "geht", "ging", "spielt", "isst", "trinkt", "schläft"}
-#: "to" counts after a transfer verb ("transferred to tch", "admitted to pomc").
-TRANSFER_VERBS = {"transferred", "transfered", "transfer", "tx", "sent", "admitted", "adm", "brought", "back",
-                  "returned", "return", "discharged", "going", "go", "went", "taken", "came"}
+#: "to" counts after a transfer verb ("transferred to tch", "admitted to pomc", "d/c to Farini").
+TRANSFER_TO = re.compile(r"(?i)\b(?:transferred|transfered|transfer|tx|sent|admitted|adm|brought|back|returned|return|"
+                         r"discharged?|d/c'?d?|dc'?d?|moved|move|going|go|went|taken|came|drove|flown|flew|referred|"
+                         r"accepted)\s+to\s+(?:the\s+)?$")
 
 
 def _word(tok: Token) -> str:
@@ -92,6 +100,10 @@ def _candidate(view: TextView, tok: Token) -> str | None:
     parts = word.split("-")
     if len(parts) > 1 and any(len(p) < MIN_LETTERS for p in parts):
         return None  # "bp-neosyn", "gu-uo": a clinical prefix, not a double-barrelled name
+    if len(parts) == 1 and vocab.is_safe(word):
+        # "Hill", "Page", "Good": an ordinary word that is also a common surname or first name is a
+        # name only where a person trigger says so (decided in _decide)
+        return "ordinary name" if vocab.is_common_name(word) and len(word) >= 3 and tok.low not in NOT_NAMES else None
     kinds = []
     for part in parts:
         if vocab.is_safe(part) or not _VOWEL.search(part) and not vocab.is_name(part):
@@ -101,10 +113,12 @@ def _candidate(view: TextView, tok: Token) -> str | None:
             continue
         target = vocab.misspelling_of(part)
         if target is not None and vocab.is_clinical(target):
-            kinds.append("clinical typo")  # "Natricor", "Diminshed": a drug or a clinical word, capitalised or not
+            # "Natricor", "Diminshed": a clinical word, capitalised or not; one edit from a rare drug
+            # name ("Malnate" ~ "malonate") is weaker evidence, which a place preposition outweighs
+            kinds.append("drug typo" if vocab.is_drug_only(target) else "clinical typo")
             continue
         kinds.append("typo" if target is not None else "run-together" if vocab.is_run_together(part) else "unknown")
-    for kind in ("clinical typo", "typo", "run-together", "unknown"):
+    for kind in ("clinical typo", "drug typo", "typo", "run-together", "unknown"):
         if kind in kinds:
             return kind
     return "name"
@@ -126,10 +140,9 @@ def _context(view: TextView, toks: list[Token], i: int) -> str | None:
     if before is not None and (before.low in PLACE_BEFORE or before.low in HOSPITAL_BEFORE) \
             or after is not None and after.low in HOSPITAL_AFTER:
         return "place"
-    if before is not None and before.low in ("to", "the"):
-        k = i - 2 if before.low == "to" else i - 3 if i >= 2 and toks[i - 2].low == "to" else -1
-        if k >= 0 and toks[k].low in TRANSFER_VERBS:
-            return "place"
+    if before is not None and before.low in ("to", "the") \
+            and TRANSFER_TO.search(view.text[max(0, tok.start - 30): tok.start]):
+        return "place"
     if before is not None and before.low in WEAK_BEFORE or after is not None and after.low in WEAK_AFTER:
         return "weak"
     return None
@@ -147,8 +160,12 @@ def _decide(view: TextView, toks: list[Token], i: int, kind: str | None) -> str 
         return None
     tok = toks[i]
     context = _context(view, toks, i)
-    if kind == "clinical typo":  # "Natricor", "per protcol"
+    if kind == "clinical typo":  # "Diminshed", "per protcol"
         return context if context == "person" and i > 0 and toks[i - 1].low != "per" else None
+    if kind == "drug typo":  # "Natricor at .01", but "from Malnate"
+        return context if context in ("person", "place") and i > 0 and toks[i - 1].low != "per" else None
+    if kind == "ordinary name":  # "DAUGHTER TUDORA WATER", "HILL AWARE", but never "per protocol"
+        return "person" if context == "person" and not (i > 0 and toks[i - 1].low == "per") else None
     if context == "person" or context == "place" and len(_word(tok)) > 4:
         return context  # a short word after "from"/"in" is shorthand ("wean from ven"); initials have their rule
     if _capital_mid_sentence(view, tok):

@@ -82,6 +82,8 @@ class Vocabulary:
     clinical: frozenset[str] = frozenset()
     #: words an inflection may be stripped down to: clinical and common words only
     stems: frozenset[str] = frozenset()
+    #: drug names that the project's clinical word lists do not hold
+    drugs: frozenset[str] = frozenset()
 
     def _forms(self, word: str) -> list[str]:
         low = word.lower().strip(".'’-")
@@ -149,6 +151,10 @@ class Vocabulary:
     def is_clinical(self, word: str) -> bool:
         """Clinical shorthand, a drug or a project word (not just general English)."""
         return word.lower() in self.clinical
+
+    def is_drug_only(self, word: str) -> bool:
+        """On the drug list but not among the words our clinical text uses."""
+        return word.lower() in self.drugs
 
     def is_run_together(self, word: str) -> bool:
         """Two safe words typed without a space: 'fromsuture', 'alsoinvestigating', 'tubefeeds'."""
@@ -286,10 +292,12 @@ def load_vocabulary(language: str) -> Vocabulary:
     safe.discard("")
     frequent = project | {w for w in safe if zipf.get(w, 0.0) >= RUN_TOGETHER_MIN_ZIPF} | SHORT_WORDS
     stems = project | {w for w in safe if zipf.get(w, 0.0) >= STEM_MIN_ZIPF}
-    # a drug's typo is one edit away, never two: the ~100,000 drug names would swallow unseen names
+    # a drug's typo is one edit from a drug name of six or more letters; the rule decides with context,
+    # since among ~100,000 drug names many unseen place names have a neighbour ("Malnate" ~ "malonate")
     typo_source = core | common | {d for d in drugs if len(d) >= 6}
     return Vocabulary(language, frozenset(safe), frozenset(names), _typo_index(typo_source), _long_words(core | common),
-                      frozenset(common_names), frozenset(frequent), frozenset(project), frozenset(stems))
+                      frozenset(common_names), frozenset(frequent), frozenset(project), frozenset(stems),
+                      frozenset(drugs - core))
 
 
 def vocabulary_versions() -> dict[str, str]:

@@ -39,6 +39,7 @@ from finetune.date_formats import parse_iso_or_any
 from finetune.phi_types import PhiType
 from finetune.surrogates import Surrogates
 from rag.corpus import CorpusError, Document, Problem, read_jsonl_objects
+from rag.language import detect_language
 
 if TYPE_CHECKING:  # presidio (and spaCy, torch) load only where detection runs
     from finetune.phi_text import PhiSpan
@@ -47,10 +48,6 @@ log = logging.getLogger(__name__)
 
 MANIFEST_SUFFIX = ".manifest.json"
 MIN_KEY_BYTES = 16
-DE_MARKERS = frozenset("der die das und ist nicht mit von den dem des ein eine einer auf für sich wurde bei "
-                       "zur zum nach wir sie im am keine oder auch über unter wird werden patientin befund".split())
-EN_MARKERS = frozenset("the and is was with of to for on at not no per this that he she his her by from be has "
-                       "had will are pt patient were given".split())
 
 
 class KeyFileError(ValueError):
@@ -93,11 +90,8 @@ def key_fingerprint(key: bytes) -> str:
 
 
 def guess_language(text: str) -> str:
-    """'de' or 'en' by a vote of frequent function words (langdetect misfires on short notes)."""
-    words = [w.strip(".,;:()").lower() for w in text.split()[:400]]
-    de = sum(w in DE_MARKERS for w in words)
-    en = sum(w in EN_MARKERS for w in words)
-    return "de" if de > en else "en"
+    """'de' or 'en' for a whole note (``rag.language``: the project's one language identifier)."""
+    return detect_language(text)
 
 
 #: ``extra`` fields that hold free text written about the patient (MTSamples ``descriptions``, ...):

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
+from rag.language import detect_language
 from rag.prompts import load_prompt
 from rag.retrieve import Hit, Retriever, Scope, ScopeViolation
 
@@ -24,10 +25,6 @@ if TYPE_CHECKING:
 _CITE = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
 _WORD = re.compile(r"[A-Za-zÄÖÜäöüß][A-Za-zÄÖÜäöüß0-9\-]{3,}")
 _SENTENCES = re.compile(r"(?<=[.!?])\s+|\n+")
-_GERMAN_HINTS = {
-    "der", "die", "das", "und", "ist", "welche", "welcher", "wann", "wurde", "hat", "nicht", "mit",
-    "bei", "patient", "patientin", "diagnose", "medikamente", "eine", "einen", "wie", "was", "für",
-}
 _STOP = {
     "this", "that", "with", "from", "have", "been", "were", "patient", "which", "what", "when", "there",
     "their", "they", "does", "record", "information", "contain", "passage", "passages", "also",
@@ -36,13 +33,6 @@ NO_CONTEXT = {
     "en": "No documents in the selected scope matched this question, so there is nothing to answer from.",
     "de": "Im gewählten Bereich passt kein Dokument zu dieser Frage; es gibt nichts, worauf sich eine Antwort stützen kann.",
 }
-
-
-def detect_language(text: str) -> str:
-    """German or English, by function words and umlauts; enough to pick the prompt and reply language."""
-    words = re.findall(r"[a-zäöüß]+", text.lower())
-    score = sum(w in _GERMAN_HINTS for w in words) + 2 * len(re.findall(r"[äöüß]", text.lower()))
-    return "de" if score >= 2 else "en"
 
 
 @dataclass(frozen=True)
