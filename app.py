@@ -33,6 +33,7 @@ from rag.audit import AuditError, AuditLog
 from rag.auth import allowed_patients as user_allowed_patients
 from rag.auth import require_login, verify
 from rag.config import Settings, configured_values, load_settings
+from rag.language import detect_language
 from rag.retrieve import Scope
 
 if TYPE_CHECKING:
@@ -203,7 +204,7 @@ class ChatService:
         embedder: str,
         user: str | None = None,
     ) -> Iterator[Turn]:
-        from rag.ui_render import message_html, render_sources
+        from rag.ui_render import evidence_cards_html, evidence_markdown, message_html, render_sources
 
         user = user or LOCAL_USER
         question = (message or "").strip()
@@ -253,17 +254,24 @@ class ChatService:
         answer = None
         error: str | None = None
         shown: list[str] = []
+        evidence_text = ""
+        evidence_panel = message_html("Writing the answer…")
         try:
             from rag.answer import Answer, AnswerPipeline
+            from rag.evidence import EvidenceSet
 
             retriever = self.provider.retriever(embedder, retriever_kind)
             pipeline = AnswerPipeline(retriever, self.llm, k=self.k or 5, embedder=embedder)
             for event in pipeline.stream(question, scope):
                 if isinstance(event, Answer):
                     answer = event
+                elif isinstance(event, EvidenceSet):  # shown at once, before any generation
+                    evidence_text = evidence_markdown(event, self.label_of, detect_language(question))
+                    evidence_panel = evidence_cards_html(event, self.provider.doc_text, self.label_of)
+                    yield say(_compose(evidence_text, "…"), evidence_panel, done=False)
                 else:
                     shown.append(event)
-                    yield say("".join(shown), message_html("Writing the answer…"), done=False)
+                    yield say(_compose(evidence_text, "".join(shown)), evidence_panel, done=False)
         except GeneratorExit:  # the browser went away mid-answer: still one audit line for the question
             try:
                 self.audit.record(scope=scope, requested_scope=requested, outcome="cancelled", **base)
@@ -289,7 +297,7 @@ class ChatService:
             yield audit_failed(exc)
             return
         sources = render_sources(answer, self.provider.doc_text, self.label_of)
-        yield say(answer.text or "(empty answer)", sources)
+        yield say(_compose(evidence_text, answer.text or "(empty answer)", answer.language), sources)
 
     def _generator_name(self) -> str:
         try:
@@ -315,6 +323,14 @@ class ChatService:
 
 # --------------------------------------------------------------------------------------------
 # The Gradio UI
+
+
+def _compose(evidence: str, answer: str, language: str = "en") -> str:
+    """The chat message: the evidence list first, the (checked) answer below it."""
+    if not evidence:
+        return answer
+    title = "Antwort" if language == "de" else "Answer"
+    return f"{evidence}\n\n**{title}**\n{answer}"
 
 
 def _username(request: Any) -> str:

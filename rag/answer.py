@@ -1,11 +1,19 @@
-"""Grounded answers: scoped retrieval -> numbered passages -> generator -> citations mapped back.
+"""Grounded answers, evidence first: scoped retrieval -> evidence sentences -> checked generation.
 
-Why citations are checked here and not trusted: the generator may cite a passage number that was
-never shown, or (small CPU models especially) cite nothing. Only numbers that resolve to a retrieved
-passage become citations. Where the model cites nothing, each answer sentence is matched to the
-passage sharing most of its content words, and such citations are labelled ``overlap`` rather than
-``model`` so the clinician sees how the link was made. Retrieval already ran inside the patient
-scope, so every citation belongs to the scoped patient(s) by construction; the check is repeated.
+Measured on held-out questions, retrieval finds most facts and small CPU generators lose them (they
+invent, or say "not in the record" when it is). So the answer is built in three steps:
+
+1. the best sentences of the retrieved passages (``rag.evidence``) are shown at once, grounded by
+   construction; when even the best of them covers too little of the question (a measured
+   threshold, ``ABSTAIN_BELOW``), the answer says so and nothing is generated;
+2. the generator gets only those sentences, numbered, and writes one sentence per fact with its [n];
+3. every generated sentence is checked against the evidence it cites (its words and all of its
+   numbers must be there) as it streams; unsupported sentences are dropped and counted. If nothing
+   survives while the evidence is strong, the answer quotes the evidence itself ("quoted").
+
+Citations are never trusted either: only numbers that resolve to an evidence sentence count, an
+uncited supported sentence is matched to the evidence holding its words ("overlap"), and every
+citation is checked against the patient scope once more.
 """
 from __future__ import annotations
 
@@ -15,34 +23,55 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
+from rag.evidence import Evidence, EvidenceSelector, EvidenceSet, content_terms
 from rag.language import detect_language
 from rag.prompts import load_prompt
 from rag.retrieve import Hit, Retriever, Scope, ScopeViolation
 
 if TYPE_CHECKING:
+    from rag.embedders import Embedder
     from rag.llm import LLMClient
 
 _CITE = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
-_WORD = re.compile(r"[A-Za-zÄÖÜäöüß][A-Za-zÄÖÜäöüß0-9\-]{3,}")
-_SENTENCES = re.compile(r"(?<=[.!?])\s+|\n+")
-_STOP = {
-    "this", "that", "with", "from", "have", "been", "were", "patient", "which", "what", "when", "there",
-    "their", "they", "does", "record", "information", "contain", "passage", "passages", "also",
-}
+_NUMBER = re.compile(r"\d+(?:[.,/:]\d+)*")
+#: A finished sentence in a streaming answer: its end punctuation (or a citation) and the space after it.
+_SENTENCE_END = re.compile(r"(?:[.!?](?:\s*\[\d+(?:\s*[,;]\s*\d+)*\])?|\])\s+|\n+")
 NO_CONTEXT = {
     "en": "No documents in the selected scope matched this question, so there is nothing to answer from.",
     "de": "Im gewählten Bereich passt kein Dokument zu dieser Frage; es gibt nichts, worauf sich eine Antwort stützen kann.",
 }
+#: The answer when the evidence is too weak to answer from (and what the prompt tells the model to say).
+ABSTAIN = {
+    "en": "The record does not contain this information.",
+    "de": "Die Akte enthält diese Information nicht.",
+}
+QUOTED_INTRO = {
+    "en": "From the record:",
+    "de": "Aus der Akte:",
+}
+#: Below this evidence strength (idf-weighted share of the question's words in its best sentence)
+#: the answer abstains without generating. Chosen with ``python -m eval.answers --sets qa-dev
+#: --paths evidence --abstain-below 0`` on the held-out QA dev questions: 0.213 abstains on 19% of
+#: 79 answerable and 83% of 24 unanswerable ones (synthea-facts alone chose 0.228); docs/results.md.
+ABSTAIN_BELOW = 0.21
+#: A generated sentence is supported when this share of its content words, and all of its numbers,
+#: appear in the evidence it cites.
+SUPPORT_SHARE = 0.6
+QUOTED_MAX = 3
 
 
 @dataclass(frozen=True)
 class Citation:
     n: int
     hit: Hit
-    source: str  # "model": the generator wrote [n]; "overlap": matched by shared words
+    source: str  # "model": the generator wrote [n]; "overlap": matched by shared words; "quoted": the evidence itself
+    evidence: Evidence | None = None
 
     def to_json(self) -> dict:
-        return {"n": self.n, "source": self.source, **self.hit.to_json()}
+        out = {"n": self.n, "source": self.source, **self.hit.to_json()}
+        if self.evidence is not None:
+            out["evidence"] = self.evidence.to_json()
+        return out
 
 
 @dataclass
@@ -59,6 +88,12 @@ class Answer:
     prompt_version: str
     invalid_citations: list[int] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    evidence: list[Evidence] = field(default_factory=list)
+    evidence_strength: float = 0.0
+    #: "generated" (checked model sentences), "quoted" (the evidence itself), "abstained", "no_context"
+    path: str = "generated"
+    #: generated sentences that no cited evidence supports: removed from ``text``, counted in the audit line
+    dropped: list[str] = field(default_factory=list)
 
     @property
     def grounded(self) -> bool:
@@ -77,20 +112,15 @@ class Answer:
             "embedder": self.embedder,
             "generator": self.generator,
             "prompt_version": self.prompt_version,
+            "path": self.path,
+            "evidence": [e.to_json() for e in self.evidence],
+            "evidence_strength": round(self.evidence_strength, 4),
             "citations": [c.to_json() for c in self.citations],
             "invalid_citations": self.invalid_citations,
+            "dropped_sentences": len(self.dropped),
             "passages": [h.to_json() for h in self.passages],
             "timings": self.timings,
         }
-
-
-def format_passages(hits: list[Hit]) -> str:
-    blocks = []
-    for i, hit in enumerate(hits, start=1):
-        label = ", ".join(x for x in ((hit.date or "")[:10], hit.doc_type or "", hit.metadata.get("section") or "") if x)
-        text = " ".join(hit.text.split())
-        blocks.append(f"[{i}] ({label})\n{text}" if label else f"[{i}]\n{text}")
-    return "\n\n".join(blocks)
 
 
 def cited_numbers(text: str) -> list[int]:
@@ -103,77 +133,166 @@ def cited_numbers(text: str) -> list[int]:
     return numbers
 
 
-def _content_words(text: str) -> set[str]:
-    return {w.lower() for w in _WORD.findall(text)} - _STOP
+def support(sentence: str, evidence: list[Evidence]) -> float:
+    """How well a written sentence is backed by these evidence sentences: the share of its content
+    words they contain, or 0 when one of its numbers is in none of them."""
+    body = _CITE.sub(" ", sentence)
+    source = " ".join(f"{e.label} {e.text}" for e in evidence)  # the date and type are part of what it shows
+    numbers = _NUMBER.findall(body)
+    if any(n not in source for n in numbers):
+        return 0.0
+    words = set(content_terms(body))
+    if not words:
+        return 1.0 if numbers else 0.0
+    return len(words & set(content_terms(source))) / len(words)
 
 
-def attribute_by_overlap(answer: str, hits: list[Hit], min_share: float = 0.5, min_words: int = 2) -> list[int]:
-    """Passage numbers whose words cover most of some answer sentence (for answers without [n])."""
-    passage_words = [_content_words(h.text) for h in hits]
-    found: list[int] = []
-    for sentence in _SENTENCES.split(answer):
-        words = _content_words(sentence)
-        if len(words) < min_words:
-            continue
-        best, best_share = 0, 0.0
-        for i, pw in enumerate(passage_words, start=1):
-            share = len(words & pw) / len(words)
-            if share > best_share:
-                best, best_share = i, share
-        if best and best_share >= min_share and len(words & passage_words[best - 1]) >= min_words and best not in found:
-            found.append(best)
-    return found
+def is_abstention(text: str, language: str) -> bool:
+    low = text.lower()
+    return ABSTAIN[language].lower().rstrip(".") in low or "does not contain" in low or "enthält diese" in low
+
+
+@dataclass
+class CheckedSentence:
+    text: str
+    citations: list[Citation]
+    invalid: list[int]
+    supported: bool
+
+
+def check_sentence(sentence: str, evidence: list[Evidence]) -> CheckedSentence:
+    """Resolve a generated sentence's [n] against the evidence and test that the evidence backs it."""
+    numbers = cited_numbers(sentence)
+    by_n = {e.n: e for e in evidence}
+    cited = [by_n[n] for n in numbers if n in by_n]
+    invalid = [n for n in numbers if n not in by_n]
+    if cited and support(sentence, cited) >= SUPPORT_SHARE:
+        return CheckedSentence(sentence, [Citation(e.n, e.hit, "model", e) for e in cited], invalid, True)
+    scored = sorted(((support(sentence, [e]), e) for e in evidence), key=lambda x: -x[0])
+    if scored and scored[0][0] >= SUPPORT_SHARE:  # uncited, or cited wrongly: the evidence that does hold it
+        e = scored[0][1]
+        clean = _CITE.sub("", sentence).rstrip()
+        return CheckedSentence(clean, [Citation(e.n, e.hit, "overlap", e)], invalid, True)
+    return CheckedSentence(sentence, [], invalid, False)
+
+
+def quoted_answer(evidence: list[Evidence], language: str) -> tuple[str, list[Citation]]:
+    """The evidence itself as the answer, when generation kept nothing while the evidence is strong."""
+    items = evidence[:QUOTED_MAX]
+    lines = [QUOTED_INTRO[language]] + [f"[{e.n}] {e.label + ': ' if e.label else ''}{e.text}" for e in items]
+    return "\n".join(lines), [Citation(e.n, e.hit, "quoted", e) for e in items]
 
 
 class AnswerPipeline:
-    """The one answer path, shared by the chat app and the RAG evaluation."""
+    """The one answer path, shared by the chat app and the evaluations.
 
-    def __init__(self, retriever: Retriever, llm: "LLMClient", k: int = 5, embedder: str = "", max_tokens: int | None = None) -> None:
+    ``stream`` yields, in order: the ``EvidenceSet`` (at once, before any generation), the checked
+    answer sentences as they complete, then the finished ``Answer``. ``generate=False`` stops after
+    the evidence: the answer quotes it (the no-generator path that ``eval.answers`` measures too).
+    """
+
+    def __init__(self, retriever: Retriever, llm: "LLMClient | None", k: int = 5, embedder: str = "",
+                 max_tokens: int | None = None, *, evidence_k: int = 4, abstain_below: float = ABSTAIN_BELOW,
+                 sentence_embedder: "Embedder | None" = None, generate: bool = True) -> None:
         self.retriever = retriever
         self.llm = llm
         self.k = k
         index = getattr(retriever, "index", None) or getattr(getattr(retriever, "dense", None), "index", None)
         self.embedder = embedder or (index.embedder.name if index is not None else "")
+        if sentence_embedder is None and index is not None:
+            sentence_embedder = getattr(index, "embedder", None)
+        self.selector = EvidenceSelector(sentence_embedder, k=evidence_k)
         self.max_tokens = max_tokens
+        self.abstain_below = abstain_below
+        self.generate = generate and llm is not None
 
-    def stream(self, question: str, scope: Scope) -> Iterator[str | Answer]:
-        """Yield answer text deltas as they arrive, then the finished ``Answer``."""
+    def _generator_label(self) -> str:
+        return self.llm.describe() if self.generate and self.llm is not None else "none (evidence quoted)"
+
+    def stream(self, question: str, scope: Scope) -> Iterator[str | EvidenceSet | Answer]:
         t0 = time.perf_counter()
         language = detect_language(question)
         prompt = load_prompt("answer", language)
         hits = self.retriever.retrieve(question, scope, self.k)
-        t_retrieved = time.perf_counter()
-        timings = {"retrieval_s": t_retrieved - t0}
+        timings = {"retrieval_s": time.perf_counter() - t0}
         base = dict(question=question, scope=scope, language=language, retriever=self.retriever.name,
-                    embedder=self.embedder, generator=self.llm.describe(), prompt_version=prompt.version)
+                    embedder=self.embedder, generator=self._generator_label(), prompt_version=prompt.version)
         if not hits:
             text = NO_CONTEXT[language]
             yield text
             timings["total_s"] = time.perf_counter() - t0
-            yield Answer(text=text, citations=[], passages=[], timings=timings, **base)
+            yield Answer(text=text, citations=[], passages=[], timings=timings, path="no_context", **base)
             return
 
-        messages = prompt.messages(passages=format_passages(hits), question=question)
-        parts: list[str] = []
-        for delta in self.llm.stream(messages, max_tokens=self.max_tokens, temperature=0.0):
-            if not parts:
-                timings["first_token_s"] = time.perf_counter() - t0
-            parts.append(delta)
-            yield delta
-        text = "".join(parts).strip()
-        timings["generation_s"] = time.perf_counter() - t_retrieved
-        timings["total_s"] = time.perf_counter() - t0
+        evidence = self.selector.select(question, hits)
+        timings["evidence_s"] = time.perf_counter() - t0
+        yield evidence
+        common = dict(passages=hits, evidence=evidence.items, evidence_strength=evidence.strength)
+        if evidence.strength < self.abstain_below or not evidence.items:
+            text = ABSTAIN[language]
+            yield text
+            timings["total_s"] = time.perf_counter() - t0
+            yield Answer(text=text, citations=[], timings=timings, path="abstained", **common, **base)
+            return
+        if not self.generate:
+            text, citations = quoted_answer(evidence.items, language)
+            yield text
+            timings["total_s"] = time.perf_counter() - t0
+            yield Answer(text=text, citations=citations, timings=timings, path="quoted", **common, **base)
+            return
 
-        numbers = cited_numbers(text)
-        valid = [n for n in numbers if 1 <= n <= len(hits)]
-        citations = [Citation(n, hits[n - 1], "model") for n in valid]
-        if not citations:
-            citations = [Citation(n, hits[n - 1], "overlap") for n in attribute_by_overlap(text, hits)]
+        kept: list[CheckedSentence] = []
+        dropped: list[str] = []
+        invalid: list[int] = []
+        abstained = False
+        buffer = ""
+        messages = prompt.messages(evidence=evidence.format(), question=question)
+        t_gen = time.perf_counter()
+
+        def settle(sentence: str) -> CheckedSentence | None:
+            nonlocal abstained
+            sentence = sentence.strip()
+            if not sentence:
+                return None
+            if is_abstention(sentence, language):
+                abstained = True
+                return None
+            checked = check_sentence(sentence, evidence.items)
+            invalid.extend(n for n in checked.invalid if n not in invalid)
+            if checked.supported:
+                kept.append(checked)
+                return checked
+            dropped.append(sentence)
+            return None
+
+        for delta in self.llm.stream(messages, max_tokens=self.max_tokens, temperature=0.0):
+            if "first_token_s" not in timings:
+                timings["first_token_s"] = time.perf_counter() - t0
+            buffer += delta
+            while (m := _SENTENCE_END.search(buffer)) is not None:
+                sentence, buffer = buffer[: m.end()], buffer[m.end():]
+                checked = settle(sentence)
+                if checked is not None:
+                    yield checked.text.strip() + " "
+        checked = settle(buffer)
+        if checked is not None:
+            yield checked.text.strip()
+        timings["generation_s"] = time.perf_counter() - t_gen
+
+        if kept:
+            text = " ".join(c.text.strip() for c in kept)
+            citations = _unique([c for k in kept for c in k.citations])
+            path = "generated"
+        else:  # the model abstained or wrote nothing the evidence backs, while the evidence is strong
+            text, citations = quoted_answer(evidence.items, language)
+            path = "quoted"
+            yield "\n" + text if abstained or dropped else text
         for c in citations:
             if not scope.allows(c.hit.patient_id):
                 raise ScopeViolation(f"citation [{c.n}] points outside {scope.describe()}")
-        yield Answer(text=text, citations=citations, passages=hits, timings=timings,
-                     invalid_citations=[n for n in numbers if n not in valid], **base)
+        timings["total_s"] = time.perf_counter() - t0
+        yield Answer(text=text, citations=citations, timings=timings, path=path, dropped=dropped,
+                     invalid_citations=invalid, **common, **base)
 
     def answer(self, question: str, scope: Scope) -> Answer:
         result = None
@@ -182,3 +301,13 @@ class AnswerPipeline:
                 result = event
         assert result is not None
         return result
+
+
+def _unique(citations: list[Citation]) -> list[Citation]:
+    seen: set[int] = set()
+    out = []
+    for c in citations:
+        if c.n not in seen:
+            seen.add(c.n)
+            out.append(c)
+    return out

@@ -91,6 +91,10 @@ def build_record(
         "cited": [c.n for c in answer.citations] if answer is not None else [],
         "citation_sources": {str(c.n): c.source for c in answer.citations} if answer is not None else {},
         "answer_hash": answer.answer_hash() if answer is not None else None,
+        "answer_path": getattr(answer, "path", None) if answer is not None else None,
+        "evidence": [[e.hit.chunk_id, e.start, e.end] for e in getattr(answer, "evidence", [])]
+        if answer is not None else [],
+        "unsupported_dropped": len(getattr(answer, "dropped", [])) if answer is not None else 0,
         "timings": {k: round(float(v), 4) for k, v in (answer.timings if answer is not None else {}).items()},
     }
     if requested_scope is not None:

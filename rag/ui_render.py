@@ -1,8 +1,9 @@
-"""HTML for the chat app's sources panel: one card per cited passage, the rest collapsed.
+"""HTML and text for the chat app: the evidence list, and the sources panel (one card per cited
+passage, the rest collapsed).
 
 Every piece of text from the record or the model is HTML-escaped here; the only markup is ours. The
-cited span (``hit.start``..``hit.end`` in the document text) is wrapped in ``<mark>`` inside a window
-of the surrounding document text, so the clinician reads the passage in context.
+cited span (the evidence sentence, or the whole chunk where there is none) is wrapped in ``<mark>``
+inside a window of the surrounding document text, so the clinician reads it in context.
 """
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ from typing import TYPE_CHECKING, Callable, Mapping
 
 if TYPE_CHECKING:
     from rag.answer import Answer
+    from rag.evidence import Evidence, EvidenceSet
     from rag.retrieve import Hit
 
 CONTEXT_CHARS = 240  # document text shown before and after the cited span
 HOW_CITED = {
-    "model": "cited by the model",
+    "model": "cited by the model, checked against the evidence",
     "overlap": "matched by word overlap",
+    "quoted": "quoted from the record",
+    "evidence": "evidence sentence",
 }
 
 CSS = """
@@ -36,15 +40,16 @@ def _e(value: object) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def snippet_html(doc_text: str | None, hit: "Hit", context: int = CONTEXT_CHARS) -> str:
-    """Escaped document text around the chunk, the chunk itself in ``<mark>``.
+def snippet_html(doc_text: str | None, hit: "Hit", context: int = CONTEXT_CHARS,
+                 span: tuple[int, int] | None = None) -> str:
+    """Escaped document text around the chunk (or ``span`` inside it), that text in ``<mark>``.
 
     Falls back to the chunk text alone when the document is unknown or no longer matches the offsets
     (the document changed after indexing): the highlight must never point at the wrong words.
     """
-    start, end = int(hit.start), int(hit.end)
-    if doc_text is None or not (0 <= start <= end <= len(doc_text)) or doc_text[start:end] != hit.text:
+    if doc_text is None or not (0 <= hit.start <= hit.end <= len(doc_text)) or doc_text[hit.start:hit.end] != hit.text:
         return f"<mark>{_e(hit.text)}</mark>"
+    start, end = span if span is not None else (int(hit.start), int(hit.end))
     lo, hi = max(0, start - context), min(len(doc_text), end + context)
     # widen to whitespace so the window does not cut words in half
     while lo > 0 and not doc_text[lo - 1].isspace() and start - lo < context + 40:
@@ -62,6 +67,7 @@ def card_html(
     how: str | None,
     doc_text: str | None,
     patient_label: str | None = None,
+    span: tuple[int, int] | None = None,
 ) -> str:
     date = (hit.date or "")[:10]
     section = hit.metadata.get("section") if isinstance(hit.metadata, dict) else None
@@ -82,7 +88,7 @@ def card_html(
         attrs += f' data-n="{n}"'
     return (
         f"<div {attrs}><div class=\"src-head\">{''.join(fields)}</div>"
-        f"<pre class=\"src-text\">{snippet_html(doc_text, hit)}</pre></div>"
+        f"<pre class=\"src-text\">{snippet_html(doc_text, hit, span=span)}</pre></div>"
     )
 
 
@@ -107,7 +113,8 @@ def render_sources(
         parts.append(f"<h4>Cited passages ({len(answer.citations)})</h4>")
         for c in answer.citations:
             cited_ids.add(c.hit.chunk_id)
-            parts.append(card_html(c.hit, c.n, c.source, lookup(c.hit.doc_id), label(c.hit.patient_id)))
+            span = (c.evidence.start, c.evidence.end) if c.evidence is not None else None
+            parts.append(card_html(c.hit, c.n, c.source, lookup(c.hit.doc_id), label(c.hit.patient_id), span))
     elif answer.passages:
         parts.append('<p class="src-empty">The answer cites none of the retrieved passages; '
                      "check it against the record before relying on it.</p>")
@@ -122,6 +129,37 @@ def render_sources(
             f"{inner}</details>"
         )
     return "\n".join(parts)
+
+
+def evidence_markdown(evidence: "EvidenceSet", patient_label: Callable[[str], str] | None = None,
+                      language: str = "en") -> str:
+    """The evidence list at the top of the chat answer (markdown: the chat escapes HTML).
+
+    One line per sentence: its number, patient, date, document type and document id, and the
+    sentence as quoted text; the sources panel highlights each in its document.
+    """
+    label = patient_label or (lambda pid: pid)
+    title = "Belege aus der Akte" if language == "de" else "Evidence from the record"
+    if not evidence.items:
+        return ""
+    lines = [f"**{title}**"]
+    for e in evidence.items:
+        meta = " · ".join(x for x in (label(e.hit.patient_id), (e.hit.date or "")[:10], e.hit.doc_type or "",
+                                      f"document {e.hit.doc_id}") if x)
+        text = e.text.replace("*", "\\*").replace("_", "\\_")
+        lines.append(f"{e.n}. {meta}: “{text}”")
+    return "\n".join(lines)
+
+
+def evidence_cards_html(evidence: "EvidenceSet", doc_text: Callable[[str], str | None],
+                        patient_label: Callable[[str], str] | None = None) -> str:
+    """The sources panel while the answer is being written: each evidence sentence highlighted in its document."""
+    label = patient_label or (lambda pid: pid)
+    if not evidence.items:
+        return message_html("No sentence of the retrieved passages matches the question.")
+    cards = [card_html(e.hit, e.n, "evidence", doc_text(e.hit.doc_id), label(e.hit.patient_id), (e.start, e.end))
+             for e in evidence.items]
+    return f"<h4>Evidence ({len(cards)})</h4>" + "".join(cards)
 
 
 def message_html(text: str, kind: str = "info") -> str:

@@ -1,55 +1,40 @@
-"""Grounded answers: citation parsing and attribution, language, and the real embedded generator."""
+"""Evidence-first answers: evidence selection and offsets, checked generation (kept, dropped, invalid
+citations), abstention below the threshold, the quoted fallback, and the real embedded generator."""
 from __future__ import annotations
 
 import pytest
 
-from rag.answer import AnswerPipeline, Citation, attribute_by_overlap, cited_numbers, detect_language, format_passages
+from rag.answer import ABSTAIN, SUPPORT_SHARE, AnswerPipeline, Citation, check_sentence, cited_numbers, support
+from rag.evidence import EvidenceSelector, EvidenceSet, split_sentences
 from rag.index import ChunkIndex
 from rag.prompts import load_prompt
-from rag.retrieve import Hit, HybridRetriever, DenseRetriever, BM25Retriever, Scope
+from rag.retrieve import BM25Retriever, DenseRetriever, Hit, HybridRetriever, Scope
 from tests.conftest import small_synthea
 
+NOTE_1 = ("Chief complaint: cough for three days.\nMedications: metformin 500 MG oral tablet daily; "
+          "aspirin 81 MG daily.\nPlan: recheck HbA1c in 3 months.")
+NOTE_2 = "Allergies: penicillin (rash). Social history: quit smoking in 2004."
 
-def hit(n: int, text: str, patient: str = "p1") -> Hit:
-    return Hit(chunk_id=f"d{n}#0000", doc_id=f"d{n}", patient_id=patient, text=text, start=0, end=len(text),
+
+def hit(n: int, text: str, patient: str = "p1", start: int = 0) -> Hit:
+    return Hit(chunk_id=f"d{n}#0000", doc_id=f"d{n}", patient_id=patient, text=text, start=start, end=start + len(text),
                score=1.0 / n, rank=n, retriever="test", metadata={"date": "2020-01-0%d" % n, "doc_type": "note"})
 
 
-def test_cited_numbers():
-    assert cited_numbers("Metformin [1]. Lisinopril [2, 3]; again [1] and [4;5]") == [1, 2, 3, 4, 5]
-    assert cited_numbers("no citations here, only [a] and (1)") == []
-
-
-def test_overlap_attribution_picks_the_passage_that_holds_the_words():
-    hits = [hit(1, "Cough and fever for three days."), hit(2, "Prescribed metformin 500 MG oral tablet daily.")]
-    assert attribute_by_overlap("The patient takes metformin 500 MG tablet daily.", hits) == [2]
-    assert attribute_by_overlap("Nothing relevant appears anywhere.", hits) == []
-
-
-def test_language_detection():
-    assert detect_language("Welche Medikamente nimmt die Patientin?") == "de"
-    assert detect_language("Which medications is this patient on?") == "en"
-
-
-def test_prompts_are_versioned_and_fill():
-    for lang in ("en", "de"):
-        p = load_prompt("answer", lang)
-        assert p.version.startswith(f"answer-{lang}-")
-        msgs = p.messages(passages=format_passages([hit(1, "text")]), question="q?")
-        assert "[1]" in msgs[1]["content"] and msgs[0]["role"] == "system"
-
-
 class ScriptedLLM:
-    """Stands in for the generator only where the test is about our parsing, not the model."""
+    """Stands in for the generator only where the test is about our checks, not the model."""
 
     def __init__(self, text: str) -> None:
         self.text = text
+        self.calls = 0
 
     def describe(self) -> str:
         return "scripted"
 
     def stream(self, messages, **kw):
-        yield self.text
+        self.calls += 1
+        for word in self.text.split(" "):  # arrives in pieces, like a real stream
+            yield word + " "
 
 
 class ListRetriever:
@@ -62,17 +47,81 @@ class ListRetriever:
         return [h for h in self.hits if scope.allows(h.patient_id)][:k]
 
 
-def test_invalid_citation_numbers_are_dropped_and_reported():
-    pipe = AnswerPipeline(ListRetriever([hit(1, "metformin"), hit(2, "cough")]), ScriptedLLM("Metformin [1] and [7]."), k=2)
-    answer = pipe.answer("meds?", Scope.patient("p1"))
-    assert [c.n for c in answer.citations] == [1] and answer.citations[0].source == "model"
-    assert answer.invalid_citations == [7]
+def test_cited_numbers():
+    assert cited_numbers("Metformin [1]. Lisinopril [2, 3]; again [1] and [4;5]") == [1, 2, 3, 4, 5]
+    assert cited_numbers("no citations here, only [a] and (1)") == []
+
+
+def test_sentences_and_evidence_point_into_the_document():
+    doc = "HEADER\n" + NOTE_1
+    h = hit(1, NOTE_1, start=7)
+    pieces = split_sentences(NOTE_1)
+    assert [NOTE_1[a:b] for a, b in pieces][1].startswith("Medications: metformin")
+    evidence = EvidenceSelector(k=2).select("Which medications is the patient on?", [h, hit(2, NOTE_2)])
+    best = evidence.items[0]
+    assert "metformin" in best.text and doc[best.start:best.end] == best.text
+    assert evidence.strength > 0.3 and best.n == 1
+
+
+def test_prompts_are_versioned_and_fill():
+    evidence = EvidenceSelector(k=2).select("medications?", [hit(1, NOTE_1)])
+    for lang in ("en", "de"):
+        p = load_prompt("answer", lang)
+        assert p.version.startswith(f"answer-{lang}-")
+        msgs = p.messages(evidence=evidence.format(), question="q?")
+        assert "[1]" in msgs[1]["content"] and msgs[0]["role"] == "system"
+
+
+def test_support_needs_the_words_and_every_number():
+    items = EvidenceSelector(k=3).select("medications", [hit(1, NOTE_1)]).items
+    assert support("The patient takes metformin 500 MG daily.", items) >= SUPPORT_SHARE
+    assert support("The patient takes metformin 850 MG daily.", items) == 0.0  # a number the record lacks
+    ok = check_sentence("Metformin 500 MG daily [7].", items)
+    assert ok.supported and ok.invalid == [7] and ok.citations[0].source == "overlap"
+
+
+def test_generated_sentences_are_checked_and_unsupported_ones_dropped():
+    llm = ScriptedLLM("The patient takes metformin 500 MG daily [1]. He also takes warfarin 5 MG [2]. "
+                      "Aspirin 81 MG daily [9].")
+    pipe = AnswerPipeline(ListRetriever([hit(1, NOTE_1), hit(2, NOTE_2)]), llm, k=2)
+    events = list(pipe.stream("Which medications is the patient on?", Scope.patient("p1")))
+    assert isinstance(events[0], EvidenceSet)  # evidence comes first, before any generated text
+    answer = events[-1]
+    assert answer.path == "generated"
+    assert "metformin" in answer.text and "warfarin" not in answer.text and "Aspirin 81 MG daily" in answer.text
+    assert answer.dropped == ["He also takes warfarin 5 MG [2]."] and answer.invalid_citations == [9]
+    assert all(isinstance(c, Citation) and c.evidence in answer.evidence for c in answer.citations)
+    streamed = "".join(e for e in events if isinstance(e, str))
+    assert "warfarin" not in streamed  # a dropped sentence never reaches the screen
+
+
+def test_weak_evidence_abstains_without_generating():
+    llm = ScriptedLLM("should not be used")
+    pipe = AnswerPipeline(ListRetriever([hit(1, NOTE_1)]), llm, k=2)
+    answer = pipe.answer("What did the echocardiogram show about the ejection fraction?", Scope.patient("p1"))
+    assert answer.path == "abstained" and answer.text == ABSTAIN["en"] and llm.calls == 0
+    assert answer.evidence_strength < pipe.abstain_below
+
+
+def test_strong_evidence_is_quoted_when_the_model_abstains():
+    pipe = AnswerPipeline(ListRetriever([hit(1, NOTE_1)]), ScriptedLLM(ABSTAIN["en"]), k=2)
+    answer = pipe.answer("Which medications is the patient on?", Scope.patient("p1"))
+    assert answer.path == "quoted" and "metformin" in answer.text
+    assert answer.citations and {c.source for c in answer.citations} == {"quoted"}
+
+
+def test_no_generator_quotes_the_evidence():
+    note = "Aufnahme wegen Dyspnoe. Medikamente bei Entlassung: Metformin 500 mg, ASS 100 mg täglich."
+    pipe = AnswerPipeline(ListRetriever([hit(1, note)]), None, k=2)
+    answer = pipe.answer("Welche Medikamente bei Entlassung?", Scope.patient("p1"))
+    assert answer.language == "de" and answer.path == "quoted" and answer.text.startswith("Aus der Akte")
 
 
 def test_no_hits_means_no_generation():
-    pipe = AnswerPipeline(ListRetriever([hit(1, "metformin", patient="p2")]), ScriptedLLM("should not be used"), k=2)
+    llm = ScriptedLLM("should not be used")
+    pipe = AnswerPipeline(ListRetriever([hit(1, "metformin", patient="p2")]), llm, k=2)
     answer = pipe.answer("Welche Medikamente?", Scope.patient("p1"))
-    assert answer.citations == [] and "kein Dokument" in answer.text
+    assert answer.citations == [] and "kein Dokument" in answer.text and llm.calls == 0
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +133,7 @@ def llm():
 
 
 @pytest.mark.slow
-def test_real_generator_answers_with_citations_of_the_scoped_patient(llm, tmp_path, synthea, tiny_embedder):
+def test_real_generator_answers_only_from_the_scoped_patients_evidence(llm, tmp_path, synthea, tiny_embedder):
     from rag.config import load_settings
 
     corpus = small_synthea(synthea, patients=3, per_patient=20)
@@ -92,18 +141,15 @@ def test_real_generator_answers_with_citations_of_the_scoped_patient(llm, tmp_pa
     index.sync(corpus.documents, progress=False)
     retriever = HybridRetriever(DenseRetriever(index), BM25Retriever(index))
     pipe = AnswerPipeline(retriever, llm, k=4, max_tokens=120)
-    # Whether SmolLM2-135M's wording overlaps a passage enough to be grounded is the model's quality, not
-    # the pipeline's (3 of these 6 answers here, 0 of 6 in one CI run), so the test checks that the
-    # real output went through citation parsing and the overlap fallback, not how often they succeed;
-    # grounding itself is tested deterministically above.
+    # How often SmolLM2-135M writes sentences the evidence backs is the model's quality (eval.answers
+    # measures it); the test checks that real output went through the checks whatever it was.
     for pid in corpus.patients():
         for question in ("Which medications is this patient on?", "What allergies does the patient have?"):
             answer = pipe.answer(question, Scope.patient(pid))
-            assert answer.text.strip()
+            assert answer.text.strip() and answer.path in ("generated", "quoted", "abstained")
             assert answer.passages and all(h.patient_id == pid for h in answer.passages)
-            chunk_ids = {h.chunk_id for h in answer.passages}
+            assert all(e.hit.patient_id == pid for e in answer.evidence)
             for c in answer.citations:
-                assert isinstance(c, Citation) and c.hit.chunk_id in chunk_ids and c.hit.patient_id == pid
-            if not any(c.source == "model" for c in answer.citations):
-                assert [c.n for c in answer.citations] == attribute_by_overlap(answer.text, answer.passages)
-            assert answer.timings["first_token_s"] > 0 and "llama.cpp" in answer.generator
+                assert c.evidence in answer.evidence and c.hit.patient_id == pid
+            if answer.path == "generated":
+                assert answer.timings["first_token_s"] > 0 and "llama.cpp" in answer.generator

@@ -153,10 +153,15 @@ def test_streams_and_renders_escaped_sources(settings) -> None:
     service = _service(settings)
     turns = _run(service, "p1", app.SCOPE_PATIENT, None)
     streamed = [t.history[-1]["content"] for t in turns if not t.done and t.history[-1]["role"] == "assistant"]
-    assert "The patient takes " in streamed  # deltas reach the chat before the answer is complete
+    # the evidence list reaches the chat before any generated text, then the checked sentence below it
+    first_evidence = next(i for i, text in enumerate(streamed) if text.startswith("**Evidence from the record**"))
+    assert streamed[first_evidence].endswith("**Answer**\n…") and "document d1" in streamed[first_evidence]
+    assert any(text.endswith("**Answer**\nThe patient takes metformin <b>500 mg</b> [1].") for text in streamed)
     final = turns[-1]
     assert final.history[-2] == {"role": "user", "content": "Which medications is this patient on?"}
-    assert final.history[-1]["content"] == "The patient takes metformin <b>500 mg</b> [1]."
+    content = final.history[-1]["content"]
+    assert content.startswith("**Evidence from the record**\n1. Ann123 Lee45 (1950) · p1 · 2021-03-04 · Progress note")
+    assert content.endswith("**Answer**\nThe patient takes metformin <b>500 mg</b> [1].")
     html = final.sources
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert "<b>" not in html
@@ -226,7 +231,7 @@ def test_abandoned_stream_is_still_audited(settings) -> None:
     service = _service(settings)
     steps = service.respond("Which medications?", [], "p1", app.SCOPE_PATIENT, "hybrid", "me5-small", None)
     for turn in steps:
-        if turn.history[-1]["content"].startswith("The patient takes"):
+        if "The patient takes" in turn.history[-1]["content"]:
             break  # the browser closes while the answer streams
     steps.close()
     (line,) = read_audit(settings.audit_log)

@@ -1,0 +1,514 @@
+"""Answer quality without an LLM judge: does the answer keep the facts its retrieved passages hold?
+
+    python -m eval.answers [--sets qa-test,synthea-facts,handchecked] [--paths passages,evidence,quoted,smollm2]
+                           [--limit 40] [--unanswerable 20] [--out var/eval/answers]
+
+For every question with a reference answer the app's own path runs (``rag.answer.AnswerPipeline``:
+patient-scoped hybrid retrieval, evidence sentences, checked generation) and is scored against the
+reference by key facts: the numbers and content words of the reference answer that the question
+does not already contain, matched on the shared stem (``rag.evidence.stem``). Reported per set
+and answer path (formulas in the table notes):
+
+- key-fact recall of the answer, and of what the path had to work with: the five retrieved
+  passages (``passages``, the ceiling) and the evidence sentences (``evidence``);
+- answer recall / passage ceiling (the share of the reachable facts the answer keeps);
+- answer sentences supported by the passage they cite (share of content words and all numbers);
+- citation validity (cited numbers that exist), sentences dropped by the support check;
+- abstention on answerable questions and on unanswerable ones (a question asked in another
+  patient's scope whose record holds none of its key facts);
+- answers in the wrong language (generated text whose language differs from the question's);
+- latency: evidence shown, first generated token, whole answer (p50).
+
+Answer paths: ``passages`` and ``evidence`` (what retrieval found; no answer), ``quoted`` (the
+evidence as the answer, no generator), and a generator name (``smollm2``, ``qwen2.5-coder-0.5b``,
+``qwen2.5-coder-1.5b``: the embedded llama.cpp server) or ``URL#model`` for any OpenAI-compatible
+endpoint. Sets:
+
+- ``qa-test`` / ``qa-dev``: the committed held-out QA pairs (``data/qa/physionet_deid_dev``) of the
+  pipeline's test / dev patients (``finetune.split``, seed 0), over physionet_deid_dev (needs
+  ../shared/data); ``qa-dev`` is where thresholds are chosen, ``qa-test`` only reports;
+- ``synthea-facts``: medication doses and condition dates of the demo corpus, exact answers from
+  ``data/synthea/{medications,conditions}.jsonl``;
+- ``handchecked``: ``data/answers/handchecked.jsonl``, English (synthea) and German (GraSCCo)
+  questions whose answers were checked by hand against the record.
+
+Writes ``results.json``, ``results.md``, ``answers.png``, ``per_question.jsonl`` and ``manifest.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import random
+import re
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+import rag  # noqa: F401  (offline environment first)
+from eval.report import write_json
+from rag.answer import ABSTAIN_BELOW, Answer, AnswerPipeline, cited_numbers, is_abstention, support
+from rag.config import REPO_ROOT, Settings, load_settings
+from rag.evidence import STOP, content_terms, stem
+from rag.language import detect_language
+from rag.retrieve import Scope
+
+SETS = ("qa-test", "qa-dev", "synthea-facts", "handchecked")
+PATHS_WITHOUT_ANSWER = ("passages", "evidence")
+HANDCHECKED = REPO_ROOT / "data" / "answers" / "handchecked.jsonl"
+QA_FILE = REPO_ROOT / "data" / "qa" / "physionet_deid_dev" / "qa.jsonl"
+#: Words of a reference answer that are never facts ("The patient was given ...").
+FILLER = frozenset("""given received receives taking takes take started start noted documented shows showed
+also including include includes prescribed placed continued currently daily""".split())
+#: Unanswerable questions: the other patient's whole record holds at most this share of the key facts.
+UNANSWERABLE_MAX_SHARE = 0.2
+
+
+@dataclass
+class Question:
+    qid: str
+    set: str
+    corpus: str
+    patient_id: str
+    question: str
+    reference: str
+    language: str
+    answerable: bool = True
+    asked_patient: str = ""
+
+    @property
+    def scope(self) -> Scope:
+        return Scope.patient(self.asked_patient or self.patient_id)
+
+
+def key_facts(reference: str, question: str) -> set[str]:
+    """Stems of the reference's numbers and content words that the question does not already hold."""
+    asked = set(content_terms(question))
+    facts = {t for t in content_terms(reference) if t not in FILLER and t not in STOP}
+    return facts - asked
+
+
+def recall(facts: set[str], text: str) -> float | None:
+    if not facts:
+        return None
+    present = set(content_terms(text))
+    return len(facts & present) / len(facts)
+
+
+# --------------------------------------------------------------------------------------------
+# Sets
+# --------------------------------------------------------------------------------------------
+
+
+def qa_split(settings: Settings, split: str) -> list[Question]:
+    """The committed held-out QA pairs of one split of the pipeline's patients (physionet notes)."""
+    from finetune.split import split_by_patient
+    from rag.corpus import load_corpus
+
+    corpus = load_corpus("physionet_deid_dev", settings)
+    patient_split = split_by_patient(corpus, seed=0, fractions=(0.7, 0.1, 0.2), by="documents").patient_split
+    out = []
+    for line in QA_FILE.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if patient_split.get(row["patient_id"]) == split and row.get("answer"):
+            out.append(Question(row["qa_id"], f"qa-{split}", "physionet_deid_dev", row["patient_id"], row["question"],
+                                row["answer"], row.get("language") or "en"))
+    return out
+
+
+def synthea_facts(settings: Settings, per_patient: int = 4, seed: int = 0) -> list[Question]:
+    """Medication doses and first-noted dates of conditions, where the notes mention them."""
+    from rag.corpus import load_corpus, synthea_dir
+
+    folder = synthea_dir(settings)
+    notes: dict[str, str] = defaultdict(str)
+    first_seen: dict[tuple[str, str], str] = {}
+    for doc in load_corpus("synthea", settings).documents:
+        notes[doc.patient_id] += "\n" + doc.text.lower()
+    rng = random.Random(seed)
+    out: list[Question] = []
+    by_patient: dict[str, list[Question]] = defaultdict(list)
+    meds: dict[tuple[str, str], str] = {}
+    for line in (folder / "medications.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        display = row["display"]
+        if display.lower() in notes[row["patient_id"]]:
+            meds.setdefault((row["patient_id"], display.split()[0].lower()), display)
+    for (pid, drug), display in sorted(meds.items()):
+        by_patient[pid].append(Question(f"med:{pid[:8]}:{drug}", "synthea-facts", "synthea", pid,
+                                        f"Which dose and form of {drug} was prescribed?", display, "en"))
+    for line in (folder / "conditions.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        name = re.sub(r"\s*\((?:disorder|finding|situation)\)$", "", row["display"])
+        onset = (row.get("onset") or "")[:10]
+        key = (row["patient_id"], name)
+        if onset and name.lower() in notes[row["patient_id"]] and (key not in first_seen or onset < first_seen[key]):
+            first_seen[key] = onset
+    for (pid, name), onset in sorted(first_seen.items()):
+        by_patient[pid].append(Question(f"cond:{pid[:8]}:{name[:24]}", "synthea-facts", "synthea", pid,
+                                        f"When was {name.lower()} first noted?", f"{name} was first noted on {onset}.", "en"))
+    for pid in sorted(by_patient):
+        pool = by_patient[pid]
+        rng.shuffle(pool)
+        out += pool[:per_patient]
+    return out
+
+
+def handchecked(settings: Settings) -> list[Question]:
+    out = []
+    for line in HANDCHECKED.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if row["corpus"] != "synthea" and not (Path(settings.data_dir) / row["corpus"]).is_dir():
+            continue  # German rows read GraSCCo from ../shared/data
+        out.append(Question(row["id"], "handchecked", row["corpus"], row["patient_id"], row["question"],
+                            row["answer"], row["language"]))
+    return out
+
+
+def unanswerable(questions: Sequence[Question], texts: dict[str, dict[str, str]], count: int,
+                 seed: int = 0) -> list[Question]:
+    """The same questions asked in another patient's scope, where that record lacks their key facts."""
+    rng = random.Random(seed)
+    pool = list(questions)
+    rng.shuffle(pool)
+    out = []
+    for q in pool:
+        if len(out) >= count:
+            break
+        facts = key_facts(q.reference, q.question)
+        others = sorted(p for p in texts.get(q.corpus, {}) if p != q.patient_id)
+        if not facts or not others:
+            continue
+        other = rng.choice(others)
+        if (recall(facts, texts[q.corpus][other]) or 0.0) <= UNANSWERABLE_MAX_SHARE:
+            out.append(Question(q.qid + "@other", q.set, q.corpus, q.patient_id, q.question, q.reference, q.language,
+                                answerable=False, asked_patient=other))
+    return out
+
+
+def load_questions(names: Sequence[str], settings: Settings, limit: int | None, seed: int) -> list[Question]:
+    builders = {"qa-test": lambda: qa_split(settings, "test"), "qa-dev": lambda: qa_split(settings, "dev"),
+                "synthea-facts": lambda: synthea_facts(settings, seed=seed), "handchecked": lambda: handchecked(settings)}
+    out: list[Question] = []
+    for name in names:
+        if name not in builders:
+            raise ValueError(f"unknown set {name!r}; choose from {SETS}")
+        items = builders[name]()
+        if limit is not None and len(items) > limit:
+            items = random.Random(seed).sample(items, limit)
+        out += items
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Running the answer paths
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    question: Question
+    path: str
+    facts: int
+    recall: float | None
+    ceiling: float | None
+    evidence_ceiling: float | None
+    abstained: bool
+    answer_path: str
+    sentences: int = 0
+    supported_sentences: int = 0
+    cited: int = 0
+    invalid_cited: int = 0
+    dropped: int = 0
+    wrong_language: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+    answer: str = ""
+    strength: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        q = self.question
+        return {"qid": q.qid, "set": q.set, "answerable": q.answerable, "patient": q.patient_id,
+                "asked_patient": q.asked_patient or q.patient_id, "language": q.language, "path": self.path,
+                "answer_path": self.answer_path, "facts": self.facts, "recall": self.recall, "ceiling": self.ceiling,
+                "evidence_ceiling": self.evidence_ceiling, "abstained": self.abstained, "sentences": self.sentences,
+                "supported_sentences": self.supported_sentences, "cited": self.cited, "invalid_cited": self.invalid_cited,
+                "dropped": self.dropped, "wrong_language": self.wrong_language, "strength": round(self.strength, 4),
+                "timings": self.timings}
+
+
+def _sentences(text: str) -> list[str]:
+    """Answer sentences with their trailing citations ("... daily [1]."), one per line of a quoted answer."""
+    return [s for s in re.split(r"(?<=[.!?])\s+(?!\[\d)|\n+", text) if len(content_terms(_CITATION.sub("", s))) >= 1]
+
+
+_CITATION = re.compile(r"\[\d+(?:\s*[,;]\s*\d+)*\]")
+
+
+def score(q: Question, path: str, answer: Answer) -> Result:
+    facts = key_facts(q.reference, q.question)
+    passages = " ".join(f"{(h.date or '')[:10]} {h.doc_type or ''} {h.text}" for h in answer.passages)
+    evidence = " ".join(f"{e.label} {e.text}" for e in answer.evidence)
+    abstained = answer.path in ("abstained", "no_context") or is_abstention(answer.text, answer.language)
+    if path in PATHS_WITHOUT_ANSWER:
+        text = passages if path == "passages" else evidence
+        return Result(q, path, len(facts), recall(facts, text), recall(facts, passages), recall(facts, evidence),
+                      False, path, timings=answer.timings, strength=answer.evidence_strength)
+    result = Result(q, path, len(facts), recall(facts, "" if abstained else answer.text), recall(facts, passages),
+                    recall(facts, evidence), abstained, answer.path, timings=answer.timings, answer=answer.text,
+                    dropped=len(answer.dropped), invalid_cited=len(answer.invalid_citations),
+                    strength=answer.evidence_strength)
+    if not abstained:
+        by_n = {c.n: c for c in answer.citations}
+        for sentence in _sentences(answer.text):
+            numbers = cited_numbers(sentence)
+            if not numbers and answer.path == "quoted" and sentence == answer.text.split("\n")[0]:
+                continue  # the "From the record:" line
+            result.sentences += 1
+            cited = [by_n[n] for n in numbers if n in by_n] or [c for c in answer.citations if c.source == "overlap"]
+            source = [c.evidence for c in cited if c.evidence is not None]
+            if source and support(sentence, source) >= 0.6:
+                result.supported_sentences += 1
+        result.cited = len(cited_numbers(answer.text)) + result.invalid_cited
+        if answer.path == "generated":
+            result.wrong_language = detect_language(answer.text) != detect_language(q.question)
+    return result
+
+
+def _pipeline(path: str, retriever: Any, servers: dict[str, Any], threads: int, max_tokens: int,
+              abstain_below: float) -> AnswerPipeline:
+    if path in PATHS_WITHOUT_ANSWER:
+        return AnswerPipeline(retriever, None, k=5, generate=False, abstain_below=0.0)
+    if path == "quoted":
+        return AnswerPipeline(retriever, None, k=5, generate=False, abstain_below=abstain_below)
+    if path not in servers:
+        if "#" in path and path.startswith("http"):
+            from rag.llm import LLMClient
+
+            url, model = path.split("#", 1)
+            servers[path] = LLMClient(url, model)
+        else:
+            from rag.local_llm import EmbeddedLLMServer
+
+            servers[path] = EmbeddedLLMServer(path, threads=threads).start()
+    server = servers[path]
+    client = server.client(timeout_s=300, max_retries=1) if hasattr(server, "client") else server
+    return AnswerPipeline(retriever, client, k=5, max_tokens=max_tokens, abstain_below=abstain_below)
+
+
+def run(questions: Sequence[Question], paths: Sequence[str], settings: Settings, *, embedder: str | None = None,
+        threads: int = 2, max_tokens: int = 160, abstain_below: float = ABSTAIN_BELOW,
+        progress: bool = True) -> list[Result]:
+    from rag.index import build_index
+    from rag.retrieve import make_retriever
+
+    retrievers: dict[str, Any] = {}
+    servers: dict[str, Any] = {}
+    results: list[Result] = []
+    try:
+        for path in paths:
+            for q in tqdm(questions, desc=path, unit="q", disable=not progress):
+                if q.corpus not in retrievers:
+                    index, _ = build_index(q.corpus, embedder or settings.embedder, settings, progress=progress)
+                    retrievers[q.corpus] = make_retriever("hybrid", index)
+                pipe = _pipeline(path, retrievers[q.corpus], servers, threads, max_tokens, abstain_below)
+                results.append(score(q, path, pipe.answer(q.question, q.scope)))
+    finally:
+        for server in servers.values():
+            if hasattr(server, "stop"):
+                server.stop()
+    return results
+
+
+def record_texts(corpora: Iterable[str], settings: Settings) -> dict[str, dict[str, str]]:
+    from rag.corpus import load_corpus
+
+    out: dict[str, dict[str, str]] = {}
+    for name in set(corpora):
+        texts: dict[str, str] = defaultdict(str)
+        for doc in load_corpus(name, settings).documents:
+            texts[doc.patient_id] += "\n" + doc.text
+        out[name] = dict(texts)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    xs = [v for v in values if v is not None]
+    return round(statistics.fmean(xs), 4) if xs else None
+
+
+def _p50(values: Iterable[float | None]) -> float | None:
+    xs = [v for v in values if v is not None]
+    return round(statistics.median(xs), 3) if xs else None
+
+
+def summarize(results: Sequence[Result]) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, str], list[Result]] = defaultdict(list)
+    for r in results:
+        groups[(r.question.set, r.path)].append(r)
+    rows = []
+    for (set_name, path), rs in sorted(groups.items()):
+        answerable = [r for r in rs if r.question.answerable]
+        unanswerable_ = [r for r in rs if not r.question.answerable]
+        rec, ceil = _mean(r.recall for r in answerable), _mean(r.ceiling for r in answerable)
+        sentences = sum(r.sentences for r in rs)
+        cited = sum(r.cited for r in rs)
+        rows.append({
+            "set": set_name, "path": path, "questions": len(answerable), "unanswerable": len(unanswerable_),
+            "recall": rec, "ceiling": ceil, "evidence_ceiling": _mean(r.evidence_ceiling for r in answerable),
+            "recall_over_ceiling": round(rec / ceil, 4) if rec is not None and ceil else None,
+            "supported": round(sum(r.supported_sentences for r in rs) / sentences, 4) if sentences else None,
+            "citation_validity": round(1 - sum(r.invalid_cited for r in rs) / cited, 4) if cited else None,
+            "dropped": sum(r.dropped for r in rs),
+            "abstain_answerable": _mean(float(r.abstained) for r in answerable) if path not in PATHS_WITHOUT_ANSWER else None,
+            "abstain_unanswerable": _mean(float(r.abstained) for r in unanswerable_) if path not in PATHS_WITHOUT_ANSWER else None,
+            "wrong_language": sum(r.wrong_language for r in rs),
+            "evidence_s_p50": _p50(r.timings.get("evidence_s") for r in rs),
+            "first_token_s_p50": _p50(r.timings.get("first_token_s") for r in rs),
+            "total_s_p50": _p50(r.timings.get("total_s") for r in rs),
+        })
+    return rows
+
+
+def choose_threshold(results: Sequence[Result], max_abstain_answerable: float = 0.2) -> dict[str, Any]:
+    """The evidence-strength threshold that abstains on the most unanswerable questions while abstaining
+    on at most ``max_abstain_answerable`` of the answerable ones (run with ``--abstain-below 0``)."""
+    rs = [r for r in results if r.path == "evidence"]
+    good = sorted(r.strength for r in rs if r.question.answerable)
+    bad = [r.strength for r in rs if not r.question.answerable]
+    if not good or not bad:
+        return {}
+    best = {"threshold": 0.0, "abstain_answerable": 0.0, "abstain_unanswerable": 0.0}
+    for t in sorted(set(good + bad)):
+        a = sum(s < t for s in good) / len(good)
+        u = sum(s < t for s in bad) / len(bad)
+        if a <= max_abstain_answerable and u >= best["abstain_unanswerable"]:
+            best = {"threshold": round(t, 4), "abstain_answerable": round(a, 4), "abstain_unanswerable": round(u, 4)}
+    return {**best, "answerable": len(good), "unanswerable": len(bad)}
+
+
+COLUMNS = [("set", "set"), ("path", "answer path"), ("questions", "questions"), ("recall", "key-fact recall"),
+           ("ceiling", "passages (ceiling)"), ("recall_over_ceiling", "recall / ceiling"),
+           ("evidence_ceiling", "evidence sentences"), ("supported", "sentences supported"),
+           ("citation_validity", "citations valid"), ("dropped", "dropped"),
+           ("abstain_answerable", "abstain, answerable"), ("abstain_unanswerable", "abstain, unanswerable"),
+           ("wrong_language", "wrong language"), ("evidence_s_p50", "evidence s p50"),
+           ("first_token_s_p50", "first token s p50"), ("total_s_p50", "total s p50")]
+
+
+def markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+    def cell(v: Any) -> str:
+        return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell(r[k]) for k, _ in COLUMNS) + " |" for r in rows]
+    lines += ["", f"Embedder {meta['embedder']}, hybrid retrieval, 5 passages, patient scope; generators on "
+                  f"{meta['threads']} llama.cpp threads, max {meta['max_tokens']} tokens.",
+              "Key facts: stems of the reference answer's numbers and content words not in the question. Recall: "
+              "share of them in the answer (0 when it abstains); ceiling: in the 5 retrieved passages; evidence: in "
+              "the evidence sentences. Sentences supported: answer sentences with >= 60% of their content words and "
+              "all numbers in the evidence they cite. Unanswerable: the question asked in another patient's scope "
+              f"whose record holds <= {UNANSWERABLE_MAX_SHARE:.0%} of its key facts."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    answer_rows = [r for r in rows if r["path"] not in PATHS_WITHOUT_ANSWER]
+    if not answer_rows:
+        return
+    labels = [f"{r['set']}\n{r['path']}" for r in answer_rows]
+    metrics = [("recall_over_ceiling", "recall / ceiling"), ("supported", "sentences supported"),
+               ("abstain_answerable", "abstain, answerable"), ("abstain_unanswerable", "abstain, unanswerable")]
+    fig, ax = plt.subplots(figsize=(max(7, len(labels) * 1.2), 4))
+    width = 0.8 / len(metrics)
+    for k, (key, name) in enumerate(metrics):
+        ax.bar([i - 0.4 + width * (k + 0.5) for i in range(len(labels))], [r[key] or 0 for r in answer_rows],
+               width=width, label=name)
+    ax.axhline(0.5, color="grey", linewidth=0.6, linestyle=":")
+    ax.set_xticks(range(len(labels)), labels, fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7, loc="upper right")
+    ax.set_title("Answers: facts kept, support, abstention")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval.answers", description=__doc__.split("\n")[0])
+    parser.add_argument("--sets", default="qa-test,synthea-facts,handchecked")
+    parser.add_argument("--paths", default="passages,evidence,quoted,smollm2",
+                        help="comma list: passages, evidence, quoted, a generator name or GGUF, URL#model")
+    parser.add_argument("--limit", type=int, default=40, help="questions per set (seeded sample); 0 = all")
+    parser.add_argument("--unanswerable", type=int, default=15, help="unanswerable questions per set")
+    parser.add_argument("--embedder", default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-tokens", type=int, default=160)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--abstain-below", type=float, default=ABSTAIN_BELOW,
+                        help=f"evidence strength below which the answer abstains (default {ABSTAIN_BELOW}; "
+                             "0 with path 'evidence' to choose it: the report then prints the best threshold)")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    out = Path(args.out) if args.out else settings.home / "eval" / "answers"
+    out.mkdir(parents=True, exist_ok=True)
+    names = [s for s in args.sets.split(",") if s]
+    started = time.perf_counter()
+    try:
+        questions = load_questions(names, settings, args.limit or None, args.seed)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    texts = record_texts({q.corpus for q in questions}, settings)
+    extra = []
+    for name in names:
+        extra += unanswerable([q for q in questions if q.set == name], texts, args.unanswerable, args.seed)
+    questions = questions + extra
+    paths = [p for p in args.paths.split(",") if p]
+    results = run(questions, paths, settings, embedder=args.embedder, threads=args.threads, max_tokens=args.max_tokens,
+                  abstain_below=args.abstain_below)
+    rows = summarize(results)
+    thresholds = {name: choose_threshold([r for r in results if r.question.set == name]) for name in names}
+    meta = {"embedder": args.embedder or settings.embedder, "threads": args.threads, "max_tokens": args.max_tokens,
+            "abstain_below": args.abstain_below, "threshold_choice": thresholds}
+    with (out / "per_question.jsonl").open("w", encoding="utf-8") as f:
+        for r in results:
+            f.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
+    write_json({"rows": rows, **meta, "sets": names, "paths": paths}, out / "results.json")
+    table = markdown(rows, meta)
+    (out / "results.md").write_text(table, encoding="utf-8")
+    plot(rows, out / "answers.png")
+    write_json({"stage": "eval.answers", "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "parameters": vars(args), "questions": len(questions), "seconds": round(time.perf_counter() - started, 1),
+                "outputs": ["results.json", "results.md", "answers.png", "per_question.jsonl"]}, out / "manifest.json")
+    print(table)
+    for name, choice in thresholds.items():
+        if choice:
+            print(f"{name}: abstain below {choice['threshold']} -> abstains on {choice['abstain_answerable']:.0%} of "
+                  f"{choice['answerable']} answerable and {choice['abstain_unanswerable']:.0%} of "
+                  f"{choice['unanswerable']} unanswerable questions")
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
