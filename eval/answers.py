@@ -54,7 +54,7 @@ from tqdm import tqdm
 
 import rag  # noqa: F401  (offline environment first)
 from eval.report import write_json
-from rag.answer import ABSTAIN_BELOW, Answer, AnswerPipeline, cited_numbers, is_abstention, support
+from rag.answer import EVIDENCE_K, QUOTED_MAX, Answer, AnswerPipeline, cited_numbers, is_abstention, support
 from rag.config import REPO_ROOT, Settings, load_settings
 from rag.evidence import STOP, content_terms, stem
 from rag.language import detect_language
@@ -233,6 +233,7 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
     answer: str = ""
     strength: float = 0.0
+    similarity: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         q = self.question
@@ -242,12 +243,18 @@ class Result:
                 "evidence_ceiling": self.evidence_ceiling, "abstained": self.abstained, "sentences": self.sentences,
                 "supported_sentences": self.supported_sentences, "cited": self.cited, "invalid_cited": self.invalid_cited,
                 "dropped": self.dropped, "wrong_language": self.wrong_language, "strength": round(self.strength, 4),
+                "similarity": round(self.similarity, 4),
                 "timings": self.timings}
 
 
 def _sentences(text: str) -> list[str]:
-    """Answer sentences with their trailing citations ("... daily [1]."), one per line of a quoted answer."""
-    return [s for s in re.split(r"(?<=[.!?])\s+(?!\[\d)|\n+", text) if len(content_terms(_CITATION.sub("", s))) >= 1]
+    """Answer sentences with their trailing citations ("... daily [1]."); a quoted line ("[2] date: ...")
+    is one sentence whatever punctuation it holds."""
+    out = []
+    for line in text.split("\n"):
+        pieces = [line] if re.match(r"\s*\[\d+\]", line) else re.split(r"(?<=[.!?])\s+(?!\[\d)", line)
+        out += [p for p in pieces if len(content_terms(_CITATION.sub("", p))) >= 1]
+    return out
 
 
 _CITATION = re.compile(r"\[\d+(?:\s*[,;]\s*\d+)*\]")
@@ -261,17 +268,18 @@ def score(q: Question, path: str, answer: Answer) -> Result:
     if path in PATHS_WITHOUT_ANSWER:
         text = passages if path == "passages" else evidence
         return Result(q, path, len(facts), recall(facts, text), recall(facts, passages), recall(facts, evidence),
-                      False, path, timings=answer.timings, strength=answer.evidence_strength)
+                      False, path, timings=answer.timings, strength=answer.evidence_strength,
+                      similarity=answer.evidence_similarity)
     result = Result(q, path, len(facts), recall(facts, "" if abstained else answer.text), recall(facts, passages),
                     recall(facts, evidence), abstained, answer.path, timings=answer.timings, answer=answer.text,
                     dropped=len(answer.dropped), invalid_cited=len(answer.invalid_citations),
-                    strength=answer.evidence_strength)
+                    strength=answer.evidence_strength, similarity=answer.evidence_similarity)
     if not abstained:
         by_n = {c.n: c for c in answer.citations}
         for sentence in _sentences(answer.text):
             numbers = cited_numbers(sentence)
-            if not numbers and answer.path == "quoted" and sentence == answer.text.split("\n")[0]:
-                continue  # the "From the record:" line
+            if not numbers and sentence.rstrip().endswith(":"):
+                continue  # "From the record:", "Also in the record:"
             result.sentences += 1
             cited = [by_n[n] for n in numbers if n in by_n] or [c for c in answer.citations if c.source == "overlap"]
             source = [c.evidence for c in cited if c.evidence is not None]
@@ -284,11 +292,12 @@ def score(q: Question, path: str, answer: Answer) -> Result:
 
 
 def _pipeline(path: str, retriever: Any, servers: dict[str, Any], threads: int, max_tokens: int,
-              abstain_below: float) -> AnswerPipeline:
+              abstain_below: float | None, evidence_k: int, quoted_max: int) -> AnswerPipeline:
+    common = dict(k=5, evidence_k=evidence_k, quoted_max=quoted_max)
     if path in PATHS_WITHOUT_ANSWER:
-        return AnswerPipeline(retriever, None, k=5, generate=False, abstain_below=0.0)
+        return AnswerPipeline(retriever, None, generate=False, abstain_below=0.0, **common)
     if path == "quoted":
-        return AnswerPipeline(retriever, None, k=5, generate=False, abstain_below=abstain_below)
+        return AnswerPipeline(retriever, None, generate=False, abstain_below=abstain_below, **common)
     if path not in servers:
         if "#" in path and path.startswith("http"):
             from rag.llm import LLMClient
@@ -301,12 +310,12 @@ def _pipeline(path: str, retriever: Any, servers: dict[str, Any], threads: int, 
             servers[path] = EmbeddedLLMServer(path, threads=threads).start()
     server = servers[path]
     client = server.client(timeout_s=300, max_retries=1) if hasattr(server, "client") else server
-    return AnswerPipeline(retriever, client, k=5, max_tokens=max_tokens, abstain_below=abstain_below)
+    return AnswerPipeline(retriever, client, max_tokens=max_tokens, abstain_below=abstain_below, **common)
 
 
 def run(questions: Sequence[Question], paths: Sequence[str], settings: Settings, *, embedder: str | None = None,
-        threads: int = 2, max_tokens: int = 160, abstain_below: float = ABSTAIN_BELOW,
-        progress: bool = True) -> list[Result]:
+        threads: int = 2, max_tokens: int = 160, abstain_below: float | None = None,
+        evidence_k: int = EVIDENCE_K, quoted_max: int = QUOTED_MAX, progress: bool = True) -> list[Result]:
     from rag.index import build_index
     from rag.retrieve import make_retriever
 
@@ -319,7 +328,8 @@ def run(questions: Sequence[Question], paths: Sequence[str], settings: Settings,
                 if q.corpus not in retrievers:
                     index, _ = build_index(q.corpus, embedder or settings.embedder, settings, progress=progress)
                     retrievers[q.corpus] = make_retriever("hybrid", index)
-                pipe = _pipeline(path, retrievers[q.corpus], servers, threads, max_tokens, abstain_below)
+                pipe = _pipeline(path, retrievers[q.corpus], servers, threads, max_tokens, abstain_below, evidence_k,
+                                 quoted_max)
                 results.append(score(q, path, pipe.answer(q.question, q.scope)))
     finally:
         for server in servers.values():
@@ -463,9 +473,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=160)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--abstain-below", type=float, default=ABSTAIN_BELOW,
-                        help=f"evidence strength below which the answer abstains (default {ABSTAIN_BELOW}; "
-                             "0 with path 'evidence' to choose it: the report then prints the best threshold)")
+    parser.add_argument("--evidence-k", type=int, default=EVIDENCE_K, help="evidence sentences per answer")
+    parser.add_argument("--abstain-below", type=float, default=None,
+                        help="abstain below this evidence coverage alone (default: rag.answer.ABSTAIN_RULES for the "
+                             "embedder); 0 with path 'evidence' to choose it: the report then prints the best threshold")
+    parser.add_argument("--quoted-max", type=int, default=QUOTED_MAX, help="evidence sentences a quoted answer repeats")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     settings = load_settings()
@@ -485,11 +497,12 @@ def main(argv: list[str] | None = None) -> int:
     questions = questions + extra
     paths = [p for p in args.paths.split(",") if p]
     results = run(questions, paths, settings, embedder=args.embedder, threads=args.threads, max_tokens=args.max_tokens,
-                  abstain_below=args.abstain_below)
+                  abstain_below=args.abstain_below, evidence_k=args.evidence_k, quoted_max=args.quoted_max)
     rows = summarize(results)
     thresholds = {name: choose_threshold([r for r in results if r.question.set == name]) for name in names}
     meta = {"embedder": args.embedder or settings.embedder, "threads": args.threads, "max_tokens": args.max_tokens,
-            "abstain_below": args.abstain_below, "threshold_choice": thresholds}
+            "abstain_below": args.abstain_below, "evidence_k": args.evidence_k, "quoted_max": args.quoted_max,
+            "threshold_choice": thresholds}
     with (out / "per_question.jsonl").open("w", encoding="utf-8") as f:
         for r in results:
             f.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")

@@ -20,7 +20,6 @@ recorded (``pool_summary``) so two runs can be compared.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import random
 import re
 import string
@@ -29,7 +28,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from finetune.date_formats import MONTHS_DE, MONTHS_EN
-from finetune.phi_gazetteers import NAME_LOCALES, load_gazetteers
+from finetune.phi_gazetteers import NAME_LOCALES, faker_provider, load_gazetteers
 from finetune.phi_text import LETTER
 from finetune.phi_types import PhiType
 from finetune.phi_vocabulary import load_vocabulary
@@ -97,13 +96,6 @@ def known_words() -> _Known:
     return _Known()
 
 
-def _provider(kind: str, locale: str):
-    try:
-        return importlib.import_module(f"faker.providers.{kind}.{locale}").Provider
-    except ModuleNotFoundError:
-        return None
-
-
 def _usable(values: Iterable[object], known: _Known) -> set[str]:
     out: set[str] = set()
     if isinstance(values, dict):  # some locales weight their names: {name: frequency}
@@ -126,7 +118,7 @@ def build_pools() -> StressPools:
     first: set[str] = set()
     last: set[str] = set()
     for locale in STRESS_NAME_LOCALES:
-        person = _provider("person", locale)
+        person = faker_provider("person", locale)
         if person is None or locale in NAME_LOCALES:
             continue
         for attr in ("first_names", "first_names_male", "first_names_female"):
@@ -138,7 +130,7 @@ def build_pools() -> StressPools:
     places: set[str] = set()
     streets: set[str] = set()
     for locale in STRESS_PLACE_LOCALES:
-        address = _provider("address", locale)
+        address = faker_provider("address", locale)
         if address is None:
             continue
         for attr in ("cities", "city_names", "towns"):

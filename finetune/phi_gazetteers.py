@@ -25,7 +25,8 @@ NAME_LOCALES: tuple[str, ...] = (
 CITY_LOCALES: tuple[str, ...] = ("de_DE", "de_AT", "de_CH")
 
 
-def _provider(kind: str, locale: str):
+def faker_provider(kind: str, locale: str):
+    """Faker's provider class of one kind (person, address, lorem) for a locale, or None."""
     try:
         return importlib.import_module(f"faker.providers.{kind}.{locale}").Provider
     except ModuleNotFoundError:
@@ -103,7 +104,7 @@ def load_gazetteers() -> Gazetteers:
     last: set[str] = set()
     english_first: set[str] = set()
     for locale in NAME_LOCALES:
-        person = _provider("person", locale)
+        person = faker_provider("person", locale)
         if person is None:
             continue
         if locale.startswith("en_"):
@@ -116,7 +117,7 @@ def load_gazetteers() -> Gazetteers:
         last |= _words(getattr(person, "last_names", ()))
     common: set[str] = set()
     for locale in ("en_US", "de_DE"):
-        lorem = _provider("lorem", locale)
+        lorem = faker_provider("lorem", locale)
         if lorem is not None:
             common |= {w.lower() for w in lorem.word_list}
     from spacy.lang.de.stop_words import STOP_WORDS as DE_STOP
@@ -132,10 +133,10 @@ def load_gazetteers() -> Gazetteers:
                "montag", "dienstag", "mittwoch", "donnerstag", "freitag", "samstag", "sonntag"}
     cities: set[str] = set()
     for locale in CITY_LOCALES:
-        address = _provider("address", locale)
+        address = faker_provider("address", locale)
         if address is not None:
             cities |= {c.lower() for c in getattr(address, "cities", ()) if len(c) >= 4}
-    states_provider = _provider("address", "en_US")
+    states_provider = faker_provider("address", "en_US")
     states = {s.lower() for s in getattr(states_provider, "states", ())}
     allow = frozenset(_read_list("allow_list.txt"))
     cities -= common
@@ -143,7 +144,7 @@ def load_gazetteers() -> Gazetteers:
     vocabulary = set(ranked)
     frequent = set(ranked[:FREQUENT_WORDS])
     english = vocabulary - male - female - last
-    broad = _provider("person", "en")
+    broad = faker_provider("person", "en")
     broad_first = _words(getattr(broad, "first_names", ())) if broad is not None else set()
     extra = broad_first - male - female
     english_first |= broad_first

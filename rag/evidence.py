@@ -81,6 +81,7 @@ class EvidenceSet:
     items: list[Evidence]
     strength: float  # best coverage of the question by one sentence (0-1)
     candidates: int
+    similarity: float = 0.0  # best cosine between the question and a sentence (0 without an embedder)
 
     def format(self) -> str:
         """The numbered list the generator reads."""
@@ -155,10 +156,12 @@ class EvidenceSelector:
         coverage = np.array([sum(idf[t] for t in ts & terms) / total for ts in sentence_terms])
         lexical_rank = _ranks(coverage)
         fused = 1.0 / (RRF_K + lexical_rank)
+        similarity = 0.0
         if self.embedder is not None:
             q = self.embedder.embed_queries([question])[0]
-            vectors = self.embedder.embed_passages([c[3] for c in candidates])
-            fused = fused + 1.0 / (RRF_K + _ranks(vectors @ q))
+            cosine = self.embedder.embed_passages([c[3] for c in candidates]) @ q
+            fused = fused + 1.0 / (RRF_K + _ranks(cosine))
+            similarity = float(cosine.max())
         passage_rank = {id(h): i for i, h in enumerate(hits)}
         fused = fused + np.array([PASSAGE_PRIOR / (1 + passage_rank[id(c[0])]) for c in candidates])
         order = np.argsort(-fused, kind="stable")[: self.k]
@@ -166,7 +169,7 @@ class EvidenceSelector:
         for n, i in enumerate(order, start=1):
             hit, start, end, sentence = candidates[i]
             items.append(Evidence(n, hit, sentence, hit.start + start, hit.start + end, float(fused[i]), float(coverage[i])))
-        return EvidenceSet(items, float(coverage.max()), len(candidates))
+        return EvidenceSet(items, float(coverage.max()), len(candidates), similarity)
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:

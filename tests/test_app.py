@@ -173,13 +173,26 @@ def test_streams_and_renders_escaped_sources(settings) -> None:
     assert line["cited"] == [1] and line["retrieved"][0]["chunk_id"] == "d1:0"
 
 
-def test_uncited_passages_collapsed_and_overlap_label(settings) -> None:
+def test_overlap_label_and_the_unused_evidence_quoted(settings) -> None:
     service = _service(settings, llm=FakeLLM(deltas=("The medications include warfarin daily dosing.",)))
     turns = _run(service, None, app.SCOPE_ALL, None)
     html = turns[-1].sources
-    assert "matched by word overlap" in html
-    assert "<details" in html and "not cited (2)" in html
+    # the uncited sentence was matched to the evidence that holds it; the evidence it did not use is
+    # quoted below it, so the other patients' medication lists are cited as quotes, not lost
+    assert html.index('data-doc-id="d2"') < html.index("matched by word overlap") < html.index('data-doc-id="d1"')
+    assert html.count("quoted from the record") == 2 and 'data-doc-id="d3"' in html
+    assert "Also in the record:" in turns[-1].history[-1]["content"]
+
+
+def test_uncited_passages_collapsed() -> None:
+    from rag.answer import Answer, Citation
+
+    hits = [_hit("d1"), _hit("d2", 2), _hit("d3", 3)]
+    answer = Answer(question="q", text="Warfarin daily [2].", citations=[Citation(2, hits[1], "model")], passages=hits,
+                    scope=Scope.all(), language="en", retriever="hybrid", embedder="e", generator="g", prompt_version="v")
+    html = render_sources(answer, DOCS)
     head, _, collapsed = html.partition("<details")
+    assert "not cited (2)" in collapsed
     assert 'data-doc-id="d2"' in head and 'data-doc-id="d1"' in collapsed and 'data-doc-id="d3"' in collapsed
 
 

@@ -167,7 +167,17 @@ def test_login_pick_patient_ask_and_see_sources(running_app: RunningApp) -> None
             page.locator("#question textarea").fill(QUESTION)
             t_ask = time.perf_counter()
             page.locator("#send").click()
-            page.locator("#sources .src-card").first.wait_for(state="attached", timeout=ANSWER_TIMEOUT_S * 1000)
+            # evidence first: the list reaches the chat, and its sentences are marked in their documents,
+            # before the generated answer is complete
+            page.wait_for_function("() => document.querySelector('#chatbot').innerText.includes('Evidence from the record')",
+                                   timeout=ANSWER_TIMEOUT_S * 1000)
+            evidence_s = time.perf_counter() - t_ask
+            evidence_lines = [line for line in page.locator("#chatbot").inner_text().splitlines()
+                              if picked.name in line and "document" in line]
+            assert evidence_lines, page.locator("#chatbot").inner_text()
+            page.wait_for_function(  # the step finished: the panel shows the answer's sources, not the evidence
+                "() => !/Evidence \\(|Searching|Writing the answer/.test(document.querySelector('#sources').innerText)",
+                timeout=ANSWER_TIMEOUT_S * 1000)
             answer_s = time.perf_counter() - t_ask
             chat_text = page.locator("#chatbot").inner_text()
             assert QUESTION in chat_text
@@ -175,6 +185,8 @@ def test_login_pick_patient_ask_and_see_sources(running_app: RunningApp) -> None
             assert answer_text and answer_text != "…", chat_text
             assert "⚠" not in answer_text, answer_text  # no generator/audit error message
 
+            assert "Evidence from the record" in answer_text and "Answer" in answer_text, answer_text
+            assert page.locator("#sources mark").count() >= 1  # the cited sentence is highlighted in its document
             cards = page.locator("#sources .src-card")
             card_patients = {cards.nth(i).get_attribute("data-patient-id") for i in range(cards.count())}
             assert card_patients == {picked.patient_id}, card_patients
@@ -209,5 +221,6 @@ def test_login_pick_patient_ask_and_see_sources(running_app: RunningApp) -> None
     assert last["selected_patient"] == picked.patient_id and last["scope"] == [picked.patient_id]
     assert last["retrieved"] and all(r["patient_id"] == picked.patient_id for r in last["retrieved"])
     assert "question" not in last and QUESTION not in json.dumps(last)
-    print(f"[browser test] answer + sources in the browser: {answer_s:.1f} s; browser session {browser_s:.1f} s; "
+    print(f"[browser test] evidence in the browser: {evidence_s:.1f} s; answer + sources: {answer_s:.1f} s; "
+          f"browser session {browser_s:.1f} s; "
           f"app start-up {app.startup_s:.1f} s")
