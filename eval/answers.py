@@ -54,11 +54,16 @@ from tqdm import tqdm
 
 import rag  # noqa: F401  (offline environment first)
 from eval.report import write_json
+from finetune.split import split_by_patient
 from rag.answer import EVIDENCE_K, QUOTED_MAX, Answer, AnswerPipeline, cited_numbers, is_abstention, support
 from rag.config import REPO_ROOT, Settings, load_settings
-from rag.evidence import STOP, content_terms, stem
+from rag.corpus import load_corpus, synthea_dir
+from rag.evidence import STOP, content_terms
+from rag.index import build_index
 from rag.language import detect_language
-from rag.retrieve import Scope
+from rag.llm import LLMClient
+from rag.local_llm import EmbeddedLLMServer
+from rag.retrieve import Scope, make_retriever
 
 SETS = ("qa-test", "qa-dev", "synthea-facts", "handchecked")
 PATHS_WITHOUT_ANSWER = ("passages", "evidence")
@@ -109,8 +114,6 @@ def recall(facts: set[str], text: str) -> float | None:
 
 def qa_split(settings: Settings, split: str) -> list[Question]:
     """The committed held-out QA pairs of one split of the pipeline's patients (physionet notes)."""
-    from finetune.split import split_by_patient
-    from rag.corpus import load_corpus
 
     corpus = load_corpus("physionet_deid_dev", settings)
     patient_split = split_by_patient(corpus, seed=0, fractions=(0.7, 0.1, 0.2), by="documents").patient_split
@@ -125,7 +128,6 @@ def qa_split(settings: Settings, split: str) -> list[Question]:
 
 def synthea_facts(settings: Settings, per_patient: int = 4, seed: int = 0) -> list[Question]:
     """Medication doses and first-noted dates of conditions, where the notes mention them."""
-    from rag.corpus import load_corpus, synthea_dir
 
     folder = synthea_dir(settings)
     notes: dict[str, str] = defaultdict(str)
@@ -300,12 +302,10 @@ def _pipeline(path: str, retriever: Any, servers: dict[str, Any], threads: int, 
         return AnswerPipeline(retriever, None, generate=False, abstain_below=abstain_below, **common)
     if path not in servers:
         if "#" in path and path.startswith("http"):
-            from rag.llm import LLMClient
 
             url, model = path.split("#", 1)
             servers[path] = LLMClient(url, model)
         else:
-            from rag.local_llm import EmbeddedLLMServer
 
             servers[path] = EmbeddedLLMServer(path, threads=threads).start()
     server = servers[path]
@@ -316,8 +316,6 @@ def _pipeline(path: str, retriever: Any, servers: dict[str, Any], threads: int, 
 def run(questions: Sequence[Question], paths: Sequence[str], settings: Settings, *, embedder: str | None = None,
         threads: int = 2, max_tokens: int = 160, abstain_below: float | None = None,
         evidence_k: int = EVIDENCE_K, quoted_max: int = QUOTED_MAX, progress: bool = True) -> list[Result]:
-    from rag.index import build_index
-    from rag.retrieve import make_retriever
 
     retrievers: dict[str, Any] = {}
     servers: dict[str, Any] = {}
@@ -339,7 +337,6 @@ def run(questions: Sequence[Question], paths: Sequence[str], settings: Settings,
 
 
 def record_texts(corpora: Iterable[str], settings: Settings) -> dict[str, dict[str, str]]:
-    from rag.corpus import load_corpus
 
     out: dict[str, dict[str, str]] = {}
     for name in set(corpora):

@@ -30,67 +30,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import rag  # noqa: F401  (offline environment first)
-from finetune.phi_types import PhiType, excluded_reason, gold_type
-from finetune.split import UNREAD_SEED, unread_patients
 from tqdm import tqdm
 
+import rag  # noqa: F401  (offline environment first)
 from eval.deid_detectors import DETECTORS, Detector, DetectorUnavailable, make_detector
+from eval.deid_gold import GoldDoc, load_gold
+from eval.deid_stress import build_pools, stress_variants
 from eval.report import sha256_file, write_json
-from rag.corpus import CorpusError, Document, Problem, read_jsonl_objects
+from finetune.phi_types import PhiType, excluded_reason
+from finetune.split import UNREAD_SEED, unread_patients
+from rag.config import load_settings
+from rag.corpus import CorpusError
 
 COVERAGE_FOUND = 0.9
 PRECISION_INSIDE = 0.5
 #: Only for measuring: the surrogates of an evaluation run are thrown away, so a fixed, public key
 #: keeps runs reproducible. Real runs must use load_key() with a secret key file.
 EVAL_KEY = b"eval.deid: public evaluation key, never for real data"
-
-
-@dataclass
-class GoldSpan:
-    start: int
-    end: int
-    label: str
-    kind: PhiType | None
-
-
-@dataclass
-class GoldDoc:
-    document: Document
-    gold: list[GoldSpan]
-
-
-def load_gold(path: Path, scheme: str | None = None) -> list[GoldDoc]:
-    """Annotated documents; problems name file and line, and all are reported together."""
-    docs: list[GoldDoc] = []
-    problems: list[Problem] = []
-    for number, row in read_jsonl_objects(path, problems):
-        text, phi = row.get("text"), row.get("phi")
-        if not isinstance(text, str) or row.get("doc_id") is None:
-            problems.append(Problem(str(path), number, "missing_field", "needs 'doc_id' and a string 'text'"))
-            continue
-        if not isinstance(phi, list):
-            problems.append(Problem(str(path), number, "missing_field", "needs a 'phi' list of gold spans"))
-            continue
-        gold = []
-        for item in phi:
-            try:
-                start, end, label = int(item["start"]), int(item["end"]), str(item["label"])
-            except (KeyError, TypeError, ValueError):
-                problems.append(Problem(str(path), number, "malformed", f"bad gold span {item!r:.80}"))
-                continue
-            if not 0 <= start < end <= len(text):
-                problems.append(Problem(str(path), number, "malformed",
-                                        f"gold span {start}-{end} outside the text (length {len(text)})"))
-                continue
-            gold.append(GoldSpan(start, end, label, gold_type(label, text[start:end], scheme)))
-        # a corpus without patients (grascco) is scoped per document, as rag.corpus loads it
-        doc = Document(doc_id=str(row["doc_id"]), patient_id=str(row.get("patient_id") or row["doc_id"]), text=text,
-                       date=row.get("date"), language=row.get("language"))
-        docs.append(GoldDoc(doc, gold))
-    if problems:
-        raise CorpusError(problems, str(path))
-    return docs
 
 
 def _alnum_mask(text: str) -> list[bool]:
@@ -304,7 +260,6 @@ def evaluate(data: Path, *, key: bytes = EVAL_KEY, language: str | None = None, 
     summary["run"]["part"] = part
     if stress <= 0:
         return summary
-    from eval.deid_stress import build_pools, stress_variants
 
     pools = build_pools()
     stressed = stress_variants(docs, stress, seed, pools)
@@ -364,7 +319,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--show-misses needs --part dev: the unread part is scored, never read")
     data = Path(args.data)
     name = data.parent.name if data.name in ("notes.jsonl", "documents.jsonl") else data.stem
-    from rag.config import load_settings
 
     suffix = ("" if args.part == "all" else f"-{args.part}") + ("" if args.detector == "ours" else f"-{args.detector}")
     out = Path(args.out) if args.out else load_settings().home / "eval" / "deid" / f"{name}{suffix}"

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from finetune.phi_text import PhiSpan
 from finetune.phi_types import PhiType
+from finetune.pseudonymize import Pseudonymizer
 from rag.corpus import Document
 
 
@@ -52,7 +53,6 @@ class OurPseudonymizer:
     name = "clinical-rag"
 
     def __init__(self, key: bytes, batch_size: int = 32) -> None:
-        from finetune.pseudonymize import Pseudonymizer
 
         self.engine = Pseudonymizer(key, batch_size=batch_size)
 

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
+from eval.deid_gold import GoldDoc, GoldSpan
 from finetune.date_formats import MONTHS_DE, MONTHS_EN
 from finetune.phi_gazetteers import NAME_LOCALES, faker_provider, load_gazetteers
 from finetune.phi_text import LETTER
@@ -376,7 +377,6 @@ def stress_document(gd, draw: _Draw):
 
     Spans the project does not count (titles, young ages) keep their words; only their offsets move.
     """
-    from eval.deid import GoldDoc, GoldSpan
 
     text = gd.document.text
     pieces: list[str] = []

@@ -34,14 +34,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eval.beir import NAMED_SETS, BeirSet, Query, load_beir, load_named_set, qa_to_beir, write_beir
-from eval.metrics import IR_METRICS, METRIC_FORMULAS, chunks_to_documents, mean, score_run
 from eval.report import bar_chart, markdown_table, run_manifest, write_json, write_markdown_table
 from eval.specificity import BUCKETS as SPECIFICITY_BUCKETS
 from eval.specificity import specificity_report
 from eval.stats import bootstrap_ci, paired_test
+from finetune.split import write_qa_split
+from rag.beir import NAMED_SETS, BeirSet, Query, load_beir, load_named_set
 from rag.config import Settings, load_settings
 from rag.corpus import CorpusError
+from rag.index import build_index
+from rag.metrics import IR_METRICS, METRIC_FORMULAS, chunks_to_documents, mean, score_run
 from rag.retrieve import DENSE_SEARCHES, RRF_K, BM25Retriever, DenseRetriever, HybridRetriever, Scope
 
 if TYPE_CHECKING:
@@ -249,7 +251,6 @@ class _Indexes:
 
     def get(self, embedder_name: str) -> "ChunkIndex":
         if embedder_name not in self.indexes:
-            from rag.index import build_index
 
             index, report = build_index(self.beir.corpus, embedder_name, self.settings, progress=self.progress)
             embedder = index.embedder
@@ -573,50 +574,6 @@ def _write_outputs(results: dict, out: Path) -> str:
         bar_chart(data, out / file, metric_name=METRIC_TITLES[metric],
                   title=f"{METRIC_TITLES[metric]} on {results['set']} (95% bootstrap CI)")
     return markdown
-
-
-# --------------------------------------------------------------------------------------------
-# QA test split in BEIR form
-
-
-def write_qa_split(qa_path: str | Path, docs: str, split: str, out_dir: str | Path, *, seed: int = 0,
-                   fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), by: str = "documents",
-                   assignment: str | Path | None = None, settings: Settings | None = None) -> tuple[BeirSet, dict[str, Path]]:
-    """Write one split of a QA set as ``corpus.jsonl``/``queries.jsonl``/``qrels.tsv``.
-
-    The corpus holds only that split's documents (held-out patients' records), the queries its QA
-    pairs. The split comes from ``assignment`` (a ``splits.json`` written by ``finetune.split``) or
-    is recomputed with ``finetune.split.split_by_patient`` from the same seed and fractions.
-    """
-    from finetune.split import load_assignment, split_by_patient
-    from rag.corpus import Corpus, load_corpus
-
-    settings = settings or load_settings()
-    corpus = load_corpus(docs, settings)
-    if assignment is not None:
-        patient_split = load_assignment(assignment)
-    else:
-        patient_split = split_by_patient(corpus, seed=seed, fractions=fractions, by=by).patient_split
-    missing = sorted({d.patient_id for d in corpus.documents} - set(patient_split))
-    if missing:
-        raise ValueError(f"{len(missing)} patients of {docs} have no split in the assignment (e.g. {missing[0]!r})")
-    chosen = [d for d in corpus.documents if patient_split[d.patient_id] == split]
-    if not chosen:
-        raise ValueError(f"split {split!r} has no documents (splits present: {sorted(set(patient_split.values()))})")
-    name = f"{corpus.name}-{split}"
-    split_corpus = Corpus(name=name, documents=chosen, problems=[], patient_structure=corpus.patient_structure,
-                          source=f"{corpus.source} ({split} split)")
-    # QA rows of other splits are expected in a full QA file: keep only those whose document is in this split
-    full = qa_to_beir(qa_path, corpus, name)
-    keep = {d.doc_id for d in chosen}
-    queries = [q for q in full.queries if q.extra.get("doc_id") in keep]
-    beir = BeirSet(name, split_corpus, queries, {q.query_id: full.qrels[q.query_id] for q in queries}, full.files)
-    paths = write_beir(beir, out_dir)
-    write_json(run_manifest(stage="eval.ir --write-qa-split", inputs={"qa": qa_path, "docs": corpus.source},
-                            parameters={"split": split, "seed": seed, "fractions": list(fractions), "by": by,
-                                        "assignment": str(assignment) if assignment else None},
-                            counts=beir.counts()), Path(out_dir) / "manifest.json")
-    return beir, paths
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,7 +19,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from eval.rag_cache import JsonlCache, cache_key, text_hash
-from rag.retrieve import Hit, Scope
+from rag.answer import AnswerPipeline, detect_language
+from rag.embedders import trained_embedders
+from rag.index import build_index
+from rag.prompts import load_prompt
+from rag.retrieve import BM25Retriever, DenseRetriever, Hit, Scope, ScopeViolation
 
 if TYPE_CHECKING:
     from rag.config import Settings
@@ -63,7 +67,6 @@ def find_domain_model(settings: "Settings") -> str | None:
     """The fine-tuned embedder's name if one is trained here (``finetune.train`` saves it under
     ``<home>/models/<name>``; the registry resolves it by name), without loading its weights.
     ``domain`` wins, then the trainer's default ``domain-me5-small``, then any ``domain*`` model."""
-    from rag.embedders import trained_embedders
 
     trained = trained_embedders(settings)
     for name in DOMAIN_MODELS:
@@ -107,8 +110,6 @@ class RetrieverSet:
 def build_retrievers(corpus: "Corpus", choices: Sequence[RetrieverChoice], settings: "Settings",
                      progress: bool = True) -> RetrieverSet:
     """Bring every needed index up to date (embeds only what is missing) and make the retrievers."""
-    from rag.index import build_index
-    from rag.retrieve import BM25Retriever, DenseRetriever
 
     out = RetrieverSet()
     for embedder in dict.fromkeys(c.embedder for c in choices):
@@ -158,7 +159,6 @@ def retrieve_many(retriever: "Retriever", requests: Sequence[tuple[str, Scope]],
     patient's chunk) is returned as the third element with no hits, so the suite can fail loudly
     after reporting every case, not just the first.
     """
-    from rag.retrieve import DenseRetriever, ScopeViolation
 
     out: list[tuple[list[Hit], float, str | None]] = []
     dense = isinstance(retriever, DenseRetriever)
@@ -209,8 +209,6 @@ class AnswerRunner:
         self.reused = 0
 
     def key(self, question: str, hits: Sequence[Hit]) -> str:
-        from rag.answer import detect_language
-        from rag.prompts import load_prompt
 
         version = load_prompt("answer", detect_language(question)).version
         passages = [(h.chunk_id, text_hash(h.text)) for h in hits]
@@ -223,7 +221,6 @@ class AnswerRunner:
     def answer(self, retriever: "Retriever", embedder_label: str, question: str, scope: Scope,
                hits: list[Hit]) -> dict[str, Any]:
         """The answer record: text, citations, prompt version, generator, timings, cached flag."""
-        from rag.answer import AnswerPipeline
 
         key = self.key(question, hits)
         cached = self.cache.get(key)

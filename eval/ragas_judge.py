@@ -1,7 +1,7 @@
 """RAGAS scoring of RAG answers: ID-based context metrics (no LLM) and LLM-judged metrics.
 
 * :func:`ragas_id_scores` runs RAGAS's own ``IDBasedContextPrecision`` / ``IDBasedContextRecall``
-  on document ids, next to our rank-aware context precision (``eval.metrics``), so the table shows
+  on document ids, next to our rank-aware context precision (``rag.metrics``), so the table shows
   both the study's formula and what the RAGAS library itself reports.
 * :class:`RagasJudge` runs RAGAS's LLM metrics (``ragas.metrics.collections``) through the project's
   LLM client (:mod:`eval.ragas_adapters`): context precision with reference (without reference
@@ -24,6 +24,8 @@ from importlib import metadata as importlib_metadata
 from typing import TYPE_CHECKING, Any
 
 from eval.rag_cache import JsonlCache, cache_key
+from eval.ragas_adapters import ClientRagasLLM, QueryEmbedding
+from rag.llm import LLMUnavailable
 
 if TYPE_CHECKING:
     from rag.embedders import Embedder
@@ -159,7 +161,6 @@ class RagasJudge:
                 Faithfulness,
             )
 
-            from eval.ragas_adapters import ClientRagasLLM, QueryEmbedding
 
             llm = ClientRagasLLM(self.client, max_tokens=self.max_tokens, seed=self.seed,
                                  max_chars=self.max_chars, max_items=self.max_items)
@@ -216,7 +217,6 @@ class RagasJudge:
 
     def score(self, sample: JudgeSample) -> JudgeResult:
         """Score one answer on every configured metric (cached verdicts are reused)."""
-        from rag.llm import LLMUnavailable
 
         result = JudgeResult()
         for metric, variant, skip, kwargs in self._plan(sample):

@@ -47,10 +47,26 @@ from eval.rag_run import (
     retrieve_many,
     scope_for,
 )
-from eval.ragas_judge import DEFAULT_JUDGE_METRICS, JUDGE_FORMULAS, JUDGE_METRICS
+from eval.ragas_judge import (
+    DEFAULT_JUDGE_METRICS,
+    JUDGE_FORMULAS,
+    JUDGE_METRICS,
+    JudgeSample,
+    RagasJudge,
+    ragas_id_scores,
+)
+from eval.report import bar_chart, run_manifest, write_json, write_markdown_table
+from eval.stats import bootstrap_ci, paired_test
+from rag import metrics as M
+from rag.beir import load_beir, load_named_set, qa_to_beir
+from rag.config import load_settings, read_secret
+from rag.corpus import CorpusError, load_corpus, read_jsonl_objects, synthea_dir
+from rag.embedders import get_embedder
+from rag.llm import LLMClient
+from rag.local_llm import get_llm_client
 
 if TYPE_CHECKING:
-    from eval.beir import BeirSet, Query
+    from rag.beir import BeirSet, Query
     from rag.config import Settings
     from rag.llm import LLMClient
 
@@ -116,7 +132,6 @@ def synthea_reference_answers(beir: "BeirSet", settings: "Settings") -> int:
     Mechanical, like the qrels themselves; it lets the judge run RAGAS's *with-reference* metrics.
     Returns how many queries got one (queries that already have an answer are left alone).
     """
-    from rag.corpus import CorpusError, read_jsonl_objects, synthea_dir
 
     path = synthea_dir(settings) / "conditions.jsonl"
     if not path.is_file():
@@ -151,8 +166,6 @@ def find_qa_test_splits(settings: "Settings") -> list[Path]:
 
 def load_sets(cfg: SuiteConfig, settings: "Settings") -> tuple[list["BeirSet"], dict[str, Any], list[str]]:
     """The evaluation sets, their input files (for the manifest) and notes on what was (not) found."""
-    from eval.beir import load_beir, load_named_set, qa_to_beir
-    from rag.corpus import load_corpus, synthea_dir
 
     sets: list[BeirSet] = []
     notes: list[str] = []
@@ -214,8 +227,6 @@ def generator_settings(settings: "Settings", generator: str | None, generator_mo
 
 def judge_client(cfg: SuiteConfig, settings: "Settings", generator: "LLMClient") -> tuple["LLMClient", str]:
     """The judge endpoint and how the report names it."""
-    from rag.config import read_secret
-    from rag.llm import LLMClient
 
     if cfg.judge_endpoint:
         model = cfg.judge_model or settings.llm_model
@@ -233,7 +244,6 @@ def judge_client(cfg: SuiteConfig, settings: "Settings", generator: "LLMClient")
 
 
 def _summary(values: Sequence[float], seed: int) -> dict[str, Any]:
-    from eval.stats import bootstrap_ci
 
     vals = [float(v) for v in values if v is not None]
     if not vals:
@@ -250,7 +260,6 @@ def _median(values: Iterable[float | None]) -> float | None:
 def aggregate(records: list[dict[str, Any]], choices: Sequence[RetrieverChoice], modes: Sequence[str],
               judge_metrics: Sequence[str], seed: int) -> dict[str, Any]:
     """``{set: {mode: {model: {metric: {mean, ci, n}}}}}`` plus latencies and paired tests."""
-    from eval.stats import paired_test
 
     out: dict[str, Any] = {}
     for set_name in dict.fromkeys(r["set"] for r in records):
@@ -314,7 +323,6 @@ def render_tables(results: dict[str, Any], labels: dict[str, str], choices: Sequ
                   modes: Sequence[str], k: int, judge_metrics: Sequence[str],
                   counts: dict[str, dict[str, int]]) -> str:
     """Markdown: per set, a retrieval table (all questions) and an answer/judge table (subsets)."""
-    from eval.report import write_markdown_table
 
     parts: list[str] = []
     short = {"patient": "patient", "cross": "cross"}
@@ -421,9 +429,6 @@ def run_suite(cfg: SuiteConfig, settings: "Settings") -> dict[str, Any]:
     """Run everything; returns the results document (also written to ``cfg.out``)."""
     from tqdm.auto import tqdm
 
-    from eval import metrics as M
-    from eval.ragas_judge import JudgeSample, RagasJudge, ragas_id_scores
-    from eval.report import bar_chart, run_manifest, write_json
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     out_dir = Path(cfg.out) if cfg.out else Path(settings.home) / "eval" / "ragas_suite"
@@ -512,7 +517,6 @@ def run_suite(cfg: SuiteConfig, settings: "Settings") -> dict[str, Any]:
     answer_recs = question_major(records, selected, cfg.answer_limit, choices, cfg.modes)
     llm = None
     if cfg.answer_limit > 0 and answer_recs:
-        from rag.local_llm import get_llm_client
 
         t0 = time.perf_counter()
         llm = get_llm_client(settings)
@@ -543,7 +547,6 @@ def run_suite(cfg: SuiteConfig, settings: "Settings") -> dict[str, Any]:
 
     # ---- judge on the first judge_limit answered questions
     if cfg.judge and llm is not None and cfg.judge_limit > 0:
-        from rag.embedders import get_embedder
 
         client, jlabel = judge_client(cfg, settings, llm)
         needs_emb = {"answer_relevancy", "answer_correctness"} & set(cfg.judge_metrics)
@@ -683,7 +686,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     import bm25s  # noqa: F401  (sets its logger to DEBUG on import; keep the terminal table readable)
 
     logging.getLogger("bm25s").setLevel(logging.WARNING)
-    from rag.config import load_settings
 
     beir_paths = None
     if any((args.corpus, args.queries, args.qrels)):

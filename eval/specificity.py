@@ -20,7 +20,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from eval.beir import BeirSet
+    from rag.beir import BeirSet
 
 BUCKETS = ("specific", "partly specific", "unspecific")
 SPECIFIC_MAX_DF = 0.02

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from finetune.date_formats import MONTH_NUMBER
+
 RESOURCES = Path(__file__).resolve().parent / "resources"
 
 #: Locales whose first/last names are looked up: the patients of a German or US hospital come
@@ -126,7 +128,6 @@ def load_gazetteers() -> Gazetteers:
     common |= {w.lower() for w in EN_STOP} | {w.lower() for w in DE_STOP}
     for line in _read_list("clinical_words.txt"):
         common |= set(line.split())
-    from finetune.date_formats import MONTH_NUMBER
 
     common |= set(MONTH_NUMBER)
     common |= {"monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday",

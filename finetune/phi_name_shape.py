@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from finetune.phi_vocabulary import Vocabulary, load_vocabulary
+from finetune.phi_vocabulary import Vocabulary, _zipf_table, load_vocabulary
+from rag.config import load_settings
 
 #: Words need this much evidence of a name to be masked without context (probability of "name").
 NAME_SHAPE_THRESHOLD = 0.5
@@ -68,7 +69,6 @@ def _typo(word: str, rng: random.Random) -> str:
 
 def training_lists(vocab: Vocabulary) -> tuple[list[str], list[str]]:
     """(names, words): the two classes, sorted, typos included, for one language's vocabulary."""
-    from finetune.phi_vocabulary import _zipf_table
 
     zipf = _zipf_table(vocab.language)
     names = sorted(n for n in vocab.names if n.isalpha() and len(n) >= 3 and not vocab.is_safe(n))
@@ -90,7 +90,6 @@ def train(vocab: Vocabulary) -> NameShape:
 
 
 def _cache_path(vocab: Vocabulary) -> Path:
-    from rag.config import load_settings
 
     key = hashlib.sha256(f"{VERSION}:{vocab.language}:{len(vocab.names)}:{len(vocab.safe)}:{len(vocab.clinical)}:"
                          f"{N_FEATURES}:{WORD_MIN_ZIPF}".encode()).hexdigest()[:16]

@@ -41,9 +41,9 @@ from finetune.phi_name_rules import (
 )
 from finetune.phi_number_rules import ages, dates, identifiers, phones, urls
 from finetune.phi_place_rules import addresses, employers, german_hospital_forms, hospitals, places, saints_and_wards
-from finetune.phi_unknown_rules import unknown_words
 from finetune.phi_text import LETTER, ORDINARY_SUFFIX, TITLE_CHAIN, PhiSpan, TextView
 from finetune.phi_types import PRIORITY, PhiType
+from finetune.phi_unknown_rules import unknown_words
 
 # --------------------------------------------------------------------------------------------
 # Rule registry, Presidio wrapper

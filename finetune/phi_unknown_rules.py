@@ -18,9 +18,9 @@ import re
 from collections.abc import Iterator
 
 from finetune.phi_name_rules import CREDENTIALS, RELATIONS
+from finetune.phi_name_shape import load_name_shape
 from finetune.phi_text import STOP_WORDS, TITLE_CHAIN, PhiSpan, TextView, Token
 from finetune.phi_types import PhiType
-from finetune.phi_name_shape import load_name_shape
 from finetune.phi_vocabulary import load_vocabulary
 
 #: Place prepositions ("lives in", "transferred from"); "to" counts only after a transfer verb.

@@ -1,4 +1,4 @@
-"""One command from shared data to an evaluated domain embedder: ``python -m finetune.pipeline --preset cpu-demo``.
+"""From shared data to a domain embedder: ``python -m finetune.pipeline --preset cpu-demo``.
 
 Stages, each in its own folder under ``<home>/pipeline/<preset>/`` with a ``manifest.json``:
 
@@ -7,20 +7,22 @@ Stages, each in its own folder under ``<home>/pipeline/<preset>/`` with a ``mani
 2. ``synthesize``  - QA pairs: the preset's committed QA file (copied with its manifest) or
    ``finetune.synthesize`` on the pseudonymized QA corpus;
 3. ``split``       - ``finetune.split``: train/dev/test disjoint by patient, plus the dev and test
-   splits as BEIR-like sets (``eval.ir.write_qa_split``; the test corpus is the held-out patients'
-   original records, which is what the app would index) and, because CPU synthesis may yield few
-   QA pairs, a generator-free held-out proxy: inverse cloze with the query sentence cut out of its
-   document (``finetune.pairs.cloze_test_documents``);
+   splits as BEIR-like sets (``finetune.split.write_qa_split``; the test corpus is the held-out
+   patients' original records, which is what the app would index) and, because CPU synthesis may
+   yield few QA pairs, a generator-free held-out proxy: inverse cloze with the query sentence cut out
+   of its document (``finetune.pairs.cloze_test_documents``);
 4. ``mine``        - training pairs (``finetune.pairs``: QA of training patients + inverse cloze on
    training documents) with hard negatives (``finetune.negatives``);
-5. ``train``       - ``finetune.train`` -> ``<home>/models/<name>``, usable by name everywhere;
-6. ``evaluate``    - ``eval.ir`` on the test split (both scopes, baselines, hybrid) and on sets our
-   generator did not make (synthea-conditions, pubmedqa), plus a summary against the targets.
+5. ``train``       - ``finetune.train`` -> ``<home>/models/<name>``, usable by name everywhere.
+
+The evaluation of the result is a further stage of the same run, in the layer that judges:
+``python -m eval.pipeline --preset cpu-demo`` runs these stages and then ``evaluate``
+(``eval.ir`` on the test split and on sets our generator did not make).
 
 A stage is skipped when its manifest says it completed with the same parameters and inputs (a
 hash chained through the earlier stages) and its outputs exist; change the preset and exactly the
-affected stages rerun. Interrupted stages restart (pseudonymization and eval.ir keep finished
-documents/runs, so little is lost).
+affected stages rerun. Interrupted stages restart (pseudonymization keeps finished documents, so
+little is lost).
 
 What the model saw: only training-split patients of the QA corpus (their documents, QA pairs and
 inverse-cloze sentences) plus the preset's extra corpora; never a dev or test patient, never the
@@ -33,21 +35,42 @@ import dataclasses
 import hashlib
 import json
 import logging
+import random
 import resource
 import shutil
 import sys
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finetune import synthesize
+from finetune.negatives import mine_negatives
+from finetune.pairs import (
+    chunk_corpus,
+    cloze_test_documents,
+    description_pairs,
+    inverse_cloze_pairs,
+    qa_pairs,
+    read_pairs,
+    write_pairs,
+)
 from finetune.presets import PRESETS, Preset, get_preset
+from finetune.pseudonymize import load_key, pseudonymize_file
+from finetune.qa_schema import read_qa
+from finetune.split import load_assignment, split_by_patient, write_qa_split, write_split
+from finetune.train import ChunkedSet, DevSet, train
+from rag.beir import BeirSet, Query, load_beir, load_named_set, write_beir
+from rag.chunking import ChunkingConfig
 from rag.config import Settings, load_settings
-from rag.manifest import atomic_write_text
+from rag.corpus import Corpus, load_corpus, load_jsonl, write_jsonl
+from rag.embedders import get_embedder, trained_models_dir
+from rag.manifest import atomic_write_text, run_manifest, write_json
 
 log = logging.getLogger("finetune.pipeline")
 
-STAGES = ("pseudonymize", "synthesize", "split", "mine", "train", "evaluate")
+STAGES = ("pseudonymize", "synthesize", "split", "mine", "train")
 
 
 class PipelineError(RuntimeError):
@@ -87,8 +110,6 @@ def peak_rss_mb() -> float:
 
 def mark_complete(folder: Path, key: str, outputs: Sequence[Path], seconds: float, extra: dict[str, Any]) -> dict:
     """Merge the pipeline record into the stage's manifest (a stage module may have written one)."""
-    from rag.manifest import run_manifest, write_json
-
     manifest = _read_json(folder / "manifest.json") or run_manifest()
     manifest.update(extra)
     manifest["pipeline"] = {"complete": True, "key": key, "outputs": [str(p) for p in outputs],
@@ -122,8 +143,6 @@ class Run:
     def pseudonymized(self, name: str) -> Any:
         """The pseudonymize stage's output for corpus ``name``, with the source corpus' patient structure
         (a corpus without patients stays one patient per document)."""
-        from rag.corpus import load_corpus, load_jsonl
-
         structure = load_corpus(name, self.settings, limit=1).patient_structure
         return load_jsonl(self.dir("pseudonymize") / f"{corpus_slug(name)}.jsonl", name=name,
                           one_patient_per_document=structure == "one-per-document")
@@ -144,14 +163,11 @@ class Run:
 
 
 def _pseudonymize(run: Run) -> tuple[list[Path], dict]:
-    from rag.corpus import load_corpus, write_jsonl
-
     out_dir = run.dir("pseudonymize")
     source_dir = out_dir / "source"
     outputs, info = [], {}
     key = None
     if run.preset.pseudonymize:
-        from finetune.pseudonymize import load_key, pseudonymize_file
 
         key = load_key(run.key_file)
     for name, limit in run.corpora().items():
@@ -188,7 +204,6 @@ def _synthesize(run: Run) -> tuple[list[Path], dict]:
         manifests = {str(src.parent): _read_json(src.parent / "manifest.json") for src in sources}
         return [out], {"source": "committed", "qa_files": files, "qa_manifests": manifests,
                        "qa_pairs": sum(f["qa_pairs"] for f in files)}
-    from finetune import synthesize  # the QA engineer's module
 
     docs = run.dir("pseudonymize") / f"{corpus_slug(preset.qa_corpus)}.jsonl"
     kwargs: dict[str, Any] = {"per_doc": preset.synthesize_per_doc}
@@ -199,10 +214,6 @@ def _synthesize(run: Run) -> tuple[list[Path], dict]:
 
 
 def _split(run: Run) -> tuple[list[Path], dict]:
-    from eval.ir import write_qa_split
-    from finetune.qa_schema import read_qa
-    from finetune.split import split_by_patient, write_split
-
     preset = run.preset
     out_dir = run.dir("split")
     qa_path = run.dir("synthesize") / "qa.jsonl"
@@ -227,11 +238,6 @@ def _split(run: Run) -> tuple[list[Path], dict]:
 
 def write_cloze_set(preset: Preset, run: Run, split: str, out_dir: Path) -> dict[str, Any]:
     """The held-out inverse-cloze set of one split as BEIR files (original records of its patients)."""
-    from eval.beir import BeirSet, Query, write_beir
-    from finetune.pairs import cloze_test_documents
-    from finetune.split import load_assignment
-    from rag.corpus import Corpus, load_corpus
-    from rag.embedders import get_embedder
 
     assignment = load_assignment(run.dir("split") / "splits.json")
     corpus = load_corpus(preset.qa_corpus, run.settings)
@@ -247,11 +253,6 @@ def write_cloze_set(preset: Preset, run: Run, split: str, out_dir: Path) -> dict
 
 
 def _mine(run: Run) -> tuple[list[Path], dict]:
-    from finetune.negatives import mine_negatives
-    from finetune.pairs import chunk_corpus, description_pairs, inverse_cloze_pairs, qa_pairs, write_pairs
-    from finetune.split import load_assignment
-    from rag.chunking import ChunkingConfig
-    from rag.embedders import get_embedder
 
     preset = run.preset
     base = get_embedder(preset.train.base, run.settings)
@@ -262,8 +263,6 @@ def _mine(run: Run) -> tuple[list[Path], dict]:
     qa_chunks = chunk_corpus(qa_corpus, base.token_offsets, cfg, patients=train_patients)
     pairs = []
     if preset.use_qa_pairs:
-        from finetune.qa_schema import read_qa
-
         rows, _ = read_qa(run.dir("split") / "train" / "qa.jsonl", required=("doc_id", "question"))
         pairs += qa_pairs(rows, qa_corpus, qa_chunks, train_patients)
     all_chunks = [c for cs in qa_chunks.values() for c in cs]
@@ -299,10 +298,6 @@ def _mine(run: Run) -> tuple[list[Path], dict]:
 
 
 def _train(run: Run) -> tuple[list[Path], dict]:
-    from eval.beir import load_beir
-    from finetune.pairs import read_pairs
-    from finetune.train import ChunkedSet, DevSet, train
-    from rag.embedders import trained_models_dir
 
     preset = run.preset
     dev = dev_chunks = None
@@ -321,44 +316,12 @@ def _train(run: Run) -> tuple[list[Path], dict]:
     return [folder / "crag_embedder.json"], {"result": result.to_json(), "model": str(folder)}
 
 
-def _evaluate(run: Run) -> tuple[list[Path], dict]:
-    from eval.beir import load_beir, load_named_set
-    from eval.ir import evaluate
-
-    preset = run.preset
-    out_dir = run.dir("evaluate")
-    models = [m if m != "domain" else f"domain={preset.train.name}" for m in preset.eval_models]
-    results = {}
-    for key, folder in (("test", "test_beir"), ("test-cloze", "test_cloze")):
-        d = run.dir("split") / folder
-        test = load_beir(d / "corpus.jsonl", d / "queries.jsonl", d / "qrels.tsv",
-                         name=f"{corpus_slug(preset.qa_corpus)}-{key}")
-        if not test.queries:
-            log.warning("%s: no queries (no QA pairs of held-out patients?) - not evaluated", folder)
-            continue
-        results[key] = evaluate(test, models, scope=preset.eval_scope, settings=run.settings,
-                                out_dir=out_dir / key, progress=run.progress, base=preset.train.base)
-    for name in preset.general_sets:
-        beir = general_sample(load_named_set(name, run.settings), preset, name)
-        general = [m if m != "domain" else f"domain={preset.train.name}" for m in preset.general_models]
-        results[name] = evaluate(beir, general, scope="both", settings=run.settings,
-                                 out_dir=out_dir / name, progress=run.progress, base=preset.train.base)
-    summary = summarize(results, base=preset.train.base)
-    _write_summary(summary, out_dir)
-    return [out_dir / "summary.json", out_dir / "summary.md"], {"summary": summary}
-
-
 def subsample(beir: Any, n_queries: int | None, max_docs: int | None, seed: int = 0,
               exclude: Collection[str] = ()) -> Any:
     """A seeded sample of ``n_queries`` queries over a smaller corpus: their relevant documents plus
     random distractors up to ``max_docs``. An easier set than the full one (fewer distractors), but
     the same for every model, so the domain-vs-base comparison stays fair at a CPU-sized cost.
     Queries in ``exclude`` are never sampled (a guard slice disjoint from the reported one)."""
-    import random
-
-    from eval.beir import BeirSet
-    from rag.corpus import Corpus
-
     if n_queries is None and max_docs is None and not exclude:
         return beir
     rng = random.Random(seed)
@@ -380,19 +343,9 @@ def subsample(beir: Any, n_queries: int | None, max_docs: int | None, seed: int 
 
 def guard_set(name: str, run: Run) -> Any:
     """The guard slice of a general set, chunked as the index chunks it, for the interpolation choice."""
-    from eval.beir import load_named_set
-    from finetune.train import ChunkedSet
 
     beir = guard_sample(load_named_set(name, run.settings), run.preset)
     return ChunkedSet.like_index(beir, run.preset.train.base, run.settings, f"guard-{name}")
-
-
-def general_sample(beir: Any, preset: Preset, set_name: str) -> Any:
-    """The part of the general set ``set_name`` that the evaluate stage reports: its queries less the
-    guard's (a seeded sample of ``general_query_limit`` of them when set), over ``general_max_docs``."""
-    guard = guard_sample(beir, preset) if set_name in preset.guard_sets else None
-    return subsample(beir, preset.general_query_limit, preset.general_max_docs, seed=preset.split_seed,
-                     exclude=[q.query_id for q in guard.queries] if guard else ())
 
 
 def guard_sample(beir: Any, preset: Preset) -> Any:
@@ -401,132 +354,62 @@ def guard_sample(beir: Any, preset: Preset) -> Any:
     return subsample(beir, preset.guard_queries, preset.guard_max_docs, seed=preset.split_seed + 1)
 
 
-# --------------------------------------------------------------------------------------------
-# Summary against the issue's targets
+@dataclass(frozen=True)
+class Stage:
+    """One step of a run: what it does, and the parameters whose change makes it (and later ones) rerun."""
+
+    name: str
+    run: Callable[[Run], tuple[list[Path], dict]]
+    params: Callable[[Run], dict[str, Any]]
 
 
-def summarize(results: dict[str, dict], base: str = "me5-small") -> dict[str, Any]:
-    """MAP@100 per set, model and scope, and the target checks (domain vs base, minilm, BM25).
-
-    ``results`` maps a set name to what ``eval.ir.evaluate`` returned (``aggregate[scope][model]``).
-    """
-    table: dict[str, dict[str, dict[str, float | None]]] = {}
-    cis: dict[str, dict[str, dict[str, list[float]]]] = {}
-    for set_name, res in results.items():
-        for scope, models in (res.get("aggregate") or {}).items():
-            for model, metrics in models.items():
-                entry = metrics.get("map@100") or {}
-                table.setdefault(set_name, {}).setdefault(model, {})[scope] = entry.get("mean")
-                cis.setdefault(set_name, {}).setdefault(model, {})[scope] = entry.get("ci95")
-    checks: dict[str, Any] = {}
-    for set_name in ("test", "test-cloze"):
-        test = table.get(set_name, {})
-        if not test:
-            continue
-
-        def get(model: str, scope: str) -> float | None:
-            return test.get(model, {}).get(scope)
-
-        dom_c, base_c = get("domain", "cross"), get(base, "cross")
-        if dom_c is not None and base_c:
-            checks[f"{set_name}: cross domain/base"] = round(dom_c / base_c, 3)
-            checks[f"{set_name}: cross ratio >= 1.5"] = dom_c >= 1.5 * base_c
-            checks[f"{set_name}: cross above minilm and bm25"] = all(dom_c > (get(m, "cross") or 0)
-                                                                     for m in ("minilm", "bm25"))
-        dom_p = get("domain", "patient")
-        if dom_p is not None:
-            checks[f"{set_name}: patient above all three"] = all(dom_p > (get(m, "patient") or 0)
-                                                                 for m in (base, "minilm", "bm25"))
-        for scope in ("cross", "patient"):
-            ranked = sorted(((v.get(scope) or 0.0, m) for m, v in test.items()), reverse=True)
-            if ranked:
-                checks[f"{set_name}: best {scope}"] = ranked[0][1]
-    for set_name in ("synthea-conditions", "pubmedqa"):
-        cols = table.get(set_name, {})
-        for scope in ("cross", "patient"):
-            d, b = cols.get("domain", {}).get(scope), cols.get(base, {}).get(scope)
-            if d is not None and b:
-                checks[f"{set_name} ({scope}): MAP loss vs base"] = round(1 - d / b, 4)
-                checks[f"{set_name} ({scope}): loss <= 5%"] = d >= 0.95 * b
-    return {"map@100": table, "ci95": cis, "checks": checks,
-            "formula": "AP@100 = (1/min(R,100)) * sum over relevant ranks k<=100 of precision@k; MAP = mean over queries"}
-
-
-def _write_summary(summary: dict, out_dir: Path) -> None:
-    from eval.report import bar_chart, write_json, write_markdown_table
-
-    write_json(summary, out_dir / "summary.json")
-    rows = []
-    for set_name, models in summary["map@100"].items():
-        for model, scopes in models.items():
-            rows.append({"set": set_name, "model": model,
-                         **{f"MAP@100 {s}": (round(v, 4) if v is not None else None) for s, v in scopes.items()}})
-    cols = ["set", "model", "MAP@100 cross", "MAP@100 patient"]
-    checks = [f"- {k}: {v}" for k, v in summary["checks"].items()]
-    write_markdown_table(rows, cols, out_dir / "summary.md", title="Fine-tuning pipeline: MAP@100",
-                         notes=["", "Targets", "", *checks, "", summary["formula"]])
-    chart_set = "test" if "test" in summary["map@100"] else "test-cloze"
-    test = summary["map@100"].get(chart_set, {})
-    ci = summary.get("ci95", {}).get(chart_set, {})
-    data: dict[str, dict[str, tuple[float, float, float]]] = {}
-    for scope in ("cross", "patient"):
-        for m, v in test.items():
-            if v.get(scope) is not None:
-                lo, hi = (ci.get(m, {}).get(scope) or [v[scope], v[scope]])
-                data.setdefault(scope, {})[m] = (v[scope], lo, hi)
-    if any(data.values()):
-        bar_chart({k: v for k, v in data.items() if v}, out_dir / "summary_map100.png", metric_name="MAP@100",
-                  title=f"Held-out patients ({chart_set}): MAP@100 with 95% bootstrap CI")
-
-
-STAGE_FUNCS: dict[str, Callable[[Run], tuple[list[Path], dict]]] = {
-    "pseudonymize": _pseudonymize, "synthesize": _synthesize, "split": _split,
-    "mine": _mine, "train": _train, "evaluate": _evaluate,
-}
-
-
-def _stage_params(run: Run, stage: str) -> dict[str, Any]:
+def _synthesize_params(run: Run) -> dict[str, Any]:
     p = run.preset
-    common = {"preset": p.name}
-    if stage == "pseudonymize":
-        return {**common, "corpora": run.corpora(), "pseudonymize": p.pseudonymize, "key_file": str(run.key_file)}
-    if stage == "synthesize":
-        hashes = [hashlib.sha256(Path(f).read_bytes()).hexdigest() if Path(f).is_file() else None
-                  for f in p.qa_files]
-        return {**common, "qa_files": list(p.qa_files), "qa_sha256": hashes, "per_doc": p.synthesize_per_doc,
-                "generator": p.generator_gguf}
-    if stage == "split":
-        return {**common, "seed": p.split_seed, "fractions": p.split_fractions, "by": p.split_by}
-    if stage == "mine":
-        return {**common, "qa": p.use_qa_pairs, "ict": p.ict_per_chunk, "ict_on_qa": p.ict_on_qa_corpus,
-                "mine": p.mine, "keep": p.keep_negatives, "base": p.train.base,
-                "chunking": [run.settings.chunk_tokens, run.settings.chunk_overlap_tokens]}
-    if stage == "train":
-        return {**common, "train": dataclasses.asdict(p.train), "dev_queries": p.dev_queries,
-                "guards": p.guard_sets, "guard_queries": p.guard_queries, "guard_docs": p.guard_max_docs}
-    return {**common, "models": p.eval_models, "scope": p.eval_scope, "general": p.general_sets,
-            "general_models": p.general_models, "limit": p.general_query_limit, "max_docs": p.general_max_docs,
-            "guards": p.guard_sets, "guard_queries": p.guard_queries, "guard_docs": p.guard_max_docs}
+    hashes = [hashlib.sha256(Path(f).read_bytes()).hexdigest() if Path(f).is_file() else None for f in p.qa_files]
+    return {"qa_files": list(p.qa_files), "qa_sha256": hashes, "per_doc": p.synthesize_per_doc,
+            "generator": p.generator_gguf}
+
+
+BUILD_STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("pseudonymize", _pseudonymize, lambda run: {"corpora": run.corpora(), "pseudonymize": run.preset.pseudonymize,
+                                                      "key_file": str(run.key_file)}),
+    Stage("synthesize", _synthesize, _synthesize_params),
+    Stage("split", _split, lambda run: {"seed": run.preset.split_seed, "fractions": run.preset.split_fractions,
+                                        "by": run.preset.split_by}),
+    Stage("mine", _mine, lambda run: {
+        "qa": run.preset.use_qa_pairs, "ict": run.preset.ict_per_chunk, "ict_on_qa": run.preset.ict_on_qa_corpus,
+        "mine": run.preset.mine, "keep": run.preset.keep_negatives, "base": run.preset.train.base,
+        "chunking": [run.settings.chunk_tokens, run.settings.chunk_overlap_tokens]}),
+    Stage("train", _train, lambda run: {
+        "train": dataclasses.asdict(run.preset.train), "dev_queries": run.preset.dev_queries,
+        "guards": run.preset.guard_sets, "guard_queries": run.preset.guard_queries,
+        "guard_docs": run.preset.guard_max_docs}),
+)}
 
 
 def run_pipeline(preset: Preset, settings: Settings | None = None, *, root: Path | None = None,
-                 key_file: Path | None = None, stages: Sequence[str] = STAGES, force: Sequence[str] = (),
-                 progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) the stages in order; returns the run manifest (also written to ``root``)."""
-    from rag.manifest import run_manifest, write_json
+                 key_file: Path | None = None, stages: Sequence[str] | None = None, force: Sequence[str] = (),
+                 progress: bool = True, registry: Mapping[str, Stage] = BUILD_STAGES,
+                 command: str = "finetune.pipeline") -> dict[str, Any]:
+    """Run (or resume) the stages of ``registry`` in order; returns the run manifest (also written to ``root``).
 
+    ``eval.pipeline`` passes the build stages plus its own ``evaluate``: one run folder, one chain of
+    stage keys, whichever layer a stage lives in."""
     settings = settings or load_settings()
     root = Path(root) if root else Path(settings.home) / "pipeline" / preset.name
     key_file = Path(key_file) if key_file else (settings.privacy_key_file or None)
     run = Run(preset, settings, root, key_file, progress)
-    unknown = set(stages) - set(STAGES)
+    order = list(registry)
+    stages = order if stages is None else list(stages)
+    unknown = set(stages) - set(order)
     if unknown:
-        raise PipelineError(f"unknown stages {sorted(unknown)}; stages are {', '.join(STAGES)}")
+        raise PipelineError(f"unknown stages {sorted(unknown)}; stages are {', '.join(order)}")
     t_all = time.perf_counter()
     previous = ""
-    last = max((STAGES.index(s) for s in stages), default=-1)  # later stages are neither run nor checked
-    for stage in STAGES[:last + 1]:
-        key = _hash({"params": _stage_params(run, stage), "upstream": previous})
+    last = max((order.index(s) for s in stages), default=-1)  # later stages are neither run nor checked
+    for stage in order[:last + 1]:
+        params = {"preset": preset.name, **registry[stage].params(run)}
+        key = _hash({"params": params, "upstream": previous})
         previous = key
         folder = run.dir(stage)
         manifest = _read_json(folder / "manifest.json") or {}
@@ -542,39 +425,46 @@ def run_pipeline(preset: Preset, settings: Settings | None = None, *, root: Path
         log.info("stage %-12s running -> %s", stage, folder)
         folder.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        outs, extra = STAGE_FUNCS[stage](run)
+        outs, extra = registry[stage].run(run)
         seconds = time.perf_counter() - t0
-        mark_complete(folder, key, outs, seconds, {"stage": f"finetune.pipeline:{stage}", **extra,
-                                                    "parameters": _stage_params(run, stage)})
+        mark_complete(folder, key, outs, seconds, {"stage": f"{command}:{stage}", **extra, "parameters": params})
         run.timings[stage] = {"skipped": False, "seconds": round(seconds, 1), "peak_rss_mb_so_far": peak_rss_mb()}
         log.info("stage %-12s done in %.0f s (peak RSS so far %.0f MB)", stage, seconds, peak_rss_mb())
-    manifest = run_manifest(stage="finetune.pipeline", preset=preset.to_json(), timings=run.timings,
+    manifest = run_manifest(stage=command, preset=preset.to_json(), timings=run.timings,
                             seconds=round(time.perf_counter() - t_all, 1), root=str(root))
     write_json(manifest, root / "manifest.json")
     return manifest
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m finetune.pipeline", description=__doc__.split("\n")[0])
+def add_run_arguments(parser: argparse.ArgumentParser, stages: Sequence[str]) -> None:
+    """The options both pipeline commands take."""
     parser.add_argument("--preset", default="cpu-demo", choices=sorted(PRESETS))
     parser.add_argument("--run-dir", type=Path, help="default <home>/pipeline/<preset>")
     parser.add_argument("--key-file", type=Path, help="pseudonymization key (default CRAG_PRIVACY_KEY_FILE)")
-    parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset (earlier ones must be complete)")
+    parser.add_argument("--stages", default=",".join(stages), help="comma-separated subset (earlier ones must be complete)")
     parser.add_argument("--force", default="", help="comma-separated stages to rerun even when complete")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(list(argv) if argv is not None else None)
+
+
+def run_from_arguments(args: argparse.Namespace, registry: Mapping[str, Stage], command: str) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    return run_pipeline(get_preset(args.preset), root=args.run_dir, key_file=args.key_file,
+                        stages=[s for s in args.stages.split(",") if s], force=[s for s in args.force.split(",") if s],
+                        progress=not args.quiet, registry=registry, command=command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m finetune.pipeline", description=__doc__.split("\n")[0])
+    add_run_arguments(parser, STAGES)
+    args = parser.parse_args(list(argv) if argv is not None else None)
     try:
-        manifest = run_pipeline(get_preset(args.preset), root=args.run_dir, key_file=args.key_file,
-                                stages=[s for s in args.stages.split(",") if s],
-                                force=[s for s in args.force.split(",") if s], progress=not args.quiet)
+        manifest = run_from_arguments(args, BUILD_STAGES, "finetune.pipeline")
     except (PipelineError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    root = Path(manifest["root"])
-    summary = root / "evaluate" / "summary.md"
-    if summary.is_file():
-        print(summary.read_text(encoding="utf-8"))
+    preset = get_preset(args.preset)
+    print(f"model: {preset.train.name} (under <home>/models); evaluate it with python -m eval.pipeline --preset "
+          f"{preset.name}")
     print(f"total {manifest['seconds']:.0f} s; stages: {json.dumps(manifest['timings'])}")
     return 0
 

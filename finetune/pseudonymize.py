@@ -34,12 +34,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import rag  # noqa: F401  (offline environment first)
-from rag.manifest import sha256_file, write_json
 from finetune.date_formats import parse_iso_or_any
+from finetune.phi_detector import DEFAULT_NER_MODELS, PhiDetector
 from finetune.phi_types import PhiType
 from finetune.surrogates import Surrogates
+from rag.config import load_settings
 from rag.corpus import CorpusError, Document, Problem, read_jsonl_objects
 from rag.language import detect_language
+from rag.manifest import sha256_file, write_json
 
 if TYPE_CHECKING:  # presidio (and spaCy, torch) load only where detection runs
     from finetune.phi_text import PhiSpan
@@ -61,7 +63,6 @@ def load_key(path: str | Path | None) -> bytes:
     patient different surrogates in different runs without anyone noticing.
     """
     if path is None:
-        from rag.config import load_settings
 
         path = load_settings().privacy_key_file
     if path is None or str(path) == "":
@@ -121,7 +122,6 @@ class Pseudonymizer:
 
     def __init__(self, key: bytes, *, ner_models: dict[str, str | None] | None = None,
                  batch_size: int = 16, detector: Any = None) -> None:
-        from finetune.phi_detector import PhiDetector
 
         self.surrogates = Surrogates(key)
         self.detector = detector or PhiDetector(ner_models, batch_size=batch_size)
@@ -377,7 +377,6 @@ def pseudonymize_file(in_path: str | Path, out_path: str | Path, key: bytes, *, 
                 for batch, lang in _batches(todo, batch_size, language))
             pool = None
         else:
-            from finetune.phi_detector import DEFAULT_NER_MODELS
 
             model_versions = {k: str(v or f"blank:{k}") for k, v in {**DEFAULT_NER_MODELS, **(ner_models or {})}.items()}
             pool = mp.get_context("fork").Pool(workers, initializer=_init_worker,

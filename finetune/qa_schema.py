@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rag.corpus import CorpusError, Problem, read_jsonl_objects
+
 QUESTION_TYPES: tuple[str, ...] = (
     "diagnosis", "medication", "lab_value", "procedure", "finding", "timeline", "history", "plan", "other",
 )
@@ -170,7 +172,6 @@ __all__ = ["Candidate", "ITEM_SCHEMA", "LANGUAGES", "LANGUAGE_NAMES", "QARecord"
 def read_qa(path: str | Path, required: Sequence[str] = ("doc_id",)) -> tuple[list[dict[str, Any]], list[int]]:
     """The records of a ``qa.jsonl`` with their line numbers. Records missing a ``required`` field and
     malformed lines raise together (:class:`rag.corpus.CorpusError`, each naming file and line)."""
-    from rag.corpus import CorpusError, Problem, read_jsonl_objects
 
     path = Path(path)
     if not path.is_file():

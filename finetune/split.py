@@ -27,9 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rag.config import load_settings
 from finetune.qa_schema import read_qa
+from rag.beir import BeirSet, qa_to_beir, write_beir
+from rag.config import Settings, load_settings
 from rag.corpus import Corpus, CorpusError, Document, Problem, load_corpus, load_jsonl, write_jsonl
+from rag.manifest import describe_input, package_versions, run_manifest, write_json
 
 SPLITS: tuple[str, str, str] = ("train", "dev", "test")
 DEFAULT_FRACTIONS: tuple[float, float, float] = (0.8, 0.1, 0.1)
@@ -180,7 +182,6 @@ def _write_rows(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
 def write_split(result: SplitResult, out_dir: str | Path, *, inputs: Mapping[str, str | Path] | None = None,
                 seconds: float | None = None) -> dict[str, Any]:
     """Write the split files, ``splits.json`` and ``manifest.json``; returns the manifest."""
-    from rag.manifest import describe_input, package_versions
 
     out = Path(out_dir)
     for name in SPLITS:
@@ -203,6 +204,43 @@ def write_split(result: SplitResult, out_dir: str | Path, *, inputs: Mapping[str
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
+
+
+def write_qa_split(qa_path: str | Path, docs: str, split: str, out_dir: str | Path, *, seed: int = 0,
+                   fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), by: str = "documents",
+                   assignment: str | Path | None = None, settings: Settings | None = None) -> tuple[BeirSet, dict[str, Path]]:
+    """Write one split of a QA set as ``corpus.jsonl``/``queries.jsonl``/``qrels.tsv``.
+
+    The corpus holds only that split's documents (held-out patients' records), the queries its QA
+    pairs. The split comes from ``assignment`` (a ``splits.json`` written by ``finetune.split``) or
+    is recomputed with ``finetune.split.split_by_patient`` from the same seed and fractions.
+    """
+    settings = settings or load_settings()
+    corpus = load_corpus(docs, settings)
+    if assignment is not None:
+        patient_split = load_assignment(assignment)
+    else:
+        patient_split = split_by_patient(corpus, seed=seed, fractions=fractions, by=by).patient_split
+    missing = sorted({d.patient_id for d in corpus.documents} - set(patient_split))
+    if missing:
+        raise ValueError(f"{len(missing)} patients of {docs} have no split in the assignment (e.g. {missing[0]!r})")
+    chosen = [d for d in corpus.documents if patient_split[d.patient_id] == split]
+    if not chosen:
+        raise ValueError(f"split {split!r} has no documents (splits present: {sorted(set(patient_split.values()))})")
+    name = f"{corpus.name}-{split}"
+    split_corpus = Corpus(name=name, documents=chosen, problems=[], patient_structure=corpus.patient_structure,
+                          source=f"{corpus.source} ({split} split)")
+    # QA rows of other splits are expected in a full QA file: keep only those whose document is in this split
+    full = qa_to_beir(qa_path, corpus, name)
+    keep = {d.doc_id for d in chosen}
+    queries = [q for q in full.queries if q.extra.get("doc_id") in keep]
+    beir = BeirSet(name, split_corpus, queries, {q.query_id: full.qrels[q.query_id] for q in queries}, full.files)
+    paths = write_beir(beir, out_dir)
+    write_json(run_manifest(stage="finetune.split --write-qa-split", inputs={"qa": qa_path, "docs": corpus.source},
+                            parameters={"split": split, "seed": seed, "fractions": list(fractions), "by": by,
+                                        "assignment": str(assignment) if assignment else None},
+                            counts=beir.counts()), Path(out_dir) / "manifest.json")
+    return beir, paths
 
 
 def _counts_table(result: SplitResult) -> str:

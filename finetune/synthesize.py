@@ -57,17 +57,32 @@ from pathlib import Path
 from typing import Any
 
 from finetune.append_log import append_rows, read_rows, repair_tail
-from rag.manifest import package_versions, sha256_file, write_json
 from finetune.filters import (
-    BM25Reference, DenseReference, DocContext, FilterState, apply_filters, default_filters, guess_language,
-    normalize, patient_names,
+    BM25Reference,
+    DenseReference,
+    DocContext,
+    FilterState,
+    apply_filters,
+    default_filters,
+    guess_language,
+    normalize,
+    patient_names,
 )
 from finetune.qa_schema import (
-    LANGUAGE_NAMES, SCHEMA_NAME, Candidate, QARecord, doc_seed, evidence_options, generation_schema,
+    LANGUAGE_NAMES,
+    SCHEMA_NAME,
+    Candidate,
+    QARecord,
+    doc_seed,
+    evidence_options,
+    generation_schema,
 )
 from rag.config import Settings, load_settings
 from rag.corpus import Corpus, Document, load_corpus
+from rag.embedders import get_embedder
 from rag.llm import LLMClient, LLMError, LLMRequestError
+from rag.local_llm import QWEN_NAME, EmbeddedLLMServer, qwen_gguf_path
+from rag.manifest import package_versions, sha256_file, write_json
 from rag.prompts import PROMPT_DIR, load_prompt
 
 log = logging.getLogger(__name__)
@@ -424,7 +439,6 @@ def default_generator(generator: str | None, settings: Settings) -> str | Path:
         return generator
     if settings.llm_gguf:
         return settings.llm_gguf
-    from rag.local_llm import QWEN_NAME, qwen_gguf_path
 
     try:
         qwen_gguf_path(settings.model_cache)
@@ -514,7 +528,6 @@ def synthesize_file(
         if roundtrip == "bm25":
             reference = BM25Reference([d.doc_id for d in all_docs], [d.text for d in all_docs])
         elif roundtrip.startswith("dense:"):
-            from rag.embedders import get_embedder
 
             reference = DenseReference([d.doc_id for d in all_docs], [d.text for d in all_docs],
                                        get_embedder(roundtrip.split(":", 1)[1], settings))
@@ -543,7 +556,6 @@ def synthesize_file(
             generator_info = {"kind": "endpoints", "endpoints": [c.base_url for c in clients],
                               "model": model or settings.llm_model}
         else:
-            from rag.local_llm import EmbeddedLLMServer
 
             server = EmbeddedLLMServer(default_generator(generator, settings), threads=settings.llm_threads,
                                        ctx=ctx * concurrency, parallel=concurrency, model_cache=settings.model_cache)

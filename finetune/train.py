@@ -28,7 +28,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from finetune.negatives import fill_missing
+from finetune.pairs import chunk_corpus, read_pairs
+from rag import embedders
+from rag.beir import load_beir
 from rag.config import Settings, load_settings
+from rag.embedders import get_embedder, trained_models_dir
+from rag.index import index_chunking
+from rag.manifest import run_manifest, write_json
+from rag.metrics import average_precision
 
 if TYPE_CHECKING:  # pragma: no cover
     from sentence_transformers import SentenceTransformer
@@ -307,9 +315,6 @@ class ChunkedSet:
     def like_index(cls, beir: Any, base: str, settings: Settings, name: str,
                    query_ids: Collection[str] | None = None) -> "ChunkedSet":
         """``beir`` cut into chunks as the index of embedder ``base`` would cut it."""
-        from finetune.pairs import chunk_corpus
-        from rag.embedders import get_embedder
-        from rag.index import index_chunking
 
         emb = get_embedder(base, settings)
         return cls.from_beir(beir, chunk_corpus(beir.corpus, emb.token_offsets, index_chunking(emb, settings)),
@@ -319,8 +324,6 @@ class ChunkedSet:
                max_seq_length: int) -> dict[str, float]:
         """MAP@100 as ``{name: cross}`` plus ``{name:patient: patient scope}`` where there are patients."""
         import numpy as np
-
-        from eval.metrics import average_precision
 
         qids = list(self.queries)
         kept, model.max_seq_length = model.max_seq_length, max_seq_length
@@ -409,7 +412,6 @@ def load_trainable(base: str, settings: Settings, max_seq_length: int) -> tuple[
     """A private, trainable copy of the base embedder's model plus the base Embedder (for prefixes)."""
     import copy
 
-    from rag.embedders import get_embedder
 
     base_emb = get_embedder(base, settings)
     model = copy.deepcopy(base_emb.model)
@@ -549,8 +551,6 @@ def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None =
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from transformers import TrainerCallback
 
-    from finetune.negatives import fill_missing
-    from rag.embedders import trained_models_dir
 
     settings = settings or load_settings()
     if cfg.threads:
@@ -674,7 +674,6 @@ def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None =
         shutil.rmtree(out_dir)
     tmp_out.replace(out_dir)
     shutil.rmtree(work_dir, ignore_errors=True)
-    from rag import embedders
 
     embedders.clear_cache()  # a re-trained model of the same name must not come from the cache
     return result
@@ -815,7 +814,6 @@ def _interpolation_note(result: TrainResult) -> str:
 
 def _manifest(out: Path, pairs_path: Path, cfg: TrainConfig, result: TrainResult, dev_dir: Path | None,
               elapsed: float) -> None:
-    from rag.manifest import run_manifest, write_json
 
     files = {"pairs": pairs_path}
     if dev_dir:
@@ -826,7 +824,6 @@ def _manifest(out: Path, pairs_path: Path, cfg: TrainConfig, result: TrainResult
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from finetune.pairs import read_pairs
 
     parser = argparse.ArgumentParser(prog="python -m finetune.train", description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", required=True, type=Path, help="pairs.jsonl (finetune.pairs / finetune.negatives)")
@@ -856,8 +853,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = load_settings()
     dev = dev_chunks = None
     if args.dev_dir:
-        from eval.beir import load_beir
-
         d = args.dev_dir
         beir = load_beir(d / "corpus.jsonl", d / "queries.jsonl", d / "qrels.tsv")
         dev = DevSet.from_beir(beir).limited(args.dev_queries)

@@ -37,10 +37,11 @@ from typing import Any
 
 from finetune.append_log import append_rows, read_rows, repair_tail
 from finetune.synthesize import input_info, versions
-from rag.manifest import write_json
 from rag.config import Settings, load_settings
 from rag.corpus import Document, load_corpus
 from rag.llm import LLMClient, LLMError
+from rag.local_llm import EmbeddedLLMServer
+from rag.manifest import write_json
 from rag.prompts import load_prompt
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,6 @@ def translate_file(in_path: str | Path, out_path: str | Path, *, source: str = "
                                  max_retries=settings.llm_max_retries) for u in endpoints]
             gen = {"kind": "endpoints", "endpoints": [c.base_url for c in clients], "model": clients[0].model}
         elif todo:
-            from rag.local_llm import EmbeddedLLMServer
 
             server = EmbeddedLLMServer(generator or settings.llm_gguf, threads=settings.llm_threads,
                                        ctx=settings.llm_ctx * concurrency, parallel=concurrency,

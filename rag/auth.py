@@ -38,6 +38,8 @@ from typing import Iterator, Sequence
 
 import bcrypt
 
+from rag.config import load_settings
+
 PASSWORD_ENV = "CRAG_NEW_PASSWORD"
 MIN_PASSWORD_CHARS = 8
 MAX_PASSWORD_BYTES = 72  # bcrypt's limit; bcrypt 5 refuses longer input instead of truncating it
@@ -256,7 +258,6 @@ def _read_new_password(password_file: str | None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from rag.config import load_settings
 
     parser = argparse.ArgumentParser(prog="python -m rag.auth", description="Manage chat app users.")
     parser.add_argument("--users-file", default=None, help="default: settings.users_file (<home>/users.json)")

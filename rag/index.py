@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 from rag.chunking import Chunk, ChunkingConfig, chunk_document
 from rag.config import Settings, load_settings
 from rag.corpus import Corpus, Document, load_corpus
+from rag.embedders import get_embedder
 
 if TYPE_CHECKING:
     from rag.embedders import Embedder
@@ -310,7 +311,6 @@ class ChunkIndex:
 def open_index(
     corpus: str, embedder: str | None = None, settings: Settings | None = None, device: str | None = None
 ) -> ChunkIndex:
-    from rag.embedders import get_embedder
 
     settings = settings or load_settings()
     emb = get_embedder(embedder or settings.embedder, settings=settings, device=device or settings.device)

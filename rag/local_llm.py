@@ -38,6 +38,7 @@ from typing import Any
 
 import httpx
 
+from rag.config import load_settings
 from rag.llm import LLMClient, LLMUnavailable
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,6 @@ def chunked_gguf_path(name: str = QWEN_NAME, model_cache: str | Path | None = No
 
     gen = CHUNKED_GENERATORS[name]
     if model_cache is None:
-        from rag.config import load_settings
 
         model_cache = load_settings().model_cache
     target = Path(model_cache).expanduser() / gen.file
@@ -381,7 +381,6 @@ def embedded_server(settings: Any = None) -> EmbeddedLLMServer:
     """The process's embedded server, started on first use (stopped at exit)."""
     global _EMBEDDED, _ATEXIT_REGISTERED
     if settings is None:
-        from rag.config import load_settings
 
         settings = load_settings()
     with _EMBEDDED_LOCK:
@@ -411,7 +410,6 @@ def get_llm_client(settings: Any = None) -> LLMClient:
     bundled SmolLM2, ``llm_threads`` and ``llm_ctx``.
     """
     if settings is None:
-        from rag.config import load_settings
 
         settings = load_settings()
     if settings.llm_base_url:

@@ -46,6 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from rag.config import load_settings
+
 CONVERTER_VERSION = "1"
 BUILD_INFO = "BUILD_INFO.json"
 MAX_SEQ_LENGTH = 512
@@ -374,7 +376,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = args.out_dir
     if out is None:
-        from rag.config import load_settings
 
         out = load_settings().model_cache / "me5-small-q4deq"
     print(build_me5_small(out, force=args.force))

@@ -11,6 +11,7 @@ import time
 from typing import Iterable
 
 from rag.config import load_settings
+from rag.index import open_index
 from rag.retrieve import RETRIEVERS, Scope, make_retriever
 
 
@@ -25,7 +26,6 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print hits as JSON")
     args = parser.parse_args(list(argv) if argv is not None else None)
 
-    from rag.index import open_index
 
     settings = load_settings()
     corpus = args.corpus or settings.corpus

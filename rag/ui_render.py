@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 
 if TYPE_CHECKING:
     from rag.answer import Answer
-    from rag.evidence import Evidence, EvidenceSet
+    from rag.evidence import EvidenceSet
     from rag.retrieve import Hit
 
 CONTEXT_CHARS = 240  # document text shown before and after the cited span

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from eval.deid import GoldDoc, GoldSpan, Tally, load_gold, main, score_document, summarize
+from eval.deid import Tally, main, score_document, summarize
+from eval.deid_gold import GoldDoc, GoldSpan, load_gold
 from finetune.phi_text import PhiSpan
 from finetune.phi_types import PhiType, gold_type
 from rag.corpus import CorpusError, Document

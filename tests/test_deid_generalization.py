@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from eval.deid import GoldDoc, GoldSpan, load_gold, main, select_part
+from eval.deid import main, select_part
+from eval.deid_gold import GoldDoc, GoldSpan, load_gold
 from eval.deid_stress import build_pools, known_words, stress_variants
 from finetune.build_vocabulary import document_words
 from finetune.phi_detector import PhiDetector

@@ -1,4 +1,4 @@
-"""eval.beir readers/writers and the eval.ir harness, end to end on a small synthea slice with the
+"""rag.beir readers/writers and the eval.ir harness, end to end on a small synthea slice with the
 tiny embedder (real Chroma index, real BM25 and RRF, real patient filter)."""
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from eval.beir import BeirSet, Query, load_beir, load_named_set, qa_to_beir, write_beir
-from eval.ir import ModelSpec, evaluate, main, parse_models, ranked_documents, write_qa_split
+from rag.beir import BeirSet, Query, load_beir, load_named_set, qa_to_beir, write_beir
+from eval.ir import ModelSpec, evaluate, main, parse_models, ranked_documents
+from finetune.split import write_qa_split
 from rag.corpus import CorpusError, write_jsonl
 from rag.retrieve import Hit, Scope
 from tests.conftest import needs_shared, small_synthea

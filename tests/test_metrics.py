@@ -1,4 +1,4 @@
-"""Metric, statistics and report functions against hand-computed examples (eval.metrics/stats/report)."""
+"""Metric, statistics and report functions against hand-computed examples (rag.metrics/stats/report)."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from eval.metrics import (
+from rag.metrics import (
     average_precision,
     chunks_to_documents,
     context_precision,

@@ -1,5 +1,6 @@
-"""finetune.pipeline end to end on a tiny corpus and a tiny model: every stage runs, writes a complete
-manifest, training sees only training patients, and a rerun skips what is done."""
+"""The pipeline end to end on a tiny corpus and a tiny model (finetune.pipeline's build stages and
+eval.pipeline's evaluate): every stage runs, writes a complete manifest, training sees only training
+patients, and a rerun skips what is done."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from finetune.pipeline import STAGES, run_pipeline
+from eval.pipeline import ALL_STAGES, STAGES, general_sample
+from finetune.pipeline import PipelineError, guard_sample, run_pipeline, subsample
 from finetune.presets import CPU_DEMO
 from tests.tiny_models import DEFAULT_CORPUS, build_tiny_st
 
@@ -55,9 +57,9 @@ def test_pipeline_runs_end_to_end_and_resumes(tmp_path: Path, settings) -> None:
         eval_models=("domain", str(base), "bm25", "hybrid:domain"), eval_scope="both", general_sets=(),
         guard_sets=("synthea-conditions",), guard_queries=6, guard_max_docs=30)  # the demo corpus ships
     root = tmp_path / "run"
-    early = run_pipeline(preset, settings, root=root, stages=STAGES[:3], progress=False)
+    early = run_pipeline(preset, settings, root=root, stages=STAGES[:3], progress=False)  # the build stages alone
     assert list(early["timings"]) == list(STAGES[:3])  # later stages are neither run nor required
-    manifest = run_pipeline(preset, settings, root=root, progress=False)
+    manifest = run_pipeline(preset, settings, root=root, progress=False, registry=ALL_STAGES)
     assert [s for s in STAGES if not manifest["timings"][s]["skipped"]] == list(STAGES[3:])
     peaks = [manifest["timings"][s]["peak_rss_mb_so_far"] for s in STAGES[3:]]
     assert peaks[0] > 0 and peaks == sorted(peaks)  # a running maximum: the stage where it jumps is the one
@@ -90,24 +92,21 @@ def test_pipeline_runs_end_to_end_and_resumes(tmp_path: Path, settings) -> None:
     assert trained["interpolation"] == 0.5  # the only choice: kept within the tolerance or as the least loss
     assert trained["dev_map_scoring"].startswith("chunks at the inference length")  # scored as eval.ir scores
 
-    again = run_pipeline(preset, settings, root=root, progress=False)
+    again = run_pipeline(preset, settings, root=root, progress=False, registry=ALL_STAGES)
     assert all(again["timings"][s]["skipped"] for s in STAGES)
     changed = preset.with_overrides(eval_scope="cross")  # only the evaluation depends on it
-    third = run_pipeline(changed, settings, root=root, progress=False)
+    third = run_pipeline(changed, settings, root=root, progress=False, registry=ALL_STAGES)
     assert [s for s in STAGES if not third["timings"][s]["skipped"]] == ["evaluate"]
     assert preset.with_overrides(train_max_steps=3).train.max_steps == 3
 
 
 def test_pipeline_refuses_a_later_stage_before_earlier_ones(tmp_path: Path, settings) -> None:
-    from finetune.pipeline import PipelineError
-
     with pytest.raises(PipelineError, match="not complete"):
         run_pipeline(CPU_DEMO, settings, root=tmp_path / "r", stages=["train"], progress=False)
 
 
 def test_subsample_keeps_relevant_documents_and_is_seeded(synthea) -> None:
-    from eval.beir import load_named_set
-    from finetune.pipeline import subsample
+    from rag.beir import load_named_set
 
     full = load_named_set("synthea-conditions")
     small = subsample(full, 20, 150, seed=1)
@@ -120,9 +119,7 @@ def test_subsample_keeps_relevant_documents_and_is_seeded(synthea) -> None:
 
 
 def test_guard_slice_never_holds_a_reported_query(synthea) -> None:
-    from eval.beir import load_named_set
-    from finetune.pipeline import general_sample, guard_sample
-    from finetune.presets import CPU_DEMO
+    from rag.beir import load_named_set
 
     full = load_named_set("synthea-conditions")
     reported, guard = general_sample(full, CPU_DEMO, "synthea-conditions"), guard_sample(full, CPU_DEMO)

@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from rag.config import Settings, load_settings
-from rag.corpus import Corpus, CorpusError, Problem, load_corpus, load_jsonl, read_jsonl_objects, synthea_dir, write_jsonl
+from rag.corpus import (
+    Corpus,
+    CorpusError,
+    Problem,
+    load_corpus,
+    load_jsonl,
+    read_jsonl_objects,
+    synthea_dir,
+    write_jsonl,
+)
 
 QUERY_ID_FIELDS = ("query_id", "_id", "qa_id", "id")
 QUERY_TEXT_FIELDS = ("text", "query", "question")
