@@ -34,7 +34,7 @@ from rag.auth import allowed_patients as user_allowed_patients
 from rag.auth import require_login, verify
 from rag.config import Settings, configured_values, load_settings
 from rag.language import detect_language
-from rag.retrieve import Scope
+from rag.retrieve import Scope, make_retriever
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -106,21 +106,12 @@ class IndexProvider:
         return index.count() if index is not None else None
 
     def retriever(self, embedder: str, kind: str) -> "Retriever":
-        from rag.retrieve import BM25Retriever, DenseRetriever, HybridRetriever
-
         if kind not in RETRIEVER_CHOICES:
             raise ValueError(f"unknown retriever {kind!r}; choose one of {', '.join(RETRIEVER_CHOICES)}")
         with self._lock:
             key = (embedder, kind)
-            if key not in self._retrievers:
-                index = self.index(embedder)
-                if kind == "dense":
-                    self._retrievers[key] = DenseRetriever(index)
-                elif kind == "bm25":
-                    self._retrievers[key] = BM25Retriever(index)
-                else:
-                    self._retrievers[key] = HybridRetriever(self.retriever(embedder, "dense"),
-                                                            self.retriever(embedder, "bm25"))
+            if key not in self._retrievers:  # vectors and BM25 are cached on the index: shared by all kinds
+                self._retrievers[key] = make_retriever(kind, self.index(embedder))
             return self._retrievers[key]
 
     # -- documents

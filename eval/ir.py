@@ -44,7 +44,7 @@ from rag.config import Settings, load_settings
 from rag.corpus import CorpusError
 from rag.index import build_index
 from rag.metrics import IR_METRICS, METRIC_FORMULAS, chunks_to_documents, mean, score_run
-from rag.retrieve import DENSE_SEARCHES, RRF_K, BM25Retriever, DenseRetriever, HybridRetriever, Scope
+from rag.retrieve import DENSE_SEARCHES, RRF_K, Scope, make_retriever
 
 if TYPE_CHECKING:
     from rag.index import ChunkIndex
@@ -132,50 +132,6 @@ def parse_models(text: str | Sequence[str], base: str = "me5-small") -> list[Mod
 # Retrieval of ranked documents through the product's retrievers
 
 
-class _PrecomputedQueryDense(DenseRetriever):
-    """The product's dense retriever, with query vectors embedded once in batches beforehand.
-
-    Only the query encoding is batched (the same ``Embedder.embed_queries`` call, prefix
-    included); the store query with its patient filter is the unchanged ``retrieve_by_vector``.
-
-    It also checks completeness: a cosine search must return ``min(k, chunks in scope)`` chunks.
-    Chroma's HNSW answers shorter under a patient filter (measured on synthea, whose templated
-    notes give many identical vectors: 92 of a patient's 96 chunks, with ef_search 100); such a
-    query is retried once and, if still short, counted in ``short_returns`` so the report says
-    so instead of scoring a truncated list silently. Exact search (the default up to
-    ``rag.retrieve.EXACT_MAX_CHUNKS``) has no such error.
-    """
-
-    SHORT_RETRIES = 1
-
-    def __init__(self, index: "ChunkIndex", vectors: dict[str, list[float]],
-                 scope_size: Callable[[Scope], int] | None = None, search: str = "auto") -> None:
-        super().__init__(index, search=search)
-        self.vectors = vectors
-        self.scope_size = scope_size
-        self.short_returns = 0
-        self.retries = 0
-
-    def retrieve(self, query: str, scope: Scope, k: int = 10):  # type: ignore[override]
-        vector = self.vectors.get(query)
-        if vector is None:
-            vector = self.index.embedder.embed_queries([query])[0].tolist()
-        hits = self.retrieve_by_vector(vector, scope, k)
-        if self.scope_size is None:
-            return hits
-        expected = min(k, self.scope_size(scope))
-        for _ in range(self.SHORT_RETRIES):
-            if len(hits) >= expected:
-                return hits
-            self.retries += 1
-            time.sleep(0.1)
-            hits = self.retrieve_by_vector(vector, scope, k)
-        if len(hits) < expected:
-            self.short_returns += 1
-            log.debug("dense store returned %d of %d chunks for a query in %s", len(hits), expected, scope.describe())
-        return hits
-
-
 @dataclass
 class DocRanking:
     doc_ids: list[str]
@@ -246,7 +202,6 @@ class _Indexes:
         self.beir, self.settings, self.progress = beir, settings, progress
         self.indexes: dict[str, Any] = {}
         self.sync: dict[str, dict] = {}
-        self.bm25: dict[str, BM25Retriever] = {}
         self.scope_chunks: dict[str, dict[str, int]] = {}
 
     def get(self, embedder_name: str) -> "ChunkIndex":
@@ -263,17 +218,10 @@ class _Indexes:
             }
         return self.indexes[embedder_name]
 
-    def bm25_for(self, embedder_name: str) -> BM25Retriever:
-        if embedder_name not in self.bm25:
-            self.bm25[embedder_name] = BM25Retriever(self.get(embedder_name))
-        return self.bm25[embedder_name]
-
     def chunks_per_patient(self, embedder_name: str) -> dict[str, int]:
         if embedder_name not in self.scope_chunks:
-            counts: dict[str, int] = {}
-            for pid in self.bm25_for(embedder_name).patient_of:
-                counts[pid] = counts.get(pid, 0) + 1
-            self.scope_chunks[embedder_name] = counts
+            stored = self.get(embedder_name).lexical()
+            self.scope_chunks[embedder_name] = {p: len(rows) for p, rows in stored.rows_by_patient.items()}
         return self.scope_chunks[embedder_name]
 
 
@@ -300,20 +248,9 @@ def _run_model(spec: ModelSpec, scope_name: str, queries: list[Query], indexes: 
         encode_s = 0.0
     per_patient = indexes.chunks_per_patient(spec.embedder)
     total_chunks = sum(per_patient.values())
-
-    def scope_size(scope: Scope) -> int:
-        return total_chunks if scope.patients is None else sum(per_patient.get(p, 0) for p in scope.patients)
-
-    dense: Any = None
-    if spec.kind in ("dense", "hybrid"):
-        vectors = {t: v.tolist() for t, v in zip(texts, vecs)}
-        dense = _PrecomputedQueryDense(index, vectors, scope_size, search=search)
-    if spec.kind == "dense":
-        retriever: Any = dense
-    elif spec.kind == "bm25":
-        retriever = indexes.bm25_for(spec.embedder)
-    else:
-        retriever = HybridRetriever(dense, indexes.bm25_for(spec.embedder))
+    vectors = {t: v.tolist() for t, v in zip(texts, vecs)} if spec.kind in ("dense", "hybrid") else None
+    retriever = make_retriever(spec.kind, index, search=search, query_vectors=vectors)
+    dense = getattr(retriever, "dense", retriever)  # the dense part counts the store's short answers
 
     ranked: dict[str, list[str]] = {}
     needed: dict[str, int | None] = {}

@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from eval.rag_cache import JsonlCache, cache_key, text_hash
-from rag.answer import AnswerPipeline, detect_language
+from rag.answer import AnswerPipeline
 from rag.embedders import trained_embedders
 from rag.index import build_index
+from rag.language import detect_language
 from rag.prompts import load_prompt
-from rag.retrieve import BM25Retriever, DenseRetriever, Hit, Scope, ScopeViolation
+from rag.retrieve import DenseRetriever, Hit, Scope, ScopeViolation, make_retriever
 
 if TYPE_CHECKING:
     from rag.config import Settings
@@ -36,6 +37,7 @@ MODES: tuple[str, ...] = ("patient", "cross")
 MODE_TITLES = {"patient": "patient-constrained", "cross": "cross-patient"}
 DOMAIN_MODELS = ("domain", "domain-me5-small")  # names finetune.train gives the fine-tuned embedder
 BM25 = "bm25"
+HYBRID = "hybrid"
 BM25_CHUNKS_FROM = "me5-small"  # BM25 indexes the chunks of this embedder's index (same corpus, same cuts)
 
 #: Report names of the CPU stand-ins: never the GPU model's name (DESIGN.md 4).
@@ -47,11 +49,13 @@ STANDIN_LABELS = {
 
 @dataclass(frozen=True)
 class RetrieverChoice:
-    """One row of the results table: a dense embedder (registry name or folder) or BM25."""
+    """One row of the results table: a dense embedder (registry name or folder), BM25, or the
+    app's hybrid (BM25 + an embedder, reciprocal-rank fusion): ``hybrid`` over the e5 base,
+    ``hybrid:<embedder>`` over another."""
 
     key: str
-    kind: str  # "dense" | "bm25"
-    embedder: str  # dense: the embedder; bm25: whose index's chunks BM25 scores
+    kind: str  # "dense" | "bm25" | "hybrid"
+    embedder: str  # dense and hybrid: the embedder; bm25: whose index's chunks BM25 scores
 
     @classmethod
     def parse(cls, name: str, bm25_chunks: str = BM25_CHUNKS_FROM) -> "RetrieverChoice":
@@ -60,6 +64,10 @@ class RetrieverChoice:
             raise ValueError("empty retriever name in --models")
         if name == BM25:
             return cls(BM25, "bm25", bm25_chunks)
+        if name == HYBRID:
+            return cls(HYBRID, "hybrid", BM25_CHUNKS_FROM)
+        if name.startswith(HYBRID + ":"):
+            return cls(name, "hybrid", name.split(":", 1)[1])
         return cls(name, "dense", name)
 
 
@@ -76,9 +84,11 @@ def find_domain_model(settings: "Settings") -> str | None:
 
 
 def default_models(settings: "Settings") -> list[str]:
-    """The domain model where one is trained, the e5 base, the second baseline, BM25."""
+    """The domain model where one is trained, the e5 base, the second baseline, BM25, and the app's
+    hybrid over the base and over the domain model."""
     domain = find_domain_model(settings)
-    return ([domain] if domain else []) + ["me5-small", "minilm", BM25]
+    return ([domain] if domain else []) + ["me5-small", "minilm", BM25, HYBRID] + (
+        [f"{HYBRID}:{domain}"] if domain else [])
 
 
 def parse_models(text: str | None, settings: "Settings") -> list[RetrieverChoice]:
@@ -88,7 +98,7 @@ def parse_models(text: str | None, settings: "Settings") -> list[RetrieverChoice
     else the first dense model's (one chunking fewer to build), else me5-small's.
     """
     names = [n.strip() for n in (text.split(",") if text else default_models(settings)) if n.strip()]
-    dense = [n for n in names if n != BM25]
+    dense = [n for n in names if n != BM25 and not n.startswith(HYBRID)]
     chunks = BM25_CHUNKS_FROM if BM25_CHUNKS_FROM in dense or not dense else dense[0]
     choices = [RetrieverChoice.parse(n, bm25_chunks=chunks) for n in names]
     keys = [c.key for c in choices]
@@ -123,11 +133,12 @@ def build_retrievers(corpus: "Corpus", choices: Sequence[RetrieverChoice], setti
         }
     for choice in choices:
         index = out.indexes[choice.embedder]
+        out.retrievers[choice.key] = make_retriever(choice.kind, index)
         if choice.kind == BM25:
-            out.retrievers[choice.key] = BM25Retriever(index)
             out.labels[choice.key] = f"BM25 (bm25s, over the {choice.embedder} chunks)"
+        elif choice.kind == HYBRID:
+            out.labels[choice.key] = f"hybrid (BM25 + {STANDIN_LABELS.get(choice.embedder, index.embedder.label)}, RRF)"
         else:
-            out.retrievers[choice.key] = DenseRetriever(index)
             out.labels[choice.key] = STANDIN_LABELS.get(choice.key, index.embedder.label)
     return out
 
@@ -151,32 +162,27 @@ def retrieve_many(retriever: "Retriever", requests: Sequence[tuple[str, Scope]],
                   ) -> list[tuple[list[Hit], float, str | None]]:
     """``(hits, seconds, violation)`` for each ``(question, scope)``, through the retriever's own scoped search.
 
-    A dense retriever embeds all distinct questions in one batch first (a busy 2-core machine
-    spends most of a single-question call on model overhead) and then runs one scoped store query
-    per request (``DenseRetriever.retrieve_by_vector``: the same ``where`` filter as the app). Its
-    seconds are the question's share of the batch encoding plus its own store query; other
-    retrievers are timed call by call. A ``ScopeViolation`` (the retriever's own check found another
+    A dense or hybrid retriever gets all distinct questions embedded in one batch first (a busy
+    2-core machine spends most of a single-question call on model overhead) and then runs the app's
+    own scoped search per request; its seconds are the question's share of the batch encoding plus
+    its own search. BM25 is timed call by call. A ``ScopeViolation`` (the retriever's own check found another
     patient's chunk) is returned as the third element with no hits, so the suite can fail loudly
     after reporting every case, not just the first.
     """
 
     out: list[tuple[list[Hit], float, str | None]] = []
-    dense = isinstance(retriever, DenseRetriever)
-    vector_of: dict[str, Any] = {}
+    dense = retriever if isinstance(retriever, DenseRetriever) else getattr(retriever, "dense", None)
     per_query = 0.0
-    if dense:
+    if isinstance(dense, DenseRetriever):  # dense or hybrid: the questions are embedded in one batch
         texts = list(dict.fromkeys(q for q, _ in requests))
         t0 = time.perf_counter()
-        vectors = retriever.index.embedder.embed_queries(texts) if texts else []
+        vectors = dense.index.embedder.embed_queries(texts) if texts else []
         per_query = (time.perf_counter() - t0) / max(1, len(texts))
-        vector_of = {t: v for t, v in zip(texts, vectors)}
+        dense.query_vectors = {**dense.query_vectors, **{t: v.tolist() for t, v in zip(texts, vectors)}}
     for question, scope in requests:
         t1 = time.perf_counter()
         try:
-            if dense:
-                hits = retriever.retrieve_by_vector(vector_of[question].tolist(), scope, k)
-            else:
-                hits = retriever.retrieve(question, scope, k)
+            hits = retriever.retrieve(question, scope, k)
         except ScopeViolation as exc:
             out.append(([], 0.0, str(exc)))
             continue

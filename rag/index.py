@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import re
 import sys
 import time
@@ -22,6 +23,8 @@ from functools import cached_property
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import numpy as np
 
 from rag.chunking import Chunk, ChunkingConfig, chunk_document
 from rag.config import Settings, load_settings
@@ -194,6 +197,57 @@ class ChunkIndex:
             metas += got["metadatas"]
         return ids, texts, metas
 
+    # ---- what search reads (rag.retrieve): the stored chunks, their vectors, a lexical index, a
+    # scoped store query. Cached per index and reloaded when the collection changes (chunk count or
+    # manifest written by another sync), so every retriever of an index shares one copy.
+
+    def stamp(self) -> tuple[int, int]:
+        path = self.manifest_path
+        return self.collection.count(), (path.stat().st_mtime_ns if path.is_file() else 0)
+
+    def stored(self) -> "StoredChunks":
+        """Every chunk with its vector, in a fixed order (the very vectors the store holds)."""
+        cached = self.__dict__.get("_stored")
+        if cached is None or cached.stamp != self.stamp():
+            cached = self.__dict__["_stored"] = StoredChunks.load(self)
+        return cached
+
+    def lexical(self, stopwords: str = "en") -> "LexicalIndex":
+        """A BM25 index (``bm25s``) over the same chunks, built once per collection state."""
+        key = f"_lexical_{stopwords}"
+        cached = self.__dict__.get(key)
+        if cached is None or cached.stamp != self.stamp():
+            cached = self.__dict__[key] = LexicalIndex(self, stopwords)
+        return cached
+
+    def count_in_scope(self, patients: Sequence[str] | None) -> int:
+        """Chunks of these patients in the store (all chunks for ``None``)."""
+        if patients is None:
+            return self.count()
+        where = {"patient_id": patients[0]} if len(patients) == 1 else {"patient_id": {"$in": list(patients)}}
+        return len(self.collection.get(where=where, include=[])["ids"]) if patients else 0
+
+    def store_query(self, vector: Sequence[float], patients: Sequence[str] | None, k: int) -> list[tuple[str, str, dict, float]]:
+        """The store's own (HNSW) nearest chunks, the patient filter inside the query as its ``where``:
+        (chunk id, text, metadata, cosine) best first."""
+        from llama_index.core.vector_stores import FilterOperator, MetadataFilter, MetadataFilters
+        from llama_index.core.vector_stores.types import VectorStoreQuery
+
+        filters = None
+        if patients is not None:
+            if len(patients) == 1:
+                flt = MetadataFilter(key="patient_id", value=patients[0], operator=FilterOperator.EQ)
+            else:
+                flt = MetadataFilter(key="patient_id", value=list(patients), operator=FilterOperator.IN)
+            filters = MetadataFilters(filters=[flt])
+        result = self.vector_store.query(VectorStoreQuery(query_embedding=list(vector), similarity_top_k=k,
+                                                          filters=filters))
+        out = []
+        for node, sim in zip(result.nodes, result.similarities):
+            cosine = 1.0 + math.log(sim) if sim > 0 else -1.0  # the store reports exp(-cosine distance)
+            out.append((node.node_id, node.get_content(), node.metadata, cosine))
+        return out
+
     def _stored_state(self) -> dict[str, tuple[str, int, int]]:
         """doc_id -> (doc_hash, chunks stored, chunks expected)."""
         state: dict[str, list] = {}
@@ -306,6 +360,86 @@ class ChunkIndex:
         tmp = self.manifest_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         tmp.replace(self.manifest_path)
+
+
+class StoredChunks:
+    """Every chunk vector of one index, normalised, in a fixed order, with rows per patient.
+
+    Loaded from the Chroma collection itself (the very vectors the store holds), sorted by chunk id
+    so the order does not depend on the store's paging."""
+
+    def __init__(self, stamp: tuple[int, int], ids: list[str], texts: list[str], metas: list[dict],
+                 matrix: np.ndarray) -> None:
+        self.stamp, self.ids, self.texts, self.metas = stamp, ids, texts, metas
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        self.matrix = matrix / np.where(norms == 0, 1, norms)
+        self.rows_by_patient: dict[str, list[int]] = {}
+        for row, meta in enumerate(metas):
+            self.rows_by_patient.setdefault(meta["patient_id"], []).append(row)
+
+    @classmethod
+    def load(cls, index: ChunkIndex) -> "StoredChunks":
+        stamp = index.stamp()
+        ids: list[str] = []
+        texts: list[str] = []
+        metas: list[dict] = []
+        blocks: list[np.ndarray] = []
+        total, page = index.collection.count(), 5000
+        for offset in range(0, total, page):
+            got = index.collection.get(include=["documents", "metadatas", "embeddings"], limit=page, offset=offset)
+            ids += got["ids"]
+            texts += got["documents"]
+            metas += got["metadatas"]
+            blocks.append(np.asarray(got["embeddings"], dtype=np.float32))
+        order = sorted(range(len(ids)), key=ids.__getitem__)
+        matrix = np.concatenate(blocks)[order] if blocks else np.zeros((0, index.embedder.dim), dtype=np.float32)
+        return cls(stamp, [ids[i] for i in order], [texts[i] for i in order], [metas[i] for i in order], matrix)
+
+    def rows(self, patients: Sequence[str] | None) -> np.ndarray:
+        """Row numbers of the chunks in scope (all of them for ``None``)."""
+        if patients is None:
+            return np.arange(len(self.ids))
+        return np.array(sorted(r for p in patients for r in self.rows_by_patient.get(p, [])), dtype=int)
+
+
+class LexicalIndex:
+    """BM25 (``bm25s``, English stemming, a stop-word list) over one index's chunks; a scope is a
+    weight mask applied before top-k, so the filter is inside the scoring, never after it."""
+
+    def __init__(self, index: ChunkIndex, stopwords: str = "en") -> None:
+        import bm25s
+        import Stemmer
+
+        self.stamp = index.stamp()
+        self.stopwords = stopwords
+        self.stemmer = Stemmer.Stemmer("english")
+        self.ids, self.texts, self.metas = index.all_chunks()
+        self.rows_by_patient: dict[str, list[int]] = {}
+        for row, meta in enumerate(self.metas):
+            self.rows_by_patient.setdefault(meta["patient_id"], []).append(row)
+        self.model = bm25s.BM25()
+        if self.texts:
+            tokens = bm25s.tokenize(self.texts, stopwords=stopwords, stemmer=self.stemmer, show_progress=False)
+            self.model.index(tokens, show_progress=False)
+
+    def mask(self, patients: Sequence[str] | None) -> np.ndarray | None:
+        if patients is None:
+            return None
+        mask = np.zeros(len(self.ids), dtype=np.float32)
+        for pid in patients:
+            mask[self.rows_by_patient.get(pid, [])] = 1.0
+        return mask
+
+    def scores(self, query: str, mask: np.ndarray | None) -> np.ndarray | None:
+        """BM25 score of every chunk (0 outside the mask); None when no query term is in the corpus."""
+        import bm25s
+
+        tokens = bm25s.tokenize([query], stopwords=self.stopwords, stemmer=self.stemmer, return_ids=False,
+                                show_progress=False)[0]
+        token_ids = self.model.get_tokens_ids(list(tokens))
+        if not token_ids:
+            return None
+        return self.model.get_scores_from_ids(token_ids, weight_mask=mask)
 
 
 def open_index(

@@ -9,9 +9,11 @@ violation raises instead of returning.
 """
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
 
 if TYPE_CHECKING:
     from rag.index import ChunkIndex
@@ -137,52 +139,6 @@ DENSE_SEARCHES = ("auto", "exact", "store")
 EXACT_MAX_CHUNKS = 250_000  # 250k x 384-d float32 is ~380 MB in memory; beyond that the store's HNSW answers
 
 
-class _StoredVectors:
-    """Every chunk vector of one index, normalised, in a fixed order, with rows per patient.
-
-    Loaded from the Chroma collection itself (the very vectors the store holds) and reloaded when the
-    collection changes (chunk count or index manifest written by another sync).
-    """
-
-    def __init__(self, index: "ChunkIndex") -> None:
-        import numpy as np
-
-        self.stamp = _index_stamp(index)
-        ids: list[str] = []
-        texts: list[str] = []
-        metas: list[dict] = []
-        blocks: list[Any] = []
-        total, page = index.collection.count(), 5000
-        for offset in range(0, total, page):
-            got = index.collection.get(include=["documents", "metadatas", "embeddings"], limit=page, offset=offset)
-            ids += got["ids"]
-            texts += got["documents"]
-            metas += got["metadatas"]
-            blocks.append(np.asarray(got["embeddings"], dtype=np.float32))
-        order = sorted(range(len(ids)), key=ids.__getitem__)  # deterministic whatever the store's paging
-        self.ids = [ids[i] for i in order]
-        self.texts = [texts[i] for i in order]
-        self.metas = [metas[i] for i in order]
-        matrix = np.concatenate(blocks)[order] if blocks else np.zeros((0, index.embedder.dim), dtype=np.float32)
-        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-        self.matrix = matrix / np.where(norms == 0, 1, norms)
-        self.rows_by_patient: dict[str, list[int]] = {}
-        for row, meta in enumerate(self.metas):
-            self.rows_by_patient.setdefault(meta["patient_id"], []).append(row)
-
-    def rows(self, scope: Scope) -> Any:
-        import numpy as np
-
-        if scope.patients is None:
-            return np.arange(len(self.ids))
-        return np.array(sorted(r for p in scope.patients for r in self.rows_by_patient.get(p, [])), dtype=int)
-
-
-def _index_stamp(index: "ChunkIndex") -> tuple[int, int]:
-    path = index.manifest_path
-    return index.collection.count(), (path.stat().st_mtime_ns if path.is_file() else 0)
-
-
 class DenseRetriever:
     """Cosine search over one index's chunks; the scope restricts the candidates before ranking.
 
@@ -198,38 +154,48 @@ class DenseRetriever:
 
     name = "dense"
 
-    def __init__(self, index: "ChunkIndex", search: str = "auto") -> None:
+    def __init__(self, index: "ChunkIndex", search: str = "auto",
+                 query_vectors: Mapping[str, Sequence[float]] | None = None) -> None:
         if search not in DENSE_SEARCHES:
             raise ValueError(f"unknown dense search {search!r}; choose one of {', '.join(DENSE_SEARCHES)}")
         self.index = index
         self.search = search
-        self._vectors: _StoredVectors | None = None
+        self.query_vectors = query_vectors or {}  # questions embedded beforehand, in batches (evaluations)
+        self.retries = 0  # store answers shorter than the scope allows, asked again
+        self.short_returns = 0  # ... and still short: counted, so a report can say so
 
     def retrieve(self, query: str, scope: Scope, k: int = 10) -> list[Hit]:
-        vector = self.index.embedder.embed_queries([query])[0]
-        return self.retrieve_by_vector(vector.tolist(), scope, k)
+        vector = self.query_vectors.get(query)
+        if vector is None:
+            vector = self.index.embedder.embed_queries([query])[0].tolist()
+        return self.retrieve_by_vector(vector, scope, k)
 
     def retrieve_by_vector(self, vector: Sequence[float], scope: Scope, k: int = 10) -> list[Hit]:
         if scope.patients is not None and not scope.patients:
             return []  # an empty scope sees nothing; it must never widen to everyone
         if self.exact:
             return self._exact(vector, scope, k)
-        return self._store(vector, scope, k)
+        found = self.index.store_query(vector, scope.patients, k)
+        if len(found) < k:
+            # Chroma's HNSW answers shorter under a patient filter (measured on synthea, whose templated
+            # notes give many identical vectors: 92 of a patient's 96 chunks, ef_search 100): ask once
+            # more for more, and count what stays short instead of returning a truncated list silently
+            expected = min(k, self.index.count_in_scope(scope.patients))
+            if len(found) < expected:
+                self.retries += 1
+                found = self.index.store_query(vector, scope.patients, 2 * k + 10)[:k]
+                if len(found) < expected:
+                    self.short_returns += 1
+        return _check_scope([_hit_from_meta(cid, text, meta, cos, rank, self.name)
+                             for rank, (cid, text, meta, cos) in enumerate(found, start=1)], scope)
 
     @property
     def exact(self) -> bool:
         return self.search == "exact" or (self.search == "auto" and self.index.count() <= EXACT_MAX_CHUNKS)
 
-    def _stored_vectors(self) -> _StoredVectors:
-        if self._vectors is None or self._vectors.stamp != _index_stamp(self.index):
-            self._vectors = _StoredVectors(self.index)
-        return self._vectors
-
     def _exact(self, vector: Sequence[float], scope: Scope, k: int) -> list[Hit]:
-        import numpy as np
-
-        stored = self._stored_vectors()
-        rows = stored.rows(scope)
+        stored = self.index.stored()
+        rows = stored.rows(scope.patients)
         if rows.size == 0:
             return []
         query = np.asarray(vector, dtype=np.float32)
@@ -242,82 +208,39 @@ class DenseRetriever:
         ]
         return _check_scope(hits, scope)
 
-    def _store(self, vector: Sequence[float], scope: Scope, k: int) -> list[Hit]:
-        from llama_index.core.vector_stores import FilterOperator, MetadataFilter, MetadataFilters
-        from llama_index.core.vector_stores.types import VectorStoreQuery
-
-        filters = None
-        if scope.patients is not None:
-            if len(scope.patients) == 1:
-                flt = MetadataFilter(key="patient_id", value=scope.patients[0], operator=FilterOperator.EQ)
-            else:
-                flt = MetadataFilter(key="patient_id", value=list(scope.patients), operator=FilterOperator.IN)
-            filters = MetadataFilters(filters=[flt])
-        result = self.index.vector_store.query(
-            VectorStoreQuery(query_embedding=list(vector), similarity_top_k=k, filters=filters)
-        )
-        hits = []
-        for rank, (node, sim) in enumerate(zip(result.nodes, result.similarities), start=1):
-            cosine = 1.0 + math.log(sim) if sim > 0 else -1.0  # the store reports exp(-cosine distance)
-            hits.append(_hit_from_meta(node.node_id, node.get_content(), node.metadata, cosine, rank, self.name))
-        return _check_scope(hits, scope)
-
 
 class BM25Retriever:
-    """Lexical BM25 (``bm25s``) over the same chunks; the scope is a weight mask applied before top-k."""
+    """Lexical BM25 over the same chunks (the index's ``LexicalIndex``); the scope is a weight mask
+    applied before top-k."""
 
     name = "bm25"
 
     def __init__(self, index: "ChunkIndex", stopwords: str = "en") -> None:
-        import bm25s
-        import Stemmer
-
         self.index = index
         self.stopwords = stopwords
-        self.stemmer = Stemmer.Stemmer("english")
-        self.ids, self.texts, self.metas = index.all_chunks()
-        self.patient_of = [m["patient_id"] for m in self.metas]
-        self._rows_by_patient: dict[str, list[int]] = {}
-        for row, pid in enumerate(self.patient_of):
-            self._rows_by_patient.setdefault(pid, []).append(row)
-        self.model = bm25s.BM25()
-        if self.texts:
-            tokens = bm25s.tokenize(self.texts, stopwords=stopwords, stemmer=self.stemmer, show_progress=False)
-            self.model.index(tokens, show_progress=False)
 
-    def _mask(self, scope: Scope) -> Any:
-        import numpy as np
-
-        if scope.patients is None:
-            return None
-        mask = np.zeros(len(self.ids), dtype=np.float32)
-        for pid in scope.patients:
-            mask[self._rows_by_patient.get(pid, [])] = 1.0
-        return mask
+    @property
+    def lexical(self):
+        return self.index.lexical(self.stopwords)
 
     def retrieve(self, query: str, scope: Scope, k: int = 10) -> list[Hit]:
-        import bm25s
-        import numpy as np
-
-        if not self.ids:
+        lexical = self.lexical
+        if not lexical.ids:
             return []
-        mask = self._mask(scope)
-        candidates = len(self.ids) if mask is None else int(mask.sum())
+        mask = lexical.mask(scope.patients)
+        candidates = len(lexical.ids) if mask is None else int(mask.sum())
         if candidates == 0:
             return []
-        tokens = bm25s.tokenize([query], stopwords=self.stopwords, stemmer=self.stemmer, return_ids=False, show_progress=False)[0]
-        token_ids = self.model.get_tokens_ids(list(tokens))
-        if not token_ids:
+        scores = lexical.scores(query, mask)
+        if scores is None:
             return []  # no query term occurs anywhere in the corpus
-        scores = self.model.get_scores_from_ids(token_ids, weight_mask=mask)
         top = np.argsort(-scores, kind="stable")[: min(k, candidates)]
         hits = []
         for row in top:
             if scores[row] <= 0:
                 break  # no query term in the chunk; masked rows are 0 too and never reach here
-            hits.append(
-                _hit_from_meta(self.ids[row], self.texts[row], self.metas[row], float(scores[row]), len(hits) + 1, self.name)
-            )
+            hits.append(_hit_from_meta(lexical.ids[row], lexical.texts[row], lexical.metas[row], float(scores[row]),
+                                       len(hits) + 1, self.name))
         return _check_scope(hits, scope)
 
 
@@ -343,12 +266,15 @@ class HybridRetriever:
         return _check_scope(out, scope)
 
 
-def make_retriever(kind: str, index: "ChunkIndex") -> Retriever:
+def make_retriever(kind: str, index: "ChunkIndex", *, search: str = "auto",
+                   query_vectors: Mapping[str, Sequence[float]] | None = None) -> Retriever:
+    """The one place a retriever is built (app, ``rag.search``, ``eval.ir``, ``eval.ragas_suite``,
+    ``eval.answers``): ``kind`` over ``index`` (its embedder, its chunks, its BM25). ``search`` picks
+    exact or the store's HNSW for dense search; ``query_vectors`` are questions embedded beforehand."""
     if kind == "dense":
-        return DenseRetriever(index)
+        return DenseRetriever(index, search, query_vectors)
     if kind == "bm25":
         return BM25Retriever(index)
     if kind == "hybrid":
-        return HybridRetriever(DenseRetriever(index), BM25Retriever(index))
+        return HybridRetriever(DenseRetriever(index, search, query_vectors), BM25Retriever(index))
     raise ValueError(f"unknown retriever {kind!r}; choose one of {', '.join(RETRIEVERS)}")
-

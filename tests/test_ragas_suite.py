@@ -187,9 +187,11 @@ def test_select_queries_is_seeded_and_skips_unjudged(small_set):
 
 def test_default_models_and_bm25_chunk_source(settings):
     names = [c.key for c in parse_models(None, settings)]
-    assert names == ["me5-small", "minilm", "bm25"]  # no domain model trained in a fresh home
+    assert names == ["me5-small", "minilm", "bm25", "hybrid"]  # no domain model trained in a fresh home
     bm25 = parse_models("/some/model,bm25", settings)[1]
     assert bm25.kind == "bm25" and bm25.embedder == "/some/model"
+    hybrid = parse_models("me5-small,hybrid,hybrid:domain-x", settings)
+    assert [(c.kind, c.embedder) for c in hybrid[1:]] == [("hybrid", "me5-small"), ("hybrid", "domain-x")]
     with pytest.raises(ValueError):
         parse_models("bm25,bm25", settings)
 
