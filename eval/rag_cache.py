@@ -1,6 +1,7 @@
 """Append-only JSONL cache for expensive evaluation results (generated answers, judge verdicts).
 
-Why a log and not one JSON file: every finished item is appended and flushed at once, so a run
+Why a log and not one JSON file: every finished item is appended at once (``rag.jsonl_log``, the
+project's one append log and torn-line policy), so a run
 killed half-way keeps everything it finished, and a rerun starts where it stopped. Keys are hashes
 of *everything* that determines the result (question, the exact passages, model, prompt version,
 decoding limits), so a cached value is only reused where a fresh call would compute the same thing,
@@ -12,10 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Any
+
+from rag.jsonl_log import append_rows, read_rows, repair_tail
 
 log = logging.getLogger(__name__)
 
@@ -42,23 +44,12 @@ class JsonlCache:
             self._load()
 
     def _load(self) -> None:
-        with self.path.open("rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            if fh.tell():
-                fh.seek(-1, os.SEEK_END)
-                if fh.read(1) != b"\n":  # torn last line: end it so the next entry starts clean
-                    with self.path.open("a", encoding="utf-8") as out:
-                        out.write("\n")
-        with self.path.open(encoding="utf-8", errors="replace") as fh:
-            for number, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    self._data[row["key"]] = row["value"]
-                except (ValueError, KeyError, TypeError):
-                    # a line cut off by an interrupted run: the item is simply computed again
-                    self.skipped_lines.append(number)
+        lines = self.path.read_bytes().count(b"\n")
+        if repair_tail(self.path):  # the run died mid-write: that item is simply computed again
+            self.skipped_lines.append(lines + 1)
+        for row in read_rows(self.path, self.skipped_lines):
+            if isinstance(row, dict) and "key" in row:
+                self._data[row["key"]] = row.get("value")
         if self.skipped_lines:
             log.warning("%s: ignored %d unreadable line(s) (first: line %d); those items are recomputed",
                         self.path, len(self.skipped_lines), self.skipped_lines[0])
@@ -73,11 +64,6 @@ class JsonlCache:
         return self._data.get(key, default)
 
     def put(self, key: str, value: Any) -> None:
-        line = json.dumps({"key": key, "value": value}, ensure_ascii=False, allow_nan=True)
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8", newline="\n") as fh:
-                fh.write(line + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+            append_rows(self.path, [{"key": key, "value": value}])
             self._data[key] = value

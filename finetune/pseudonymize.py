@@ -40,6 +40,7 @@ from finetune.phi_types import PhiType
 from finetune.surrogates import Surrogates
 from rag.config import load_settings
 from rag.corpus import CorpusError, Document, Problem, read_jsonl_objects
+from rag.jsonl_log import read_rows, repair_tail
 from rag.language import detect_language
 from rag.manifest import sha256_file, write_json
 
@@ -269,20 +270,9 @@ def read_documents(path: Path) -> tuple[list[Document], list[Problem], int]:
 
 
 def _done_ids(out_path: Path) -> set[str]:
-    """Ids already written; a torn last line (crash mid-write) is cut off so the file stays valid."""
-    if not out_path.is_file():
-        return set()
-    data = out_path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        cut = data.rfind(b"\n") + 1
-        with out_path.open("r+b") as fh:
-            fh.truncate(cut)
-        data = data[:cut]
-    done = set()
-    for line in data.decode("utf-8").splitlines():
-        if line.strip():
-            done.add(str(json.loads(line)["doc_id"]))
-    return done
+    """Ids already written; a torn last line (crash mid-write) is cut off (``rag.jsonl_log``)."""
+    repair_tail(out_path)
+    return {str(row["doc_id"]) for row in read_rows(out_path) if "doc_id" in row}
 
 
 def manifest_path(out_path: str | Path) -> Path:

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune.append_log import append_rows, read_rows, repair_tail
+from rag.jsonl_log import append_rows, read_rows, repair_tail
 from finetune.filters import (
     BM25Reference,
     DenseReference,

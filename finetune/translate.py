@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune.append_log import append_rows, read_rows, repair_tail
+from rag.jsonl_log import append_rows, read_rows, repair_tail
 from finetune.synthesize import input_info, versions
 from rag.config import Settings, load_settings
 from rag.corpus import Document, load_corpus

@@ -15,12 +15,12 @@ lock, in a single ``write``; the folder is created with mode 0700 and the file w
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
+
+from rag.jsonl_log import append_rows, read_rows, repair_tail
 
 if TYPE_CHECKING:
     from rag.answer import Answer
@@ -116,26 +116,16 @@ def _open_for_append(path: Path) -> int:
 
 
 def append_record(path: str | Path, record: dict[str, Any]) -> None:
-    """Append one line atomically (O_APPEND + exclusive lock + one write + fsync); AuditError on failure."""
+    """Append one line (``rag.jsonl_log``: O_APPEND, exclusive lock, one write, fsync, mode 0600);
+    AuditError on failure, so the caller withholds the answer."""
     path = Path(path)
-    line = (json.dumps(record, ensure_ascii=False, sort_keys=False, separators=(",", ":")) + "\n").encode("utf-8")
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
     try:
-        fd = _open_for_append(path)
-    except OSError as exc:
-        raise AuditError(f"cannot open audit log {path}: {exc.strerror or exc}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            written = os.write(fd, line)
-            if written != len(line):
-                raise AuditError(f"short write to audit log {path} ({written} of {len(line)} bytes)")
-            os.fsync(fd)
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        repair_tail(path)
+        append_rows(path, [record], lock=True, fsync=True, mode=0o600, compact=True)
     except OSError as exc:
         raise AuditError(f"cannot write audit log {path}: {exc.strerror or exc}") from exc
-    finally:
-        os.close(fd)
 
 
 def check_writable(path: str | Path) -> None:
@@ -150,11 +140,7 @@ def check_writable(path: str | Path) -> None:
 
 def read_audit(path: str | Path) -> list[dict[str, Any]]:
     """Every line of the log, parsed (for tests and reviews)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    with path.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    return read_rows(Path(path))
 
 
 class AuditLog:

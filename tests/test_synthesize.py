@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from finetune.qa_schema import ITEM_SCHEMA, QUESTION_TYPES
-from finetune.append_log import repair_tail
+from rag.jsonl_log import repair_tail
 from finetune.synthesize import (
     FOCI, OutputFiles, interleave_by_patient, load_hints, parse_items, plan_calls, split_windows,
     synthesize_file,
