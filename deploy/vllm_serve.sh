@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Serve the generator with vLLM 0.33.0 from its OWN virtual environment (DESIGN.md 5).
+# Serve the generator with vLLM 0.33.0 from its OWN virtual environment (docs/design.md §5).
 #
 # vLLM must never be installed into the app's environment: it pins torch==2.14.0 (CUDA) and
 # pillow>=13, while gradio 6.31 requires pillow<13 (reference/stack.md 2). This script creates

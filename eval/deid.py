@@ -5,7 +5,7 @@
 Input: any JSONL with ``{doc_id, patient_id?, text, phi: [{start, end, label}], language?}``. Gold
 labels are mapped onto our PHI types in ``finetune.phi_types`` (the one place for label sets).
 
-Metrics (DESIGN.md 7), counted on alphanumeric characters so spaces and punctuation at span edges
+Metrics (docs/design.md §7), counted on alphanumeric characters so spaces and punctuation at span edges
 ("ROSSETTI. ") neither help nor hurt:
 - recall per type = gold spans found / gold spans; a gold span is found when predicted spans (any
   type) cover >= 90 % of its characters;

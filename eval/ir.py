@@ -3,7 +3,7 @@
 Why it goes through the product's own path (``rag.index`` + ``rag.retrieve``) instead of a plain
 matrix product: the numbers must describe what a clinician's query actually gets - the same
 chunking, prefixes, Chroma store, patient filter inside the store query and RRF fusion. Chunk hits
-are mapped to documents (a document scores its best chunk, DESIGN.md 7), fetching chunks in
+are mapped to documents (a document scores its best chunk, docs/design.md §7), fetching chunks in
 growing rounds until 100 distinct documents come back or the scope has no more; how many chunks
 that took is measured and reported.
 
@@ -21,11 +21,9 @@ CLI::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
-import re
 import statistics
 import sys
 import time
@@ -34,8 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eval.report import bar_chart, markdown_table, run_manifest, write_json, write_markdown_table
-from eval.specificity import BUCKETS as SPECIFICITY_BUCKETS
+from eval.ir_cache import digest, load_run, set_fingerprint, slug
+from eval.ir_models import ModelSpec, parse_models
+from eval.ir_report import write_outputs
+from eval.report import (
+    run_manifest,
+    write_json,
+)
 from eval.specificity import specificity_report
 from eval.stats import bootstrap_ci, paired_test
 from finetune.split import write_qa_split
@@ -43,7 +46,13 @@ from rag.beir import NAMED_SETS, BeirSet, Query, load_beir, load_named_set
 from rag.config import Settings, load_settings
 from rag.corpus import CorpusError
 from rag.index import build_index
-from rag.metrics import IR_METRICS, METRIC_FORMULAS, chunks_to_documents, mean, score_run
+from rag.metrics import (
+    IR_METRICS,
+    METRIC_FORMULAS,
+    chunks_to_documents,
+    mean,
+    score_run,
+)
 from rag.retrieve import DENSE_SEARCHES, RRF_K, Scope, make_retriever
 
 if TYPE_CHECKING:
@@ -53,79 +62,7 @@ log = logging.getLogger(__name__)
 
 SCOPES = ("cross", "patient")
 SEARCH_MODES = DENSE_SEARCHES  # auto (the app's default), exact (cosine over the stored vectors), store (Chroma HNSW)
-METRIC_TITLES = {"map@100": "MAP@100", "ndcg@10": "nDCG@10", "recall@10": "Recall@10",
-                 "recall@100": "Recall@100", "mrr@10": "MRR@10"}
 RUN_FORMAT = 2  # bump when the stored run layout or the retrieval procedure changes
-
-
-# --------------------------------------------------------------------------------------------
-# Which retrievers to evaluate
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One column of the comparison: a dense embedder, BM25, or BM25 + a dense model fused by RRF.
-
-    ``embedder`` is the registry name or folder whose index supplies the chunks (and, for dense and
-    hybrid, the vectors); BM25 is scored over the chunks of that index.
-    """
-
-    label: str
-    kind: str  # "dense" | "bm25" | "hybrid"
-    embedder: str
-
-    def describe(self, embedder_label: str) -> str:
-        if self.kind == "dense":
-            return f"dense: {embedder_label}"
-        if self.kind == "bm25":
-            return f"BM25 (bm25s, English stemmer/stopwords) over the chunks of the {self.embedder} index"
-        return f"hybrid: BM25 + {embedder_label}, reciprocal rank fusion (k={RRF_K})"
-
-
-def parse_models(text: str | Sequence[str], base: str = "me5-small") -> list[ModelSpec]:
-    """``domain=PATH,me5-small,minilm,bm25,hybrid,hybrid:domain`` -> specs.
-
-    ``label=name_or_path`` names a dense embedder; a bare registry name or folder is its own label.
-    ``bm25`` uses the chunks of the base model's index (the first dense model when the base is not
-    dense). ``hybrid`` fuses BM25 with the base model, ``hybrid:<label>`` with that dense model.
-    """
-    items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
-    if not items:
-        raise ValueError("no models given (e.g. --models me5-small,minilm,bm25,hybrid)")
-    dense: dict[str, str] = {}
-    order: list[tuple[str, str, str]] = []  # (label, kind, target)
-    for item in items:
-        if item == "bm25":
-            order.append(("bm25", "bm25", ""))
-        elif item == "hybrid" or item.startswith("hybrid:"):
-            target = item.partition(":")[2].strip()
-            order.append((item, "hybrid", target))
-        else:
-            label, sep, target = item.partition("=")
-            label, target = label.strip(), target.strip()
-            if not sep:
-                target = label
-            if not label or not target:
-                raise ValueError(f"bad model entry {item!r}: use NAME, LABEL=NAME_OR_PATH, bm25, hybrid or hybrid:LABEL")
-            if label in dense:
-                raise ValueError(f"model label {label!r} given twice")
-            dense[label] = target
-            order.append((label, "dense", target))
-    default_dense = dense.get(base) or (next(iter(dense.values())) if dense else "me5-small")
-    specs: list[ModelSpec] = []
-    for label, kind, target in order:
-        if kind == "dense":
-            specs.append(ModelSpec(label, "dense", target))
-        elif kind == "bm25":
-            specs.append(ModelSpec(label, "bm25", default_dense))
-        else:
-            emb = dense.get(target, target) if target else (dense.get(base) or default_dense)
-            specs.append(ModelSpec(label, "hybrid", emb))
-    labels = [s.label for s in specs]
-    dupes = {l for l in labels if labels.count(l) > 1}
-    if dupes:
-        raise ValueError(f"model labels must be unique, repeated: {sorted(dupes)}")
-    return specs
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,35 +97,6 @@ def ranked_documents(retrieve: Callable[[str, Scope, int], list], query: str, sc
                 needed = i
                 break
     return DocRanking([d for d, _ in docs[:k]], needed, fetch, rounds)
-
-
-# --------------------------------------------------------------------------------------------
-# Caching finished runs
-
-
-def _sha(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-
-
-def set_fingerprint(beir: BeirSet) -> str:
-    """Identity of corpus content + queries + judgments: a stored run is reused only for the same set."""
-    docs = sorted(f"{d.doc_id}:{d.content_hash()}" for d in beir.corpus.documents)
-    queries = [[q.query_id, q.text, q.patient_id] for q in beir.queries]
-    return _sha({"corpus": docs, "queries": queries, "qrels": beir.qrels})[:16]
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "model"
-
-
-def _load_run(path: Path, key: str) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return None
-    return data if data.get("key") == key else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,7 +236,7 @@ def evaluate(
         raise ValueError(f"search must be one of {SEARCH_MODES}, got {search!r}")
     specs = parse_models(models, base=base)
     scopes = _scopes(scope)
-    default_name = _slug(beir_set.name) + ("" if search == "auto" else f"-{search}")
+    default_name = slug(beir_set.name) + ("" if search == "auto" else f"-{search}")
     out = Path(out_dir) if out_dir is not None else Path(settings.home) / "eval" / "ir" / default_name
     (out / "runs").mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -344,9 +252,9 @@ def evaluate(
                     "fingerprint": index.embedder.fingerprint, "chunking": index.chunking.key(), "rrf_k": RRF_K,
                     "search": search if spec.kind != "bm25" else "bm25"}
         for scope_name in scopes:
-            key = _sha({**identity, "scope": scope_name})
-            path = out / "runs" / f"{_slug(spec.label)}__{scope_name}{'' if search == 'auto' else '__' + search}.json"
-            run = _load_run(path, key)
+            key = digest({**identity, "scope": scope_name})
+            path = out / "runs" / f"{slug(spec.label)}__{scope_name}{'' if search == 'auto' else '__' + search}.json"
+            run = load_run(path, key)
             if run is None:
                 run = _run_model(spec, scope_name, beir_set.queries, indexes, k, progress, search)
                 write_json({"key": key, "identity": {**identity, "scope": scope_name}, "label": spec.label, **run}, path)
@@ -409,7 +317,7 @@ def evaluate(
         "reused_runs": reused,
         "seconds": round(time.perf_counter() - t_start, 1),
     }
-    markdown = _write_outputs(results, out)
+    markdown = write_outputs(results, out)
     results["markdown"] = markdown
     results["out_dir"] = str(out)
     write_json(run_manifest(
@@ -427,90 +335,6 @@ def evaluate(
         outputs=["results.json", "results.md", "map100.png", "ndcg10.png", "runs/"],
     ), out / "manifest.json")
     return results
-
-
-def _fmt_ci(m: dict) -> str:
-    lo, hi = m["ci95"]
-    if math.isnan(m["mean"]):
-        return "-"
-    return f"{m['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
-
-
-def _fmt_p(p: float | None) -> str:
-    if p is None:
-        return "-"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def results_rows(results: dict) -> list[dict]:
-    rows = []
-    for scope_name in results["scopes"]:
-        for label, entry in results["aggregate"][scope_name].items():
-            mp = entry["map@100"]
-            rows.append({
-                "scope": scope_name,
-                "model": label,
-                "MAP@100 [95% CI]": _fmt_ci(mp),
-                "x base": f"{mp['ratio_vs_base']:.2f}" if mp.get("ratio_vs_base") is not None else "-",
-                "p (MAP vs base)": _fmt_p(mp.get("p_vs_base")),
-                "nDCG@10": entry["ndcg@10"]["mean"],
-                "Recall@10": entry["recall@10"]["mean"],
-                "Recall@100": entry["recall@100"]["mean"],
-                "MRR@10": entry["mrr@10"]["mean"],
-                "queries": mp["n"],
-            })
-    return rows
-
-
-RESULT_COLUMNS = ["scope", "model", "MAP@100 [95% CI]", "x base", "p (MAP vs base)", "nDCG@10", "Recall@10",
-                  "Recall@100", "MRR@10", "queries"]
-
-
-def _write_outputs(results: dict, out: Path) -> str:
-    notes = ["", "Models:"]
-    notes += [f"- `{label}`: {info['description']}" for label, info in results["models"].items()]
-    c = results["counts"]
-    notes += ["", f"Set `{results['set']}`: {c['documents']} documents, {c['patients']} patients "
-              f"({c['patient_structure']}), {c['queries']} queries, {c['relevant_pairs']} relevant pairs. "
-              "Scopes: cross = whole corpus (Scope.all()); patient = only the query's patient "
-              "(Scope.patient, filtered inside the store query)."]
-    notes += ["", "Metrics (documents; chunk hits mapped to their document by max score; R = relevant docs "
-              "of the query):"]
-    notes += [f"- {f}" for f in results["metrics"].values()]
-    notes += [f"- 95% CI: {results['stats']['ci']}; p: {results['stats']['paired_test']}; "
-              "x base = model mean / base mean."]
-    by_spec = results.get("by_specificity")
-    if by_spec:
-        notes += ["", "MAP@100 by query specificity (eval.specificity: " + by_spec["rule"] + "):", ""]
-        head = [f"{b} ({by_spec['queries'][b]} q)" for b in SPECIFICITY_BUCKETS]
-        rows = [{"scope": s, "model": label, **{h: v[b] for h, b in zip(head, SPECIFICITY_BUCKETS)}}
-                for s, by_label in by_spec["map@100"].items() for label, v in by_label.items()]
-        notes += [markdown_table(rows, ["scope", "model", *head])]
-    notes += ["", "Chunks fetched until 100 distinct documents (median / max over queries with >= 100 docs in scope):"]
-    for scope_name in results["scopes"]:
-        for label, f in results["fetch"][scope_name].items():
-            need = f["chunks_needed_for_k_docs"]
-            need_s = f"{need['median']} / {need['max']}" if need else "n/a (no query reached 100 documents)"
-            short = f[f"queries_with_fewer_than_{results['k']}_docs"]
-            notes.append(f"- {scope_name} / {label}: {need_s}; {short} "
-                         f"of {f['queries']} queries got fewer than {results['k']} documents "
-                         f"(mean {f['mean_docs_returned']}); {f['ms_per_query']} ms/query"
-                         + (f"; dense store answers short after retries: {f['dense_short_returns']} "
-                            f"(retried {f['dense_retries']})" if f["dense_retries"] else ""))
-    how = {"auto": "the app's default (rag.retrieve.DenseRetriever search=auto: exact cosine over the index's "
-                   "stored vectors up to EXACT_MAX_CHUNKS chunks, Chroma HNSW beyond)",
-           "exact": "exact cosine over the index's stored vectors",
-           "store": "Chroma's HNSW store query (approximate)"}[results["search"]]
-    notes[:0] = ["", f"Dense search: {how}."]
-    title = f"Retrieval on {results['set']} (k={results['k']}, base {results['base']}, search {results['search']})"
-    markdown = write_markdown_table(results_rows(results), RESULT_COLUMNS, out / "results.md", title=title, notes=notes)
-    write_json({k: v for k, v in results.items() if k != "markdown"}, out / "results.json")
-    for metric, file in (("map@100", "map100.png"), ("ndcg@10", "ndcg10.png")):
-        data = {s: {label: (e[metric]["mean"], *e[metric]["ci95"]) for label, e in results["aggregate"][s].items()}
-                for s in results["scopes"]}
-        bar_chart(data, out / file, metric_name=METRIC_TITLES[metric],
-                  title=f"{METRIC_TITLES[metric]} on {results['set']} (95% bootstrap CI)")
-    return markdown
 
 
 # --------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ BM25 = "bm25"
 HYBRID = "hybrid"
 BM25_CHUNKS_FROM = "me5-small"  # BM25 indexes the chunks of this embedder's index (same corpus, same cuts)
 
-#: Report names of the CPU stand-ins: never the GPU model's name (DESIGN.md 4).
+#: Report names of the CPU stand-ins: never the GPU model's name (docs/design.md §4).
 STANDIN_LABELS = {
     "me5-small": "multilingual-e5-small (CPU stand-in for multilingual-e5-large)",
     "minilm": "all-MiniLM-L6-v2 (CPU stand-in for bge-m3)",

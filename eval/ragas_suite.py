@@ -3,7 +3,7 @@
 For every retriever (the fine-tuned domain model where one is trained, the multilingual-e5 base, the
 second general baseline, BM25) and both modes (retrieval confined to the question's patient, or
 across all patients) it retrieves the top k passages for each question and scores them against the
-gold document ids without any LLM: our rank-aware context precision (DESIGN.md 7), RAGAS's own
+gold document ids without any LLM: our rank-aware context precision (docs/design.md §7), RAGAS's own
 ID-based context precision and recall, and the leakage rate (share of retrieved chunks from another
 patient; the run fails if it is not 0 in patient mode). On a subset of the questions it generates
 the answer with the app's pipeline and configured generator, and on a smaller subset a judge scores

@@ -3,7 +3,7 @@
 Two sources, both cut into passages with the same chunker and token budget the index uses, so the
 model is trained on the units it will later retrieve:
 
-* **QA pairs** (``qa.jsonl``, DESIGN.md 3): the question is the query; the positive is the chunk of
+* **QA pairs** (``qa.jsonl``, docs/design.md §3): the question is the query; the positive is the chunk of
   the source document that holds the evidence quote (exact match first, then the best fuzzy match),
   or the whole first chunk when the evidence cannot be placed.
 * **Inverse cloze** (self-supervised, Lee et al. 2019): a sentence of a chunk is the query and the

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune import synthesize
+from finetune.dev_sets import ChunkedSet, DevSet
 from finetune.negatives import mine_negatives
 from finetune.pairs import (
     chunk_corpus,
@@ -59,8 +60,13 @@ from finetune.pairs import (
 from finetune.presets import PRESETS, Preset, get_preset
 from finetune.pseudonymize import load_key, pseudonymize_file
 from finetune.qa_schema import read_qa
-from finetune.split import load_assignment, split_by_patient, write_qa_split, write_split
-from finetune.train import ChunkedSet, DevSet, train
+from finetune.split import (
+    load_assignment,
+    split_by_patient,
+    write_qa_split,
+    write_split,
+)
+from finetune.train import train
 from rag.beir import BeirSet, Query, load_beir, load_named_set, write_beir
 from rag.chunking import ChunkingConfig
 from rag.config import Settings, load_settings

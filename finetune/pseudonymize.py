@@ -2,7 +2,7 @@
 
     python -m finetune.pseudonymize --in documents.jsonl --out pseudo.jsonl --key-file KEY [--workers 2]
 
-Input and output follow the documents contract (DESIGN.md 3). Each document's PHI is found by
+Input and output follow the documents contract (docs/design.md §3). Each document's PHI is found by
 ``phi_detector.PhiDetector`` (Presidio + our rules + spaCy NER for English) and replaced by
 ``surrogates.Surrogates`` (HMAC of the key, the patient and the value), so one patient's documents stay
 consistent with each other and across runs, and no mapping table exists. The document's own ``date``

@@ -7,7 +7,7 @@ Two shapes, kept apart on purpose:
   model under a grammar can otherwise loop until ``max_tokens`` and the whole call is lost.
   ``evidence`` comes before ``question`` so the model first copies a quote and then asks about it,
   which keeps small models closer to the text.
-* :class:`QARecord` is one line of ``qa.jsonl`` (DESIGN.md 3): the contract fields plus the filter
+* :class:`QARecord` is one line of ``qa.jsonl`` (docs/design.md §3): the contract fields plus the filter
   verdicts that kept the pair, so a reader can re-threshold without regenerating.
 """
 from __future__ import annotations
@@ -122,7 +122,7 @@ class Candidate:
 
 @dataclass
 class QARecord:
-    """One line of ``qa.jsonl`` (DESIGN.md 3)."""
+    """One line of ``qa.jsonl`` (docs/design.md §3)."""
 
     qa_id: str
     doc_id: str

@@ -56,7 +56,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rag.jsonl_log import append_rows, read_rows, repair_tail
 from finetune.filters import (
     BM25Reference,
     DenseReference,
@@ -80,6 +79,7 @@ from finetune.qa_schema import (
 from rag.config import Settings, load_settings
 from rag.corpus import Corpus, Document, load_corpus
 from rag.embedders import get_embedder
+from rag.jsonl_log import append_rows, read_rows, repair_tail
 from rag.llm import LLMClient, LLMError, LLMRequestError
 from rag.local_llm import QWEN_NAME, EmbeddedLLMServer, qwen_gguf_path
 from rag.manifest import package_versions, sha256_file, write_json

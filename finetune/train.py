@@ -1,6 +1,6 @@
 """Fine-tune an embedder on (query, positive[, negatives]) pairs: ``python -m finetune.train``.
 
-The recipe (shared/reference/pipeline.md C): sentence-transformers' trainer with
+The recipe (docs/pipeline.md, fine-tuning): sentence-transformers' trainer with
 CachedMultipleNegativesRankingLoss (GradCache: the batch size, i.e. the number of in-batch
 negatives, is independent of memory), optionally wrapped in MatryoshkaLoss; the base entry's
 ``query: ``/``passage: `` prefixes as training prompts; a batch sampler that puts at most one pair
@@ -19,24 +19,25 @@ import argparse
 import json
 import logging
 import math
-import random
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from finetune.dev_sets import ChunkedSet, DevSet, make_evaluator
+from finetune.interpolation import choose_interpolation, interpolate_with_base
+from finetune.model_card import write_embedder_metadata, write_model_card
 from finetune.negatives import fill_missing
-from finetune.pairs import chunk_corpus, read_pairs
+from finetune.pairs import read_pairs
+from finetune.train_sampler import make_patient_sampler
 from rag import embedders
 from rag.beir import load_beir
 from rag.config import Settings, load_settings
 from rag.embedders import get_embedder, trained_models_dir
-from rag.index import index_chunking
 from rag.manifest import run_manifest, write_json
-from rag.metrics import average_precision
 
 if TYPE_CHECKING:  # pragma: no cover
     from sentence_transformers import SentenceTransformer
@@ -91,287 +92,6 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training options: {sorted(unknown)}")
         return cls(**data)
-
-
-# --------------------------------------------------------------------------------------------
-# Patient-aware batches
-
-
-class _WeightedDraw:
-    """``rng.choices(range(n), weights)[0]`` without replacement, in O(log n) per draw.
-
-    Why: at study scale (10^4-10^5 patients, batches of 1024) rebuilding the cumulative weights for
-    every draw made building one epoch's batches take minutes to hours. A Fenwick tree over the
-    weights gives the same index for the same ``rng.random()`` as ``random.choices`` (first
-    position whose running total exceeds ``random() * total``; drawn positions weigh 0), so the
-    batches, and what was trained on them, are unchanged.
-    """
-
-    def __init__(self, weights: Sequence[int]):
-        self.n = len(weights)
-        self.tree = [0] * (self.n + 1)
-        self.weights = list(weights)
-        self.total = sum(self.weights)
-        for i, w in enumerate(self.weights, 1):  # O(n) build
-            self.tree[i] += w
-            parent = i + (i & -i)
-            if parent <= self.n:
-                self.tree[parent] += self.tree[i]
-        self.top = 1 << self.n.bit_length()
-
-    def _first_above(self, x: float) -> int:
-        """The first position whose running total is > x (0-based)."""
-        pos, step = 0, self.top
-        while step:
-            nxt = pos + step
-            if nxt <= self.n and self.tree[nxt] <= x:
-                pos = nxt
-                x -= self.tree[nxt]
-            step >>= 1
-        return pos
-
-    def draw(self, rng: random.Random) -> int:
-        total = self.total + 0.0
-        x = rng.random() * total
-        k = self._first_above(x) if x < total else self._first_above(total - 0.5)  # choices' clamp to the last
-        w = self.weights[k]
-        self.weights[k] = 0
-        self.total -= w
-        i = k + 1
-        while i <= self.n:
-            self.tree[i] -= w
-            i += i & -i
-        return k
-
-
-def _patient_batches(groups: Sequence[str], batch_size: int, max_per_group: int, seed: int,
-                     min_batch: int) -> tuple[list[list[int]], int]:
-    """Batches of indices with at most ``max_per_group`` indices of one group each.
-
-    Groups are drawn with probability proportional to what they have left, so large patients are
-    spread over the epoch instead of piling up at its end. Once fewer groups remain than fit a
-    batch, the last batches shrink; those below ``min_batch`` are dropped (returned as a count),
-    because a batch of two has almost no negatives.
-    """
-    rng = random.Random(seed)
-    left: dict[str, list[int]] = defaultdict(list)
-    for i, g in enumerate(groups):
-        left[g].append(i)
-    for items in left.values():
-        rng.shuffle(items)
-    batches: list[list[int]] = []
-    while left:
-        names = list(left)
-        draw = _WeightedDraw([len(left[n]) for n in names])
-        chosen: list[str] = []
-        slots = batch_size
-        while len(chosen) < len(names) and slots > 0:
-            chosen.append(names[draw.draw(rng)])
-            slots -= max_per_group
-        batch = []
-        for name in chosen:
-            take = min(max_per_group, len(left[name]), batch_size - len(batch))
-            batch.extend(left[name][:take])
-            del left[name][:take]
-            if not left[name]:
-                del left[name]
-        batches.append(batch)
-    kept = [b for b in batches if len(b) >= min_batch]
-    dropped = sum(len(b) for b in batches) - sum(len(b) for b in kept)
-    rng.shuffle(kept)
-    return kept, dropped
-
-
-_SAMPLER_CLASS: Any = None
-
-
-def _sampler_class() -> Any:
-    """The sampler class, defined on first use so importing this module does not import torch."""
-    global _SAMPLER_CLASS
-    if _SAMPLER_CLASS is None:
-        from sentence_transformers.base.sampler import DefaultBatchSampler
-
-        class PatientBatchSampler(DefaultBatchSampler):
-            """At most ``max_per_group`` rows of one patient per batch (see :func:`_patient_batches`)."""
-
-            def __init__(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0,
-                         *, groups=(), max_per_group=1, min_batch=None):
-                super().__init__(dataset, batch_size=batch_size, drop_last=drop_last,
-                                 valid_label_columns=valid_label_columns, generator=generator, seed=seed)
-                if len(dataset) != len(groups):
-                    raise ValueError(f"{len(groups)} patient ids for {len(dataset)} training rows")
-                self.groups = list(groups)
-                self.max_per_group = max_per_group
-                self.min_batch = min_batch if min_batch is not None else max(2, batch_size // 4)
-                self.dropped = 0
-
-            def _batches(self) -> list[list[int]]:
-                batches, self.dropped = _patient_batches(self.groups, self.batch_size, self.max_per_group,
-                                                         (self.seed or 0) + self.epoch, self.min_batch)
-                return batches
-
-            def __iter__(self) -> Iterator[list[int]]:
-                yield from self._batches()
-
-            def __len__(self) -> int:
-                return len(self._batches())
-
-        _SAMPLER_CLASS = PatientBatchSampler
-    return _SAMPLER_CLASS
-
-
-def _build_patient_sampler(dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0, *,
-                           groups=(), max_per_group=1, min_batch=None):  # noqa: ANN001
-    return _sampler_class()(dataset, batch_size, drop_last, valid_label_columns, generator, seed,
-                            groups=groups, max_per_group=max_per_group, min_batch=min_batch)
-
-
-def make_patient_sampler(groups: Sequence[str], max_per_group: int = 1, min_batch: int | None = None) -> Any:
-    """A ``batch_sampler`` for SentenceTransformerTrainingArguments: one pair per patient per batch.
-
-    ``groups[i]`` is the patient of training row i. The trainer calls the returned function with
-    (dataset, batch_size, drop_last, valid_label_columns, generator, seed) - the signature its
-    ``BatchSamplers`` documentation accepts. It is a ``functools.partial`` of a module-level
-    function because the trainer pickles its arguments with every checkpoint.
-    """
-    import functools
-
-    return functools.partial(_build_patient_sampler, groups=tuple(groups), max_per_group=max_per_group,
-                             min_batch=min_batch)
-
-
-# --------------------------------------------------------------------------------------------
-# Dev evaluation
-
-
-def _relevant(beir: Any) -> dict[str, set[str]]:
-    """Relevant documents (grade >= 1) per query of a BEIR-like set."""
-    return {q: {d for d, g in r.items() if g >= 1} for q, r in beir.qrels.items()}
-
-
-@dataclass
-class DevSet:
-    """Queries, a corpus and relevance for the training-time evaluation (ids -> texts)."""
-
-    queries: dict[str, str]
-    corpus: dict[str, str]
-    relevant: dict[str, set[str]]
-    name: str = "dev"
-
-    @classmethod
-    def from_beir(cls, beir: Any, name: str = "dev") -> "DevSet":
-        rel = _relevant(beir)
-        return cls({q.query_id: q.text for q in beir.queries if rel.get(q.query_id)},
-                   {d.doc_id: d.text for d in beir.corpus.documents}, rel, name)
-
-    def limited(self, n: int | None, seed: int = 0) -> "DevSet":
-        if n is None or n >= len(self.queries):
-            return self
-        ids = sorted(self.queries)
-        random.Random(seed).shuffle(ids)
-        keep = set(ids[:n])
-        return DevSet({q: t for q, t in self.queries.items() if q in keep}, self.corpus,
-                      {q: r for q, r in self.relevant.items() if q in keep}, self.name)
-
-
-@dataclass
-class ChunkedSet:
-    """A retrieval set scored the way ``eval.ir`` scores it: chunks embedded at the base's inference
-    length, each document ranked by its best chunk, MAP@100 over documents, in the cross-patient
-    scope and, where the set has real patients, the patient scope too. The interpolation choice
-    scores the dev questions and the general-retrieval guards with it.
-
-    Why not the trainer's dev evaluator: it embeds whole documents cut at the training length, a
-    proxy that once rated a model +29% on synthea while the chunk-level evaluation measured -13%,
-    and whose definition changes with the training length. Why the patient scope: a weight that
-    kept synthea's cross-patient MAP lost 5.9% inside patients' records.
-    """
-
-    name: str
-    queries: dict[str, str]
-    passages: list[tuple[str, str]]  # (doc_id, chunk text), documents' chunks in order
-    relevant: dict[str, set[str]]
-    # patient scope: each query's patient and each document's; empty when the set has no patients
-    query_patient: dict[str, str] = field(default_factory=dict)
-    doc_patient: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_beir(cls, beir: Any, chunks: dict[str, list[Any]], name: str,
-                  query_ids: Collection[str] | None = None) -> "ChunkedSet":
-        """``chunks``: doc_id -> its chunks, as the index would cut them (``rag.index.index_chunking``);
-        ``query_ids``: only these queries (all when None)."""
-        rel = _relevant(beir)
-        queries = {q.query_id: q.text for q in beir.queries
-                   if rel.get(q.query_id) and (query_ids is None or q.query_id in query_ids)}
-        native = beir.corpus.patient_structure == "native"  # one patient per document: no patient scope
-        query_patient = {q.query_id: q.patient_id for q in beir.queries
-                         if native and q.query_id in queries and q.patient_id is not None}
-        doc_patient = {d.doc_id: d.patient_id for d in beir.corpus.documents} if query_patient else {}
-        return cls(name, queries,
-                   [(c.doc_id, c.text) for d in beir.corpus.documents for c in chunks.get(d.doc_id, [])], rel,
-                   query_patient, doc_patient)
-
-    @classmethod
-    def like_index(cls, beir: Any, base: str, settings: Settings, name: str,
-                   query_ids: Collection[str] | None = None) -> "ChunkedSet":
-        """``beir`` cut into chunks as the index of embedder ``base`` would cut it."""
-
-        emb = get_embedder(base, settings)
-        return cls.from_beir(beir, chunk_corpus(beir.corpus, emb.token_offsets, index_chunking(emb, settings)),
-                             name, query_ids)
-
-    def scores(self, model: "SentenceTransformer", query_prefix: str, passage_prefix: str,
-               max_seq_length: int) -> dict[str, float]:
-        """MAP@100 as ``{name: cross}`` plus ``{name:patient: patient scope}`` where there are patients."""
-        import numpy as np
-
-        qids = list(self.queries)
-        kept, model.max_seq_length = model.max_seq_length, max_seq_length
-        try:
-            q = model.encode([query_prefix + self.queries[i] for i in qids], normalize_embeddings=True,
-                             convert_to_numpy=True, show_progress_bar=False)
-            p = model.encode([passage_prefix + t for _, t in self.passages], normalize_embeddings=True,
-                             convert_to_numpy=True, show_progress_bar=False)
-        finally:
-            model.max_seq_length = kept
-        owners = [d for d, _ in self.passages]
-        docs = list(dict.fromkeys(owners))
-        col = {d: j for j, d in enumerate(docs)}
-        best = np.full((len(qids), len(docs)), -np.inf, dtype=np.float32)
-        sims = q @ p.T
-        for j, d in enumerate(owners):
-            np.maximum(best[:, col[d]], sims[:, j], out=best[:, col[d]])
-
-        def mean_ap(scores: "np.ndarray", ids: list[str]) -> float:
-            aps = []
-            for row, qid in zip(scores, ids):
-                order = [j for j in np.argsort(-row)[:100] if np.isfinite(row[j])]
-                aps.append(average_precision([docs[j] for j in order], self.relevant[qid]))
-            return round(float(np.mean(aps)), 5) if aps else 0.0
-
-        out = {self.name: mean_ap(best, qids)}
-        scoped = [i for i, qid in enumerate(qids) if qid in self.query_patient]
-        if scoped:
-            owner = np.array([self.doc_patient.get(d) for d in docs], dtype=object)
-            inside = np.stack([owner == self.query_patient[qids[i]] for i in scoped])
-            out[f"{self.name}:patient"] = mean_ap(np.where(inside, best[scoped], -np.inf), [qids[i] for i in scoped])
-        return out
-
-
-def make_evaluator(dev: DevSet, query_prefix: str, passage_prefix: str, batch_size: int = 32):
-    """sentence-transformers' InformationRetrievalEvaluator (MAP@100, nDCG@10, ...) on documents.
-
-    Documents are embedded whole up to the training length: a cheap proxy for the chunk-level
-    index that ``eval.ir`` measures, good enough to choose a checkpoint.
-    """
-    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
-
-    return InformationRetrievalEvaluator(
-        queries=dev.queries, corpus=dev.corpus, relevant_docs=dev.relevant, name=dev.name,
-        map_at_k=[100], ndcg_at_k=[10], mrr_at_k=[10], accuracy_at_k=[1, 10], precision_recall_at_k=[10, 100],
-        query_prompt=query_prefix or None, corpus_prompt=passage_prefix or None, batch_size=batch_size,
-        write_csv=False, score_functions=None, main_score_function="cosine",
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -441,80 +161,11 @@ def freeze_word_embeddings(model: "SentenceTransformer") -> int:
     return emb.weight.numel()
 
 
-def interpolate_with_base(model: "SentenceTransformer", base_model: "SentenceTransformer", alpha: float) -> int:
-    """WiSE-FT: move every floating-point weight to ``(1 - alpha) * base + alpha * fine-tuned``.
-
-    Why: fine-tuning on one hospital's notes pulls the model away from what made the base good at
-    general retrieval; averaging the two in weight space keeps most of the domain gain and much of
-    the general skill (Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022). It
-    needs both models to share one architecture, which a fine-tuned copy always does. Returns the
-    number of tensors changed.
-    """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"interpolate must be within [0, 1], got {alpha}")
-    tuned, base = model[0].auto_model.state_dict(), base_model[0].auto_model.state_dict()
-    if tuned.keys() != base.keys():
-        raise ValueError("the fine-tuned model and its base differ in architecture; cannot interpolate")
-    merged, changed = {}, 0
-    for key, value in tuned.items():
-        if value.is_floating_point() and alpha < 1.0:
-            merged[key] = (1.0 - alpha) * base[key].to(value.dtype) + alpha * value
-            changed += 1
-        else:
-            merged[key] = value
-    model[0].auto_model.load_state_dict(merged)
-    return changed
-
-
-def choose_interpolation(model: "SentenceTransformer", base_model: "SentenceTransformer", choices: Sequence[float],
-                         score: Callable[["SentenceTransformer"], float],
-                         guards: Sequence[Callable[["SentenceTransformer"], dict[str, float]]] = (),
-                         tolerance: float = 0.05) -> tuple[float, dict[str, float], dict[str, dict[str, float]]]:
-    """The interpolation weight with the best dev score among the eligible ``choices`` (first of
-    equals), every dev score, and every guard score. ``model`` comes back with its fine-tuned weights.
-
-    Why guards: a dev set of a few dozen questions from three patients is noisy, and on its own it
-    once picked a = 1 by 0.01 MAP while general retrieval fell by 38%. A choice is eligible only if
-    each guard score is at least ``(1 - tolerance)`` times the base's (weight 0, measured here too).
-    A guard returns named scores (e.g. one per retrieval scope); every one of them is bounded.
-    The base itself always qualifies, so when 0 is not among the choices and none qualifies, the
-    weight with the smallest worst guard loss is kept and a warning says so.
-    """
-    import copy
-
-    tuned = copy.deepcopy(model[0].auto_model.state_dict())
-    weights = [float(a) for a in choices]
-    guard_scores: dict[str, dict[str, float]] = {}
-    dev_scores: dict[str, float] = {}
-    for alpha in ([0.0] if guards and 0.0 not in weights else []) + weights:
-        interpolate_with_base(model, base_model, alpha)
-        if alpha in weights:
-            dev_scores[f"{alpha:g}"] = round(float(score(model)), 5)
-        if guards:
-            guard_scores[f"{alpha:g}"] = {name: round(float(v), 5) for g in guards for name, v in g(model).items()}
-        model[0].auto_model.load_state_dict(tuned)
-
-    def worst_ratio(alpha: float) -> float:
-        if not guards:
-            return 1.0
-        ref, got = guard_scores["0"], guard_scores[f"{alpha:g}"]
-        return min(got[n] / ref[n] if ref[n] > 0 else 1.0 for n in ref)
-
-    eligible = [a for a in weights if worst_ratio(a) >= 1.0 - tolerance - 1e-9]
-    if eligible:
-        best = max(eligible, key=lambda a: (dev_scores[f"{a:g}"], -weights.index(a)))
-    elif weights:
-        best = max(weights, key=worst_ratio)
-        log.warning("no interpolation weight keeps every guard within %.0f%% of the base; kept %s, the "
-                    "smallest loss", 100 * tolerance, best)
-    else:
-        best = 1.0
-    log.info("dev MAP@100 by interpolation weight: %s; guards: %s -> %s", dev_scores, guard_scores, best)
-    return best, dev_scores, guard_scores
-
-
 def _build_loss(model: "SentenceTransformer", cfg: TrainConfig) -> Any:
-    from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss, MatryoshkaLoss
+    from sentence_transformers.sentence_transformer.losses import (
+        CachedMultipleNegativesRankingLoss,
+        MatryoshkaLoss,
+    )
 
     loss = CachedMultipleNegativesRankingLoss(model, scale=cfg.scale, mini_batch_size=cfg.mini_batch_size)
     if cfg.matryoshka_dims:
@@ -548,7 +199,10 @@ def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None =
     pair needs that many negatives (see ``finetune.negatives.fill_missing``).
     """
     import torch
-    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import (
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     from transformers import TrainerCallback
 
 
@@ -712,100 +366,6 @@ def _score(evaluator: Any, model: "SentenceTransformer") -> dict[str, float]:
     raw = evaluator(model)
     prefix = f"{evaluator.name}_cosine_"
     return {k.removeprefix(prefix): round(float(v), 5) for k, v in raw.items() if k.startswith(prefix)}
-
-
-# --------------------------------------------------------------------------------------------
-# What the registry and a reader need
-
-
-METADATA_FILE = "crag_embedder.json"
-
-
-def write_embedder_metadata(folder: Path, *, name: str, base: Any, cfg: TrainConfig, result: TrainResult) -> Path:
-    """``crag_embedder.json``: how the registry describes this model (prefixes come from the base)."""
-    meta = {
-        "name": name,
-        "label": f"{name} (fine-tuned from {base.label})",
-        "base": base.name,
-        "base_label": base.label,
-        "query_prefix": base.query_prefix,
-        "passage_prefix": base.passage_prefix,
-        "max_seq_length": base.max_seq_length,
-        "pooling": base.spec.pooling,
-        "trained_max_seq_length": cfg.max_seq_length,
-        "pairs": result.pairs,
-        "pair_sources": result.pair_sources,
-        "patients": result.patients,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    path = Path(folder) / METADATA_FILE
-    path.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
-
-
-def write_model_card(folder: Path, result: TrainResult, base_label: str, query_prefix: str = "",
-                     passage_prefix: str = "") -> Path:
-    """README.md in the model folder: data, parameters, dev metrics, throughput."""
-    cfg = result.config
-    rows = "\n".join(f"| {k} | {result.dev_before.get(k, float('nan')):.4f} | {v:.4f} |"
-                     for k, v in sorted(result.dev_after.items()) if k in {"map@100", "ndcg@10", "mrr@10", "recall@10", "recall@100"})
-    text = f"""# {result.name}
-
-Fine-tuned from **{base_label}** with sentence-transformers
-(`CachedMultipleNegativesRankingLoss`{' in `MatryoshkaLoss` ' + str(cfg.matryoshka_dims) if cfg.matryoshka_dims else ''},
-scale {cfg.scale}) by `python -m finetune.train` of this project.
-
-## Data
-- {result.pairs} training pairs from {result.patients} training patients; sources: {result.pair_sources}
-  (qa = synthetic question -> chunk holding its evidence; ict = inverse cloze, a sentence -> its chunk;
-  description = a document's own summary -> its best-matching chunk).
-- Hard negatives per pair: {cfg.num_negatives} (mined with the base model, same-patient and same-document
-  candidates removed; missing ones filled with random passages of other patients).
-- Patient-disjoint split: no document, question or sentence of a dev or test patient was used for training.
-- Batches hold at most {cfg.max_per_patient} pair(s) per patient; {result.dropped_by_sampler_epoch0} pairs fell into
-  too-small tail batches in epoch 0 and were skipped there.
-
-## Parameters
-```json
-{json.dumps(asdict(cfg), indent=2)}
-```
-Trainable parameters: {result.trainable_parameters:,} of {result.total_parameters:,}
-(word embeddings {'frozen' if cfg.freeze_embeddings else 'trained'}; lowest {cfg.freeze_layers} layers frozen).
-
-## Dev metrics (InformationRetrievalEvaluator on whole documents, cosine; before -> after)
-| metric | base | fine-tuned |
-|---|---|---|
-{rows or '| (no dev set) | | |'}
-
-Best checkpoint: {result.best_checkpoint or 'last step'}.
-{_interpolation_note(result)}
-## Training
-{json.dumps({k: round(v, 4) for k, v in result.train_metrics.items()})}
-Throughput: {result.throughput_pairs_per_s} pairs/s on this machine.
-
-## Use
-Queries take the prefix {json.dumps(query_prefix)}, passages {json.dumps(passage_prefix)} (from the base entry; stored in
-`crag_embedder.json` and in the model's prompts, applied by the registry). Load by name:
-`rag.embedders.get_embedder("{result.name}")`.
-"""
-    path = Path(folder) / "README.md"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def _interpolation_note(result: TrainResult) -> str:
-    alpha = result.interpolation
-    chosen = (f" Chosen on dev MAP@100 ({result.dev_map_scoring}) among {result.dev_map_by_interpolation}."
-              if result.dev_map_by_interpolation else "")
-    if result.guard_map_by_interpolation:
-        chosen += (f" Eligible only within {100 * result.config.guard_tolerance:g}% of the base (weight 0) on "
-                   f"the general-retrieval guard sets, MAP@100 by weight: {result.guard_map_by_interpolation}.")
-    if alpha >= 1.0:
-        return f"\nNo weight interpolation with the base.{chosen}\n" if chosen else ""
-    before = result.dev_before_interpolation.get("map@100")
-    return (f"\nWeights interpolated with the base (WiSE-FT): {1 - alpha:.2f} x base + {alpha:.2f} x fine-tuned"
-            + (f"; dev MAP@100 of the fine-tuned weights before interpolation: {before:.4f}." if before is not None
-               else ".") + chosen + "\n")
 
 
 # --------------------------------------------------------------------------------------------

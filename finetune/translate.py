@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rag.jsonl_log import append_rows, read_rows, repair_tail
 from finetune.synthesize import input_info, versions
 from rag.config import Settings, load_settings
 from rag.corpus import Document, load_corpus
+from rag.jsonl_log import append_rows, read_rows, repair_tail
 from rag.llm import LLMClient, LLMError
 from rag.local_llm import EmbeddedLLMServer
 from rag.manifest import write_json

@@ -1,4 +1,4 @@
-"""BEIR-like retrieval sets (DESIGN.md 3): a corpus, queries and graded relevance judgments.
+"""BEIR-like retrieval sets (docs/design.md §3): a corpus, queries and graded relevance judgments.
 
 Every evaluation CLI reads the same three files (``corpus.jsonl``, ``queries.jsonl``, ``qrels.tsv``),
 so any set - our QA test split, PubMedQA, a hospital's own judgments - is scored the same way.
@@ -322,7 +322,7 @@ def load_named_set(name: str, settings: Settings | None = None) -> BeirSet:
 
 
 def qa_to_beir(qa_jsonl_path: str | Path, corpus: Corpus, name: str) -> BeirSet:
-    """QA pairs (DESIGN.md 3) as a retrieval set: each question is a query whose one relevant
+    """QA pairs (docs/design.md §3) as a retrieval set: each question is a query whose one relevant
     document (grade 1) is the document it was generated from; the patient and the reference answer
     travel with it. Every QA row must name a document of ``corpus`` and agree on its patient.
     """

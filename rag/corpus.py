@@ -1,4 +1,4 @@
-"""The document model and the loaders that turn every data set into it (DESIGN.md 3).
+"""The document model and the loaders that turn every data set into it (docs/design.md §3).
 
 Everything downstream (chunking, index, QA synthesis, evaluation) sees only :class:`Document`, so
 the quirks of each source (FHIR note types as lists, German letters without patients, PubMed
@@ -53,7 +53,7 @@ REENCODE_HINT = "re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 IN 
 
 @dataclass
 class Document:
-    """One clinical document in the form every later stage reads (DESIGN.md 3).
+    """One clinical document in the form every later stage reads (docs/design.md §3).
 
     ``text`` is kept verbatim (no stripping): PHI spans and chunk offsets point into it.
     ``extra`` holds source fields without a place in the contract (PHI spans, authors, keywords).

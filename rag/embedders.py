@@ -1,4 +1,4 @@
-"""The embedder registry: every part of the project gets its embedding model here (DESIGN.md 4).
+"""The embedder registry: every part of the project gets its embedding model here (docs/design.md §4).
 
 A model is named by a short registry name (``me5-small``, ``minilm``, ``e5-large``, ``bge-m3`` or one
 added with :func:`register`), by the name of a model trained by ``finetune.train`` (a folder

@@ -1,4 +1,4 @@
-"""The one generator client of the project (DESIGN.md 5).
+"""The one generator client of the project (docs/design.md §5).
 
 The app, QA synthesis and the judges all talk to an OpenAI-compatible chat endpoint through
 :class:`LLMClient`: vLLM on a GPU host, any hosted OpenAI-compatible API, or the embedded llama.cpp

@@ -1,4 +1,4 @@
-"""The embedded generator: llama.cpp's OpenAI-compatible server, in process, on loopback (DESIGN.md 5).
+"""The embedded generator: llama.cpp's OpenAI-compatible server, in process, on loopback (docs/design.md §5).
 
 Where no endpoint is configured (``CRAG_LLM_BASE_URL`` empty), :func:`get_llm_client` starts one
 :class:`EmbeddedLLMServer` per process with the bundled SmolLM2-135M-Instruct GGUF (package

@@ -1,6 +1,6 @@
 """Run records every stage writes: atomic JSON files and ``manifest.json`` bodies.
 
-Lives in ``rag/`` because every layer writes manifests (DESIGN.md 3: inputs with hashes, parameters,
+Lives in ``rag/`` because every layer writes manifests (docs/design.md §3: inputs with hashes, parameters,
 models, versions, counts, timings) and ``finetune/`` may depend on ``rag/`` but not on ``eval/``.
 """
 from __future__ import annotations

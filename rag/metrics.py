@@ -1,4 +1,4 @@
-"""Ranking metrics on document ids (DESIGN.md 7): pure functions, no model imports.
+"""Ranking metrics on document ids (docs/design.md §7): pure functions, no model imports.
 
 Every harness (``eval.ir``, ``eval.ragas_suite``, the training-time dev evaluation) scores through
 these functions, so a number called "MAP@100" means the same thing everywhere. Conventions:
@@ -123,7 +123,7 @@ def context_precision(ranked: Sequence[str], relevant: Relevant, k: int | None =
 
 
 def leakage_rate(hit_patient_ids: Sequence[str], patient_id: str) -> float:
-    """Share of retrieved chunks that belong to another patient (DESIGN.md 6; must be 0). 0 for no hits."""
+    """Share of retrieved chunks that belong to another patient (docs/design.md §6; must be 0). 0 for no hits."""
     if not hit_patient_ids:
         return 0.0
     return sum(1 for p in hit_patient_ids if p != patient_id) / len(hit_patient_ids)

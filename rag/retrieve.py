@@ -1,6 +1,6 @@
 """Scoped retrieval: dense (Chroma through LlamaIndex), BM25 and hybrid, one interface.
 
-The patient scope is a security boundary (DESIGN.md 6). Every retriever applies it *inside* the
+The patient scope is a security boundary (docs/design.md §6). Every retriever applies it *inside* the
 query - dense search ranks only the scope's stored vectors (exact search) or passes the scope as the
 Chroma ``where`` (HNSW, for very large stores), BM25 zeroes other patients with a weight mask before
 the top-k is taken - never by filtering a global top-k afterwards, which could both leak and starve

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from rag.beir import BeirSet, Query, load_beir, load_named_set, qa_to_beir, write_beir
 from eval.ir import ModelSpec, evaluate, main, parse_models, ranked_documents
 from finetune.split import write_qa_split
+from rag.beir import BeirSet, Query, load_beir, load_named_set, qa_to_beir, write_beir
 from rag.corpus import CorpusError, write_jsonl
 from rag.retrieve import Hit, Scope
 from tests.conftest import needs_shared, small_synthea
-
 
 # ---- model list parsing --------------------------------------------------------------------
 

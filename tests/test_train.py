@@ -10,8 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from finetune.dev_sets import ChunkedSet, DevSet
+from finetune.interpolation import choose_interpolation, interpolate_with_base
 from finetune.pairs import Pair
-from finetune.train import DevSet, TrainConfig, _patient_batches, make_patient_sampler, train
+from finetune.train import TrainConfig, main, resumable_checkpoint, train
+from finetune.train_sampler import _patient_batches, _WeightedDraw, make_patient_sampler
 from tests.tiny_models import DEFAULT_CORPUS, build_tiny_st, build_xlmr_st
 
 PROMPTS = {"query": "query: ", "passage": "passage: "}
@@ -70,7 +73,6 @@ def test_weighted_draw_matches_random_choices_draw_for_draw() -> None:
     """Same seed, same positions: the cpu-demo batches (and its reported model) did not change."""
     import random
 
-    from finetune.train import _WeightedDraw
 
     gen = random.Random(7)
     for case in range(200):
@@ -101,7 +103,12 @@ def test_sampler_is_picklable_and_checks_length() -> None:
 def test_training_lowers_loss_saves_and_registry_finds_it(tiny_base: Path, settings) -> None:
     from sentence_transformers import SentenceTransformer
 
-    from rag.embedders import available_embedders, clear_cache, describe_embedders, get_embedder
+    from rag.embedders import (
+        available_embedders,
+        clear_cache,
+        describe_embedders,
+        get_embedder,
+    )
 
     pairs = _toy_pairs()
     before_model = SentenceTransformer(str(tiny_base), device="cpu")
@@ -185,7 +192,6 @@ def test_resumable_checkpoint_matches_optimisation_settings(tmp_path: Path) -> N
 
     import torch
 
-    from finetune.train import resumable_checkpoint
 
     args = SimpleNamespace(learning_rate=1e-4, per_device_train_batch_size=32, seed=0, weight_decay=0.01)
     assert resumable_checkpoint(tmp_path, args) is None
@@ -201,7 +207,6 @@ def test_interpolation_is_chosen_on_dev_and_leaves_the_model_unchanged(tiny_base
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from finetune.train import choose_interpolation, interpolate_with_base
 
     base = SentenceTransformer(str(tiny_base), device="cpu")
     tuned = SentenceTransformer(str(tiny_base), device="cpu")
@@ -241,7 +246,6 @@ def test_interpolation_is_chosen_on_dev_and_leaves_the_model_unchanged(tiny_base
 def test_chunked_set_ranks_documents_by_their_best_chunk_in_both_scopes() -> None:
     import numpy as np
 
-    from finetune.train import ChunkedSet
 
     vectors = {"query: q1": [1.0, 0.0], "query: q2": [0.0, 1.0], "passage: a": [0.0, 1.0],
                "passage: b": [0.6, 0.8], "passage: c": [0.8, 0.6], "passage: e": [0.9, 0.4359]}
@@ -269,7 +273,6 @@ def test_chunked_set_ranks_documents_by_their_best_chunk_in_both_scopes() -> Non
 
 def test_cli_chooses_the_weight_on_dev_scored_like_eval_ir(tiny_base: Path, tmp_path: Path) -> None:
     from finetune.pairs import write_pairs
-    from finetune.train import main
 
     pairs = _toy_pairs()
     write_pairs(pairs, tmp_path / "pairs.jsonl")

@@ -1,7 +1,7 @@
 """A tiny sentence-transformers model built locally in a few seconds: a fast stand-in embedder for tests.
 
 WordPiece tokenizer trained on a handful of sentences + a randomly initialised 2-layer ``BertModel``
-(shared/reference/models.md 6), wrapped as Transformer -> mean Pooling -> Normalize and saved with
+(the recipe in docs/design.md §4), wrapped as Transformer -> mean Pooling -> Normalize and saved with
 ``SentenceTransformer.save``. The vectors carry no meaning; use it where a test needs the plumbing
 (shapes, prefixes, token offsets, index round trips), not retrieval quality. Deterministic: the
 same arguments give the same weights.

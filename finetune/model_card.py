@@ -1,0 +1,108 @@
+"""What a trained embedder carries with it: the metadata the registry reads, and a model card for people."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from finetune.train import TrainConfig, TrainResult
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# What the registry and a reader need
+
+
+METADATA_FILE = "crag_embedder.json"
+
+
+def write_embedder_metadata(folder: Path, *, name: str, base: Any, cfg: TrainConfig, result: TrainResult) -> Path:
+    """``crag_embedder.json``: how the registry describes this model (prefixes come from the base)."""
+    meta = {
+        "name": name,
+        "label": f"{name} (fine-tuned from {base.label})",
+        "base": base.name,
+        "base_label": base.label,
+        "query_prefix": base.query_prefix,
+        "passage_prefix": base.passage_prefix,
+        "max_seq_length": base.max_seq_length,
+        "pooling": base.spec.pooling,
+        "trained_max_seq_length": cfg.max_seq_length,
+        "pairs": result.pairs,
+        "pair_sources": result.pair_sources,
+        "patients": result.patients,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    path = Path(folder) / METADATA_FILE
+    path.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def write_model_card(folder: Path, result: TrainResult, base_label: str, query_prefix: str = "",
+                     passage_prefix: str = "") -> Path:
+    """README.md in the model folder: data, parameters, dev metrics, throughput."""
+    cfg = result.config
+    rows = "\n".join(f"| {k} | {result.dev_before.get(k, float('nan')):.4f} | {v:.4f} |"
+                     for k, v in sorted(result.dev_after.items()) if k in {"map@100", "ndcg@10", "mrr@10", "recall@10", "recall@100"})
+    text = f"""# {result.name}
+
+Fine-tuned from **{base_label}** with sentence-transformers
+(`CachedMultipleNegativesRankingLoss`{' in `MatryoshkaLoss` ' + str(cfg.matryoshka_dims) if cfg.matryoshka_dims else ''},
+scale {cfg.scale}) by `python -m finetune.train` of this project.
+
+## Data
+- {result.pairs} training pairs from {result.patients} training patients; sources: {result.pair_sources}
+  (qa = synthetic question -> chunk holding its evidence; ict = inverse cloze, a sentence -> its chunk;
+  description = a document's own summary -> its best-matching chunk).
+- Hard negatives per pair: {cfg.num_negatives} (mined with the base model, same-patient and same-document
+  candidates removed; missing ones filled with random passages of other patients).
+- Patient-disjoint split: no document, question or sentence of a dev or test patient was used for training.
+- Batches hold at most {cfg.max_per_patient} pair(s) per patient; {result.dropped_by_sampler_epoch0} pairs fell into
+  too-small tail batches in epoch 0 and were skipped there.
+
+## Parameters
+```json
+{json.dumps(asdict(cfg), indent=2)}
+```
+Trainable parameters: {result.trainable_parameters:,} of {result.total_parameters:,}
+(word embeddings {'frozen' if cfg.freeze_embeddings else 'trained'}; lowest {cfg.freeze_layers} layers frozen).
+
+## Dev metrics (InformationRetrievalEvaluator on whole documents, cosine; before -> after)
+| metric | base | fine-tuned |
+|---|---|---|
+{rows or '| (no dev set) | | |'}
+
+Best checkpoint: {result.best_checkpoint or 'last step'}.
+{_interpolation_note(result)}
+## Training
+{json.dumps({k: round(v, 4) for k, v in result.train_metrics.items()})}
+Throughput: {result.throughput_pairs_per_s} pairs/s on this machine.
+
+## Use
+Queries take the prefix {json.dumps(query_prefix)}, passages {json.dumps(passage_prefix)} (from the base entry; stored in
+`crag_embedder.json` and in the model's prompts, applied by the registry). Load by name:
+`rag.embedders.get_embedder("{result.name}")`.
+"""
+    path = Path(folder) / "README.md"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _interpolation_note(result: TrainResult) -> str:
+    alpha = result.interpolation
+    chosen = (f" Chosen on dev MAP@100 ({result.dev_map_scoring}) among {result.dev_map_by_interpolation}."
+              if result.dev_map_by_interpolation else "")
+    if result.guard_map_by_interpolation:
+        chosen += (f" Eligible only within {100 * result.config.guard_tolerance:g}% of the base (weight 0) on "
+                   f"the general-retrieval guard sets, MAP@100 by weight: {result.guard_map_by_interpolation}.")
+    if alpha >= 1.0:
+        return f"\nNo weight interpolation with the base.{chosen}\n" if chosen else ""
+    before = result.dev_before_interpolation.get("map@100")
+    return (f"\nWeights interpolated with the base (WiSE-FT): {1 - alpha:.2f} x base + {alpha:.2f} x fine-tuned"
+            + (f"; dev MAP@100 of the fine-tuned weights before interpolation: {before:.4f}." if before is not None
+               else ".") + chosen + "\n")

@@ -1,0 +1,167 @@
+"""Patient-aware batches for contrastive training: at most ``max_per_group`` pairs of one patient per batch.
+
+In-batch negatives are the other pairs of the batch; two notes of the same patient are near
+duplicates, so a batch with both teaches the model to push apart what belongs together. The sampler
+draws patients by their remaining pairs (a Fenwick tree over the weights, so building an epoch stays
+fast at study scale: 100,000 patients in about a second) and plugs into sentence-transformers'
+trainer as its batch sampler.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    pass
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# Patient-aware batches
+
+
+class _WeightedDraw:
+    """``rng.choices(range(n), weights)[0]`` without replacement, in O(log n) per draw.
+
+    Why: at study scale (10^4-10^5 patients, batches of 1024) rebuilding the cumulative weights for
+    every draw made building one epoch's batches take minutes to hours. A Fenwick tree over the
+    weights gives the same index for the same ``rng.random()`` as ``random.choices`` (first
+    position whose running total exceeds ``random() * total``; drawn positions weigh 0), so the
+    batches, and what was trained on them, are unchanged.
+    """
+
+    def __init__(self, weights: Sequence[int]):
+        self.n = len(weights)
+        self.tree = [0] * (self.n + 1)
+        self.weights = list(weights)
+        self.total = sum(self.weights)
+        for i, w in enumerate(self.weights, 1):  # O(n) build
+            self.tree[i] += w
+            parent = i + (i & -i)
+            if parent <= self.n:
+                self.tree[parent] += self.tree[i]
+        self.top = 1 << self.n.bit_length()
+
+    def _first_above(self, x: float) -> int:
+        """The first position whose running total is > x (0-based)."""
+        pos, step = 0, self.top
+        while step:
+            nxt = pos + step
+            if nxt <= self.n and self.tree[nxt] <= x:
+                pos = nxt
+                x -= self.tree[nxt]
+            step >>= 1
+        return pos
+
+    def draw(self, rng: random.Random) -> int:
+        total = self.total + 0.0
+        x = rng.random() * total
+        k = self._first_above(x) if x < total else self._first_above(total - 0.5)  # choices' clamp to the last
+        w = self.weights[k]
+        self.weights[k] = 0
+        self.total -= w
+        i = k + 1
+        while i <= self.n:
+            self.tree[i] -= w
+            i += i & -i
+        return k
+
+
+def _patient_batches(groups: Sequence[str], batch_size: int, max_per_group: int, seed: int,
+                     min_batch: int) -> tuple[list[list[int]], int]:
+    """Batches of indices with at most ``max_per_group`` indices of one group each.
+
+    Groups are drawn with probability proportional to what they have left, so large patients are
+    spread over the epoch instead of piling up at its end. Once fewer groups remain than fit a
+    batch, the last batches shrink; those below ``min_batch`` are dropped (returned as a count),
+    because a batch of two has almost no negatives.
+    """
+    rng = random.Random(seed)
+    left: dict[str, list[int]] = defaultdict(list)
+    for i, g in enumerate(groups):
+        left[g].append(i)
+    for items in left.values():
+        rng.shuffle(items)
+    batches: list[list[int]] = []
+    while left:
+        names = list(left)
+        draw = _WeightedDraw([len(left[n]) for n in names])
+        chosen: list[str] = []
+        slots = batch_size
+        while len(chosen) < len(names) and slots > 0:
+            chosen.append(names[draw.draw(rng)])
+            slots -= max_per_group
+        batch = []
+        for name in chosen:
+            take = min(max_per_group, len(left[name]), batch_size - len(batch))
+            batch.extend(left[name][:take])
+            del left[name][:take]
+            if not left[name]:
+                del left[name]
+        batches.append(batch)
+    kept = [b for b in batches if len(b) >= min_batch]
+    dropped = sum(len(b) for b in batches) - sum(len(b) for b in kept)
+    rng.shuffle(kept)
+    return kept, dropped
+
+
+_SAMPLER_CLASS: Any = None
+
+
+def _sampler_class() -> Any:
+    """The sampler class, defined on first use so importing this module does not import torch."""
+    global _SAMPLER_CLASS
+    if _SAMPLER_CLASS is None:
+        from sentence_transformers.base.sampler import DefaultBatchSampler
+
+        class PatientBatchSampler(DefaultBatchSampler):
+            """At most ``max_per_group`` rows of one patient per batch (see :func:`_patient_batches`)."""
+
+            def __init__(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0,
+                         *, groups=(), max_per_group=1, min_batch=None):
+                super().__init__(dataset, batch_size=batch_size, drop_last=drop_last,
+                                 valid_label_columns=valid_label_columns, generator=generator, seed=seed)
+                if len(dataset) != len(groups):
+                    raise ValueError(f"{len(groups)} patient ids for {len(dataset)} training rows")
+                self.groups = list(groups)
+                self.max_per_group = max_per_group
+                self.min_batch = min_batch if min_batch is not None else max(2, batch_size // 4)
+                self.dropped = 0
+
+            def _batches(self) -> list[list[int]]:
+                batches, self.dropped = _patient_batches(self.groups, self.batch_size, self.max_per_group,
+                                                         (self.seed or 0) + self.epoch, self.min_batch)
+                return batches
+
+            def __iter__(self) -> Iterator[list[int]]:
+                yield from self._batches()
+
+            def __len__(self) -> int:
+                return len(self._batches())
+
+        _SAMPLER_CLASS = PatientBatchSampler
+    return _SAMPLER_CLASS
+
+
+def _build_patient_sampler(dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0, *,
+                           groups=(), max_per_group=1, min_batch=None):  # noqa: ANN001
+    return _sampler_class()(dataset, batch_size, drop_last, valid_label_columns, generator, seed,
+                            groups=groups, max_per_group=max_per_group, min_batch=min_batch)
+
+
+def make_patient_sampler(groups: Sequence[str], max_per_group: int = 1, min_batch: int | None = None) -> Any:
+    """A ``batch_sampler`` for SentenceTransformerTrainingArguments: one pair per patient per batch.
+
+    ``groups[i]`` is the patient of training row i. The trainer calls the returned function with
+    (dataset, batch_size, drop_last, valid_label_columns, generator, seed) - the signature its
+    ``BatchSamplers`` documentation accepts. It is a ``functools.partial`` of a module-level
+    function because the trainer pickles its arguments with every checkpoint.
+    """
+    import functools
+
+    return functools.partial(_build_patient_sampler, groups=tuple(groups), max_per_group=max_per_group,
+                             min_batch=min_batch)
