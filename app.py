@@ -440,7 +440,7 @@ def default_embedder(settings: Settings) -> str:
     """The embedder to start with when neither ``--embedder``, ``CRAG_EMBEDDER`` nor the config file names one.
 
     Hybrid retrieval over the fine-tuned ``domain`` model is the best measured retriever on held-out
-    clinical notes (README, fine-tuning section), so once ``finetune.pipeline`` has made that model
+    clinical notes (docs/results.md, fine-tuning), so once ``finetune.pipeline`` has made that model
     the app starts with it; a fresh clone has none and starts with the shipped me5-small.
     """
     from rag.embedders import DOMAIN_MODEL, trained_embedders

@@ -2,7 +2,7 @@
 # Serve the generator with vLLM 0.33.0 from its OWN virtual environment (docs/design.md §5).
 #
 # vLLM must never be installed into the app's environment: it pins torch==2.14.0 (CUDA) and
-# pillow>=13, while gradio 6.31 requires pillow<13 (reference/stack.md 2). This script creates
+# pillow>=13, while gradio 6.31 requires pillow<13. This script creates
 # $VLLM_VENV with `pip install vllm==0.33.0` the first time (network or a pip wheelhouse needed),
 # then runs `vllm serve` from it.
 #
@@ -82,7 +82,7 @@ if ! has_vllm; then
 fi
 
 # --- serve ------------------------------------------------------------------------------------
-# Flags checked against the 0.33.0 source (reference/stack.md 2).
+# Flags checked against the 0.33.0 source.
 args=(
   serve "$model"
   --served-model-name "$served_name"

@@ -1,4 +1,4 @@
-"""Quality filters for generated QA pairs, cheap first, each drop with a reason (pipeline.md B.3/B.4).
+"""Quality filters for generated QA pairs, cheap first, each drop with a reason.
 
 Why these and in this order: constrained decoding guarantees JSON syntax, not faithfulness. Small
 generators copy sentences as "questions", invent evidence, answer in the wrong language, repeat
@@ -10,7 +10,7 @@ Order (``DEFAULT_ORDER``): schema -> question length -> copied from the note -> 
 -> answer supported by the note (and its support by the quote recorded) -> language -> patient-name cap -> near-duplicate within the
 document -> exact duplicate across the corpus -> round-trip.
 
-Measured facts the defaults follow (pipeline.md B.4): 3 words minimum (5 dropped good short
+Measured facts the defaults follow: 3 words minimum (5 dropped good short
 questions); a stop-word vote for language (``langdetect`` misfired on short German questions);
 round-trip accepts a hit on another note of the *same patient* (a follow-up note legitimately
 outranks the source), and records whether that happened.
@@ -53,7 +53,7 @@ def _shingles(text: str) -> set[str]:
 
 
 def jaccard(a: str, b: str) -> float:
-    """Word uni+bigram Jaccard similarity (pipeline.md B.3 vi)."""
+    """Word uni+bigram Jaccard similarity."""
     sa, sb = _shingles(a), _shingles(b)
     if not sa or not sb:
         return 0.0

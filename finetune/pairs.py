@@ -14,7 +14,7 @@ model is trained on the units it will later retrieve:
   (MTSamples ``descriptions``: "Consult for laparoscopic gastric bypass.") is the query and the
   chunk sharing most words with it is the positive. These queries are short, written by people and
   shaped like search requests, unlike note sentences; mixing them in keeps the model from
-  forgetting how to match a short request to a note (measured in the README's fine-tuning section).
+  forgetting how to match a short request to a note (measured in docs/results.md, fine-tuning).
 
 Every pair carries ``doc_id`` and ``patient_id``: the split decides which patients a source may
 draw from (never a test patient), the miner drops same-patient negatives, and the batch sampler

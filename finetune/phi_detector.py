@@ -37,7 +37,7 @@ IGNORED_NER_LABELS = ["CARDINAL", "QUANTITY", "PERCENT", "ORDINAL", "MONEY", "WO
 
 def _offline_tldextract() -> None:
     """Presidio's e-mail recognizer calls tldextract, which would try to download the suffix list on
-    every call; use the snapshot bundled with tldextract instead (pipeline.md A.3)."""
+    every call; use the snapshot bundled with tldextract instead."""
     import tldextract
 
     tldextract.extract = tldextract.TLDExtract(suffix_list_urls=())

@@ -158,7 +158,7 @@ def resolve_overlaps(spans: list[PhiSpan]) -> list[PhiSpan]:
     """Keep a non-overlapping set: higher type priority, then strong over weak, longer, higher score.
 
     Presidio breaks ties arbitrarily; the prototype turned a date into a phone-shaped number that
-    way (pipeline.md A.4), so the order is explicit. A kept span absorbs overlapping spans of the
+    way, so the order is explicit. A kept span absorbs overlapping spans of the
     same type (their union), so "Dr. Van Leeuwen" found as "Van" and "Van Leeuwen" is one span.
     """
     order = sorted(spans, key=lambda s: (PRIORITY[s.label], not s.strong, -(s.end - s.start), -s.score))

@@ -32,7 +32,7 @@ class PhiType(str, Enum):
 
 #: Overlap resolution keeps the higher-priority span (lower number). Structured, pattern-certain
 #: types first: a date that Presidio's phone recognizer also matched must stay a date, and an age
-#: that spaCy calls DATE must stay an age (both seen in the prototype, pipeline.md A.4).
+#: that spaCy calls DATE must stay an age (both seen in the prototype).
 PRIORITY: dict[PhiType, int] = {
     PhiType.EMAIL: 0,
     PhiType.URL: 1,

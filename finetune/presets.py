@@ -3,7 +3,7 @@
 A preset fixes everything that changes the result: which corpora are pseudonymized and trained on,
 where the QA pairs come from, the split, the pair sources, mining and the training configuration,
 and what is evaluated. Sizes in ``cpu-demo`` were chosen from measured runs on the 2-core machine
-(see the README's fine-tuning section); ``gpu-e5-large`` is the same recipe at study scale for one
+(see docs/results.md, fine-tuning); ``gpu-e5-large`` is the same recipe at study scale for one
 GPU, checked on a tiny XLM-R model of the same architecture (tests/test_train.py), not run here.
 """
 from __future__ import annotations

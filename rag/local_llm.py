@@ -85,7 +85,7 @@ def bundled_gguf_path() -> Path:
 
 @dataclass(frozen=True)
 class ChunkedGGUF:
-    """A GGUF shipped as byte chunks in several packages (reference/models.md 2): concatenating
+    """A GGUF shipped as byte chunks in several packages: concatenating
     ``<package>/data/partNN.bin`` in order is the whole recipe; the sha256 pins the result."""
 
     name: str
@@ -141,7 +141,6 @@ def chunked_gguf_path(name: str = QWEN_NAME, model_cache: str | Path | None = No
 
     gen = CHUNKED_GENERATORS[name]
     if model_cache is None:
-
         model_cache = load_settings().model_cache
     target = Path(model_cache).expanduser() / gen.file
     if target.is_file():
@@ -381,7 +380,6 @@ def embedded_server(settings: Any = None) -> EmbeddedLLMServer:
     """The process's embedded server, started on first use (stopped at exit)."""
     global _EMBEDDED, _ATEXIT_REGISTERED
     if settings is None:
-
         settings = load_settings()
     with _EMBEDDED_LOCK:
         if _EMBEDDED is not None and _EMBEDDED.running:
@@ -410,7 +408,6 @@ def get_llm_client(settings: Any = None) -> LLMClient:
     bundled SmolLM2, ``llm_threads`` and ``llm_ctx``.
     """
     if settings is None:
-
         settings = load_settings()
     if settings.llm_base_url:
         return LLMClient.from_settings(settings)

@@ -1,6 +1,6 @@
 """The QA filter chain on hand-written cases: every drop reason, and the good items that must pass.
 
-The cases follow pipeline.md B.4 (two notes of one patient, a German note, English notes): a
+The cases follow the measured failure modes of generated pairs (two notes of one patient, a German note, English notes): a
 hallucinated quote, a copied line, wrong language, a near-duplicate, a generic question that only
 the round-trip catches, and a good question whose source note is outranked by the same patient's
 follow-up note (kept, with the sibling recorded).
@@ -10,9 +10,25 @@ from __future__ import annotations
 import pytest
 
 from finetune.filters import (
-    AnswerSupported, BM25Reference, CopiedFromDocument, DocContext, EvidenceInDocument, ExactDuplicate,
-    LanguageVote, NearDuplicate, PatientNameCap, QuestionLength, RoundTrip, SchemaCheck, apply_filters, auto_k,
-    default_filters, guess_language, jaccard, normalize, patient_names,
+    AnswerSupported,
+    BM25Reference,
+    CopiedFromDocument,
+    DocContext,
+    EvidenceInDocument,
+    ExactDuplicate,
+    LanguageVote,
+    NearDuplicate,
+    PatientNameCap,
+    QuestionLength,
+    RoundTrip,
+    SchemaCheck,
+    apply_filters,
+    auto_k,
+    default_filters,
+    guess_language,
+    jaccard,
+    normalize,
+    patient_names,
 )
 from finetune.qa_schema import Candidate, evidence_options, generation_schema
 
