@@ -33,8 +33,10 @@ Resumability: output is append-only. A document's kept pairs are written with on
 ``O_APPEND`` descriptor, then its line in ``<stem>.progress.jsonl``; a restart skips every document
 that has either, so nothing is redone and nothing is written twice (a half line left by a kill is
 cut off first). A document whose calls failed after the client's retries is *not* marked done and
-is retried by the next run. ``manifest.json`` next to the output is rewritten every few documents
-and at the end, with counts over all runs (recomputed from the files) and this run's timings.
+is retried by the next run; five such documents in a row stop the run (the endpoint is taken for
+dead; run the same command again to resume). :mod:`finetune.llm_jobs` holds these rules for both
+LLM stages. ``manifest.json`` next to the output is rewritten every few documents and at the end,
+with counts over all runs (recomputed from the files) and this run's timings.
 
 Endpoints: none given starts the embedded llama.cpp server (``--generator`` name or GGUF path, 1
 thread by default, one slot per request in flight); one or several ``--endpoint`` URLs (vLLM,
@@ -43,15 +45,14 @@ thread by default, one slot per request in flight); one or several ``--endpoint`
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
-import platform
 import re
 import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ from finetune.filters import (
     normalize,
     patient_names,
 )
+from finetune.llm_jobs import Appends, EndpointPool, JobStopped, ResumableJob, input_info, open_generator, versions
 from finetune.qa_schema import (
     LANGUAGE_NAMES,
     SCHEMA_NAME,
@@ -79,10 +81,10 @@ from finetune.qa_schema import (
 from rag.config import Settings, load_settings
 from rag.corpus import Corpus, Document, load_corpus
 from rag.embedders import get_embedder
-from rag.jsonl_log import append_rows, read_rows, repair_tail
-from rag.llm import LLMClient, LLMError, LLMRequestError
-from rag.local_llm import QWEN_NAME, EmbeddedLLMServer, qwen_gguf_path
-from rag.manifest import package_versions, sha256_file, write_json
+from rag.jsonl_log import read_rows
+from rag.llm import LLMError, LLMRequestError
+from rag.local_llm import QWEN_NAME, qwen_gguf_path
+from rag.manifest import write_json
 from rag.prompts import PROMPT_DIR, load_prompt
 
 log = logging.getLogger(__name__)
@@ -94,9 +96,7 @@ STYLES: tuple[str, ...] = ("clinical", "keyword", "handover")
 PROMPT_OVERHEAD_TOKENS = 450  # system + rules + chat template, measured ~380 with Qwen's tokenizer
 TOKENS_PER_ITEM = 140  # pretty-printed item of ~60 words as Qwen/SmolLM2 emit it, plus headroom
 CHARS_PER_TOKEN = 2.0  # conservative: German letters measured 3.5 (SmolLM2) to 4.3 (Qwen) chars/token,
-# dense passages less; a window that still overflows is split again (see _run_all)
-MANIFEST_EVERY_DOCS = 10
-MAX_CONSECUTIVE_FAILURES = 5
+# dense passages less; a window that still overflows is split again (see _synthesize_document)
 
 
 class SynthesisError(RuntimeError):
@@ -298,8 +298,6 @@ class OutputFiles:
 @dataclass
 class RunStats:
     started: float = field(default_factory=time.monotonic)
-    docs_done: int = 0
-    docs_failed: int = 0
     calls: int = 0
     calls_failed: int = 0
     candidates: int = 0
@@ -312,17 +310,6 @@ class RunStats:
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
-
-
-class _Endpoints:
-    """Clients for one or several endpoints; each request goes to the one with the fewest in flight."""
-
-    def __init__(self, clients: Sequence[LLMClient]):
-        self.clients = list(clients)
-        self.inflight = [0] * len(self.clients)
-
-    def pick(self) -> int:
-        return min(range(len(self.clients)), key=lambda i: self.inflight[i])
 
 
 def _load_inputs(in_paths: Sequence[str | Path], settings: Settings, limit: int | None) -> tuple[list[Corpus], list[Document]]:
@@ -351,24 +338,6 @@ def interleave_by_patient(docs: Sequence[Document]) -> list[Document]:
     return out
 
 
-def input_info(in_paths: Sequence[str | Path], corpora: Sequence[Corpus]) -> list[dict[str, Any]]:
-    out = []
-    for p, corpus in zip(in_paths, corpora):
-        src = Path(corpus.source)
-        info: dict[str, Any] = {"input": str(p), "corpus": corpus.name, "path": str(src),
-                                "documents": len(corpus), "patients": len(corpus.patients()),
-                                "patient_structure": corpus.patient_structure}
-        if src.is_file():
-            info["sha256"] = sha256_file(src)
-        out.append(info)
-    return out
-
-
-def versions() -> dict[str, str]:
-    return {"python": platform.python_version(),
-            **package_versions(("xllamacpp", "httpx", "rapidfuzz", "bm25s", "jsonschema", "sentence-transformers"))}
-
-
 def _totals(files: OutputFiles) -> dict[str, Any]:
     """Counts over all runs, recomputed from the files (the files are the truth, not the memory)."""
     kept = read_rows(files.qa)
@@ -394,7 +363,7 @@ def _totals(files: OutputFiles) -> dict[str, Any]:
     }
 
 
-async def _run_call(call: Call, endpoints: _Endpoints, *, prompts: dict[str, Any], hints: dict[str, Hints],
+async def _run_call(call: Call, endpoints: EndpointPool, *, prompts: dict[str, Any], hints: dict[str, Hints],
                     temperature: float, stats: RunStats, evidence_enum: bool = True,
                     used_evidence: set[str] | None = None,
                     request_extra: dict[str, Any] | None = None) -> tuple[list[Candidate], int]:
@@ -412,14 +381,8 @@ async def _run_call(call: Call, endpoints: _Endpoints, *, prompts: dict[str, Any
     if options and used_evidence:
         options = [o for o in options if o not in used_evidence] or options
     rf = {"type": "json_schema", "json_schema": {"name": SCHEMA_NAME, "schema": generation_schema(call.n, options)}}
-    i = endpoints.pick()
-    endpoints.inflight[i] += 1
-    try:
-        result = await endpoints.clients[i].acomplete(
-            messages, max_tokens=TOKENS_PER_ITEM * call.n + 60, temperature=temperature, seed=call.seed,
-            response_format=rf, extra_body=request_extra)
-    finally:
-        endpoints.inflight[i] -= 1
+    result = await endpoints.acomplete(messages, max_tokens=TOKENS_PER_ITEM * call.n + 60, temperature=temperature,
+                                      seed=call.seed, response_format=rf, extra_body=request_extra)
     stats.calls += 1
     stats.llm_seconds += result.elapsed_s
     stats.prompt_tokens += int(result.usage.get("prompt_tokens") or 0)
@@ -495,19 +458,17 @@ def synthesize_file(
         raise ValueError("per_doc, per_call and concurrency must be >= 1")
     in_paths = [in_path] if isinstance(in_path, (str, Path)) else list(in_path)
     files = OutputFiles.for_output(out_path)
-    files.qa.parent.mkdir(parents=True, exist_ok=True)
-    for p in (files.qa, files.rejected, files.progress):
-        cut = repair_tail(p)
-        if cut:
-            log.warning("%s: cut %d bytes of a half-written last line (an interrupted run)", p.name, cut)
+    # rejected, then kept, then the progress line: a document is finished once its kept pairs or its
+    # progress line are written, so a kill between the files never redoes a document with pairs
+    job: ResumableJob[Document] = ResumableJob(
+        [files.qa, files.rejected, files.progress], done_in=[files.progress, files.qa], id_of=lambda d: d.doc_id,
+        label="synthesize", concurrency=concurrency, progress=progress)
 
     corpora, selected = _load_inputs(in_paths, settings, limit)
     all_docs = [d for c in corpora for d in c.documents]
-    previous = read_rows(files.qa)
-    done_ids = {r["doc_id"] for r in read_rows(files.progress) if "doc_id" in r} | {r["doc_id"] for r in previous}
     if interleave_patients:
         selected = interleave_by_patient(selected)
-    todo = [d for d in selected if d.doc_id not in done_ids]
+    todo = job.pending(selected)
     old_manifest = json.loads(files.manifest.read_text(encoding="utf-8")) if files.manifest.is_file() else {}
 
     ctx = int(settings.llm_ctx)
@@ -528,7 +489,6 @@ def synthesize_file(
         if roundtrip == "bm25":
             reference = BM25Reference([d.doc_id for d in all_docs], [d.text for d in all_docs])
         elif roundtrip.startswith("dense:"):
-
             reference = DenseReference([d.doc_id for d in all_docs], [d.text for d in all_docs],
                                        get_embedder(roundtrip.split(":", 1)[1], settings))
         else:
@@ -537,35 +497,17 @@ def synthesize_file(
     state: FilterState = default_filters(reference=reference, patient_of=patient_of, k=roundtrip_k,
                                          per_doc=per_doc, skip=skip_filters,
                                          answer_against="evidence" if strict_answers else "document")
-    if state.duplicates is not None:
-        for r in previous:
+    if state.duplicates is not None and todo:
+        for r in read_rows(files.qa):
             state.duplicates.seen.setdefault(normalize(r.get("question", "")), r.get("qa_id", ""))
 
     stats = RunStats()
-    server = None
-    clients: list[LLMClient] = []
-    generator_info: dict[str, Any]
-    try:
-        if not todo:
-            generator_info = old_manifest.get("generator") or {}
-        elif endpoints:
-            key = settings.api_key()
-            for url in endpoints:
-                clients.append(LLMClient(url, model or settings.llm_model, key, timeout_s=settings.llm_timeout_s,
-                                         max_retries=settings.llm_max_retries))
-            generator_info = {"kind": "endpoints", "endpoints": [c.base_url for c in clients],
-                              "model": model or settings.llm_model}
-        else:
-
-            server = EmbeddedLLMServer(default_generator(generator, settings), threads=settings.llm_threads,
-                                       ctx=ctx * concurrency, parallel=concurrency, model_cache=settings.model_cache)
-            server.start()
-            clients.append(server.client(timeout_s=max(settings.llm_timeout_s, 600.0),
-                                         max_retries=settings.llm_max_retries))
-            generator_info = {"kind": "embedded llama.cpp", "model": server.alias, "label": server.label,
-                              "gguf": str(server.gguf_path), "gguf_bytes": server.gguf_path.stat().st_size,
-                              "threads": server.threads, "slots": server.parallel, "ctx_per_slot": ctx,
-                              "startup_s": round(server.startup_s or 0.0, 2)}
+    generator_cm: AbstractContextManager[EndpointPool | None] = nullcontext(None)
+    if todo:
+        generator_cm = open_generator(endpoints, settings=settings, model=model, concurrency=concurrency,
+                                      generator=None if endpoints else default_generator(generator, settings))
+    with generator_cm as pool:
+        generator_info: dict[str, Any] = pool.info if pool is not None else old_manifest.get("generator") or {}
         gen_name = str(generator_info.get("model", ""))
         if old_manifest and todo:
             before = (old_manifest.get("generator", {}).get("model"), old_manifest.get("prompt_versions"))
@@ -587,16 +529,17 @@ def synthesize_file(
 
         def manifest(final: bool) -> dict[str, Any]:
             runs = list(earlier_runs)
+            done = job.counts.done
             this_run = {
                 "finished": final, "started_unix": round(time.time() - stats.elapsed(), 1),
-                "documents_todo": len(todo), "documents_done": stats.docs_done,
-                "documents_failed": stats.docs_failed, "calls": stats.calls, "calls_failed": stats.calls_failed,
+                "documents_todo": len(todo), "documents_done": done,
+                "documents_failed": job.counts.failed, "calls": stats.calls, "calls_failed": stats.calls_failed,
                 "truncated_replies": stats.truncated_replies, "candidates": stats.candidates, "kept": stats.kept,
                 "dropped": dict(stats.dropped.most_common()), "wall_s": round(stats.elapsed(), 1),
                 "llm_request_s": round(stats.llm_seconds, 1), "reference_index_s": round(ref_seconds, 2),
                 "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
                 "kept_per_minute": round(stats.kept / (stats.elapsed() / 60), 2) if stats.elapsed() > 1 else None,
-                "documents_per_minute": round(stats.docs_done / (stats.elapsed() / 60), 3) if stats.elapsed() > 1 else None,
+                "documents_per_minute": round(done / (stats.elapsed() / 60), 3) if stats.elapsed() > 1 else None,
                 "completion_tokens_per_s": round(stats.completion_tokens / stats.elapsed(), 2) if stats.elapsed() > 1 else None,
             }
             return {
@@ -616,116 +559,80 @@ def synthesize_file(
                 "runs": runs,
             }
 
-        if todo:
-            asyncio.run(_run_all(todo, _Endpoints(clients), files=files, state=state, prompts=prompts,
-                                 hints=hints, per_doc=per_doc, per_call=per_call, window_chars=window_chars,
-                                 seed=seed, temperature=temperature, concurrency=concurrency, stats=stats,
-                                 evidence_enum=evidence_enum, request_extra=request_extra,
-                                 gen_name=gen_name, prompt_versions=prompt_versions, progress=progress,
-                                 checkpoint=lambda: write_json(manifest(False), files.manifest)))
+        if pool is not None:
+            endpoints_pool = pool
+
+            async def work(doc: Document) -> Appends:
+                return await _synthesize_document(
+                    doc, endpoints_pool, files=files, state=state, prompts=prompts, hints=hints, per_doc=per_doc,
+                    per_call=per_call, window_chars=window_chars, seed=seed, temperature=temperature, stats=stats,
+                    evidence_enum=evidence_enum, request_extra=request_extra, gen_name=gen_name,
+                    prompt_versions=prompt_versions)
+
+            def postfix() -> dict[str, Any]:
+                minutes = max(stats.elapsed(), 1e-6) / 60
+                return {"kept": stats.kept, "pairs_per_min": f"{stats.kept / minutes:.1f}",
+                        "tok_s": f"{stats.completion_tokens / max(stats.elapsed(), 1e-6):.1f}"}
+
+            try:
+                job.run(todo, work, pool=pool, postfix=postfix,
+                        checkpoint=lambda: write_json(manifest(False), files.manifest))
+            except JobStopped as exc:
+                raise SynthesisError(str(exc)) from exc
         result = manifest(True)
         result["runs"] = result["runs"] + [result["this_run"]]
         write_json(result, files.manifest)
-        if stats.docs_failed:
-            log.warning("%d document(s) failed and were left undone; run the same command again to retry them",
-                        stats.docs_failed)
         return result
-    finally:
-        for c in clients:
-            c.close()
-        if server is not None:
-            server.stop()
 
 
-async def _run_all(todo: Sequence[Document], endpoints: _Endpoints, *, files: OutputFiles, state: FilterState,
-                   prompts: dict[str, Any], hints: dict[str, Hints], per_doc: int, per_call: int,
-                   window_chars: int, seed: int, temperature: float, concurrency: int, stats: RunStats,
-                   evidence_enum: bool, request_extra: dict[str, Any] | None, gen_name: str,
-                   prompt_versions: dict[str, str], progress: bool, checkpoint: Any) -> None:
-    from tqdm.auto import tqdm
-
-    queue: asyncio.Queue[Document] = asyncio.Queue()
-    for d in todo:
-        queue.put_nowait(d)
-    bar = tqdm(total=len(todo), unit="doc", disable=not progress, desc="synthesize", dynamic_ncols=True)
-    consecutive_failures = 0
-    abort: list[BaseException] = []
-    last_checkpoint = [time.monotonic()]
-
-    async def worker() -> None:
-        nonlocal consecutive_failures
-        while not abort:
-            try:
-                doc = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            t0 = time.monotonic()
-            cands: list[Candidate] = []
-            lost = 0
-            error: str | None = None
-            used: set[str] = set()
-            window = window_chars
-            try:
-                while True:
-                    calls = plan_calls(doc, per_doc=per_doc, per_call=per_call, window_chars=window, seed=seed)
-                    try:
-                        for call in calls:  # sequential within a document; documents run in parallel
-                            got, cut = await _run_call(call, endpoints, prompts=prompts, hints=hints,
-                                                       temperature=temperature, stats=stats,
-                                                       evidence_enum=evidence_enum, used_evidence=used,
-                                                       request_extra=request_extra)
-                            used |= {c.evidence for c in got}
-                            cands += got
-                            lost += cut
-                        break
-                    except LLMRequestError as exc:
-                        # the text did not fit the context after all: smaller windows, same document
-                        if "context" in str(exc).lower() and window > 1500:
-                            stats.calls_failed += 1
-                            window //= 2
-                            cands, lost, used = [], 0, set()
-                            continue
-                        raise
-            except LLMRequestError as exc:  # a 4xx the server will always refuse: record, do not retry
-                stats.calls_failed += 1
-                error = f"request refused: HTTP {exc.status}"
-                calls = []
-            except LLMError as exc:
-                stats.calls_failed += 1
-                stats.docs_failed += 1
-                consecutive_failures += 1
-                log.warning("document %s left undone after the client's retries: %s", doc.doc_id,
-                            type(exc).__name__)
-                if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
-                    abort.append(SynthesisError(
-                        f"{consecutive_failures} documents in a row failed (last: {exc}); stopping. Finished "
-                        f"documents are kept; run the same command again to resume."))
-                bar.update(1)
-                continue
-            consecutive_failures = 0
-            _finish_document(doc, cands, lost, error, files=files, state=state, stats=stats, gen_name=gen_name,
-                             prompt_versions=prompt_versions, n_calls=len(calls), seconds=time.monotonic() - t0)
-            bar.update(1)
-            minutes = max(stats.elapsed(), 1e-6) / 60
-            bar.set_postfix(kept=stats.kept, pairs_per_min=f"{stats.kept / minutes:.1f}",
-                            tok_s=f"{stats.completion_tokens / max(stats.elapsed(), 1e-6):.1f}")
-            if stats.docs_done % MANIFEST_EVERY_DOCS == 0 or time.monotonic() - last_checkpoint[0] > 60:
-                last_checkpoint[0] = time.monotonic()
-                checkpoint()
-
+async def _synthesize_document(doc: Document, endpoints: EndpointPool, *, files: OutputFiles, state: FilterState,
+                               prompts: dict[str, Any], hints: dict[str, Hints], per_doc: int, per_call: int,
+                               window_chars: int, seed: int, temperature: float, stats: RunStats,
+                               evidence_enum: bool, request_extra: dict[str, Any] | None, gen_name: str,
+                               prompt_versions: dict[str, str]) -> Appends:
+    """One document's calls, one after the other (each call's quotes leave the next call's enum), then
+    its filtered rows; an LLMError after the client's retries leaves the document to the next run."""
+    t0 = time.monotonic()
+    cands: list[Candidate] = []
+    lost = 0
+    error: str | None = None
+    used: set[str] = set()
+    window = window_chars
     try:
-        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(todo)))))
-    finally:
-        bar.close()
-        for c in endpoints.clients:
-            await c.aclose()
-    if abort:
-        raise abort[0]
+        while True:
+            calls = plan_calls(doc, per_doc=per_doc, per_call=per_call, window_chars=window, seed=seed)
+            try:
+                for call in calls:  # sequential within a document; documents run in parallel
+                    got, cut = await _run_call(call, endpoints, prompts=prompts, hints=hints,
+                                               temperature=temperature, stats=stats,
+                                               evidence_enum=evidence_enum, used_evidence=used,
+                                               request_extra=request_extra)
+                    used |= {c.evidence for c in got}
+                    cands += got
+                    lost += cut
+                break
+            except LLMRequestError as exc:
+                # the text did not fit the context after all: smaller windows, same document
+                if "context" in str(exc).lower() and window > 1500:
+                    stats.calls_failed += 1
+                    window //= 2
+                    cands, lost, used = [], 0, set()
+                    continue
+                raise
+    except LLMRequestError as exc:  # a 4xx the server will always refuse: record, do not retry
+        stats.calls_failed += 1
+        error = f"request refused: HTTP {exc.status}"
+        calls = []
+    except LLMError:
+        stats.calls_failed += 1
+        raise
+    return _finish_document(doc, cands, lost, error, files=files, state=state, stats=stats, gen_name=gen_name,
+                            prompt_versions=prompt_versions, n_calls=len(calls), seconds=time.monotonic() - t0)
 
 
 def _finish_document(doc: Document, cands: list[Candidate], lost: int, error: str | None, *, files: OutputFiles,
                      state: FilterState, stats: RunStats, gen_name: str, prompt_versions: dict[str, str],
-                     n_calls: int, seconds: float) -> None:
+                     n_calls: int, seconds: float) -> Appends:
     lang = doc_language(doc)
     ctx = DocContext(doc.doc_id, doc.patient_id, doc.text, lang, names=patient_names(doc.extra))
     result = apply_filters(cands, ctx, state)
@@ -739,17 +646,15 @@ def _finish_document(doc: Document, cands: list[Candidate], lost: int, error: st
         rejected_rows.append({"qa_id": f"{doc.doc_id}#cut", "doc_id": doc.doc_id, "drop_reason": "truncated",
                               "detail": "reply cut off at max_tokens", "question": "", "answer": "", "evidence": ""})
     reasons = Counter(r["drop_reason"] for r in rejected_rows)
-    # order matters for resume: rejected, then kept, then the progress line
-    append_rows(files.rejected, rejected_rows)
-    append_rows(files.qa, kept_rows)
-    append_rows(files.progress, [{"doc_id": doc.doc_id, "patient_id": doc.patient_id, "calls": n_calls,
-                              "candidates": len(cands), "kept": len(kept_rows), "dropped": dict(reasons),
-                              "seconds": round(seconds, 2), "finished_unix": round(time.time(), 1),
-                              "error": error}])
-    stats.docs_done += 1
     stats.candidates += len(cands)
     stats.kept += len(kept_rows)
     stats.dropped.update(reasons)
+    # order matters for resume: rejected, then kept, then the progress line
+    return [(files.rejected, rejected_rows), (files.qa, kept_rows),
+            (files.progress, [{"doc_id": doc.doc_id, "patient_id": doc.patient_id, "calls": n_calls,
+                               "candidates": len(cands), "kept": len(kept_rows), "dropped": dict(reasons),
+                               "seconds": round(seconds, 2), "finished_unix": round(time.time(), 1),
+                               "error": error}])]
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
     python -m finetune.translate --in pseudo_de.jsonl --out en.jsonl --generator qwen2.5-coder-0.5b --limit 5
 
 Why optional: no translation model ships with the project. The CPU generators (SmolLM2-135M,
-Qwen2.5-Coder-0.5B) translate clinical German poorly (reference/models.md 2), so on CPU this stage
+Qwen2.5-Coder-0.5B) translate clinical German poorly, so on CPU this stage
 is a plumbing check; on a GPU host, point it at a real instruct model served by vLLM.
 
 How: each document is cut at blank lines into pieces of at most ``--piece-chars`` and every piece is
@@ -17,13 +17,13 @@ survive translation, or the later stages see different patients. PHI span offset
 into the translated text, so they are not carried over.
 
 Output is ``documents.jsonl`` (same ``doc_id``/``patient_id``, ``language`` = target), append-only
-and resumable like :mod:`finetune.synthesize` (finished documents are skipped), with
-``manifest.json`` next to it.
+and resumable through :mod:`finetune.llm_jobs` like :mod:`finetune.synthesize` (finished documents
+are skipped, a failed one is retried by the next run, a dead endpoint stops the run with the
+finished documents kept), with ``manifest.json`` next to it.
 """
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import logging
@@ -35,12 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune.synthesize import input_info, versions
+from finetune.llm_jobs import Appends, EndpointPool, JobStopped, ResumableJob, input_info, open_generator, versions
 from rag.config import Settings, load_settings
 from rag.corpus import Document, load_corpus
-from rag.jsonl_log import append_rows, read_rows, repair_tail
-from rag.llm import LLMClient, LLMError
-from rag.local_llm import EmbeddedLLMServer
+from rag.jsonl_log import read_rows
+from rag.llm import LLMError
 from rag.manifest import write_json
 from rag.prompts import load_prompt
 
@@ -121,14 +120,12 @@ def _clean(reply: str, source: str) -> str:
 @dataclass
 class TranslateStats:
     started: float = field(default_factory=time.monotonic)
-    docs: int = 0
-    failed: int = 0
     pieces: int = 0
     completion_tokens: int = 0
     preserved: list[float] = field(default_factory=list)
 
 
-async def _translate_doc(doc: Document, client: LLMClient, prompt: Any, target: str, piece_chars: int,
+async def _translate_doc(doc: Document, llm: EndpointPool, prompt: Any, target: str, piece_chars: int,
                          stats: TranslateStats) -> dict[str, Any]:
     out = []
     for piece, sep in split_pieces(doc.text, piece_chars):
@@ -138,7 +135,7 @@ async def _translate_doc(doc: Document, client: LLMClient, prompt: Any, target: 
         lead = piece[: len(piece) - len(piece.lstrip())]
         trail = piece[len(piece.rstrip()):]
         messages = prompt.messages(text=piece.strip(), target_name=TARGET_NAMES[target])
-        result = await client.acomplete(messages, max_tokens=int(len(piece) / 2.5) + 64, temperature=0.0, seed=0)
+        result = await llm.acomplete(messages, max_tokens=int(len(piece) / 2.5) + 64, temperature=0.0, seed=0)
         stats.pieces += 1
         stats.completion_tokens += int(result.usage.get("completion_tokens") or 0)
         out.append(lead + _clean(result.text, piece.strip()) + trail + sep)
@@ -146,7 +143,7 @@ async def _translate_doc(doc: Document, client: LLMClient, prompt: Any, target: 
     tokens = keep_tokens(doc)
     share = preserved_share(tokens, translated)
     stats.preserved.append(share)
-    info = {"from": doc.language or "de", "to": target, "prompt_version": prompt.version, "model": client.model,
+    info = {"from": doc.language or "de", "to": target, "prompt_version": prompt.version, "model": llm.model,
             "keep_tokens": len(tokens), "preserved_share": round(share, 3),
             "missing": [t for t in tokens if t not in translated][:20]}
     return dataclasses.replace(doc, text=translated, language=target, extra={"translation": info}).to_json()
@@ -157,78 +154,34 @@ def translate_file(in_path: str | Path, out_path: str | Path, *, source: str = "
                    concurrency: int = 2, limit: int | None = None, piece_chars: int = 1500,
                    settings: Settings | None = None, progress: bool = True) -> dict[str, Any]:
     """Translate the ``source``-language documents of ``in_path`` not yet in ``out_path``; returns the
-    manifest (also written as ``manifest.json`` next to the output)."""
-    from tqdm.auto import tqdm
-
+    manifest (also written as ``manifest.json`` next to the output, also when a dead endpoint stopped
+    the run, so the manifest counts what was finished)."""
     settings = settings or load_settings()
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    repair_tail(out)
+    job: ResumableJob[Document] = ResumableJob([out], id_of=lambda d: d.doc_id, label="translate",
+                                               concurrency=concurrency, progress=progress)
     corpus = load_corpus(in_path, settings)
     docs = [d for d in corpus.documents if (d.language or source) == source]
     docs = docs[:limit] if limit is not None else docs
-    done = {r.get("doc_id") for r in read_rows(out)}
-    todo = [d for d in docs if d.doc_id not in done]
+    todo = job.pending(docs)
     prompt = load_prompt(PROMPT_NAME, source)
     if prompt.language != source:
         raise ValueError(f"no prompt prompts/{PROMPT_NAME}.{source}.txt for source language {source!r}")
     stats = TranslateStats()
-    server = None
-    clients: list[LLMClient] = []
     gen: dict[str, Any] = {}
-    try:
-        if todo and endpoints:
-            clients = [LLMClient(u, model or settings.llm_model, settings.api_key(), timeout_s=settings.llm_timeout_s,
-                                 max_retries=settings.llm_max_retries) for u in endpoints]
-            gen = {"kind": "endpoints", "endpoints": [c.base_url for c in clients], "model": clients[0].model}
-        elif todo:
+    stopped: JobStopped | None = None
+    if todo:
+        with open_generator(endpoints, settings=settings, model=model, generator=generator,
+                            concurrency=concurrency) as pool:
+            gen = {k: pool.info[k] for k in ("kind", "endpoints", "model", "label") if k in pool.info}
 
-            server = EmbeddedLLMServer(generator or settings.llm_gguf, threads=settings.llm_threads,
-                                       ctx=settings.llm_ctx * concurrency, parallel=concurrency,
-                                       model_cache=settings.model_cache).start()
-            clients = [server.client(timeout_s=max(settings.llm_timeout_s, 600.0), max_retries=settings.llm_max_retries)]
-            gen = {"kind": "embedded llama.cpp", "model": server.alias, "label": server.label}
-
-        async def run() -> None:
-            queue: asyncio.Queue[Document] = asyncio.Queue()
-            for d in todo:
-                queue.put_nowait(d)
-            bar = tqdm(total=len(todo), unit="doc", desc="translate", disable=not progress)
-            turn = 0
-
-            async def worker() -> None:
-                nonlocal turn
-                while True:
-                    try:
-                        doc = queue.get_nowait()
-                    except asyncio.QueueEmpty:
-                        return
-                    client = clients[turn % len(clients)]
-                    turn += 1
-                    try:
-                        row = await _translate_doc(doc, client, prompt, target, piece_chars, stats)
-                    except LLMError as exc:
-                        stats.failed += 1
-                        log.warning("document %s left untranslated (%s); rerun to retry", doc.doc_id, type(exc).__name__)
-                    else:
-                        append_rows(out, [row])
-                        stats.docs += 1
-                    bar.update(1)
+            async def work(doc: Document) -> Appends:
+                return [(out, [await _translate_doc(doc, pool, prompt, target, piece_chars, stats)])]
 
             try:
-                await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(todo))))))
-            finally:
-                bar.close()
-                for c in clients:
-                    await c.aclose()
-
-        if todo:
-            asyncio.run(run())
-    finally:
-        for c in clients:
-            c.close()
-        if server is not None:
-            server.stop()
+                job.run(todo, work, pool=pool)
+            except JobStopped as exc:
+                stopped = exc
     rows = read_rows(out)
     shares = [r["extra"]["translation"]["preserved_share"] for r in rows if "extra" in r]
     elapsed = time.monotonic() - stats.started
@@ -239,11 +192,15 @@ def translate_file(in_path: str | Path, out_path: str | Path, *, source: str = "
         "generator": gen, "prompt_version": prompt.version, "versions": versions(),
         "totals": {"documents_selected": len(docs), "documents_translated": len(rows),
                    "mean_preserved_share": round(sum(shares) / len(shares), 3) if shares else None},
-        "this_run": {"documents": stats.docs, "failed": stats.failed, "pieces": stats.pieces,
+        "this_run": {"documents": job.counts.done, "failed": job.counts.failed, "pieces": stats.pieces,
                      "completion_tokens": stats.completion_tokens, "wall_s": round(elapsed, 1),
                      "skipped_as_done": len(docs) - len(todo)},
     }
+    if stopped is not None:
+        manifest["this_run"]["stopped"] = str(stopped)
     write_json(manifest, out.with_name("manifest.json"))
+    if stopped is not None:
+        raise stopped
     return manifest
 
 

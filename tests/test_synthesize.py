@@ -14,13 +14,19 @@ from pathlib import Path
 import pytest
 
 from finetune.qa_schema import ITEM_SCHEMA, QUESTION_TYPES
-from rag.jsonl_log import repair_tail
 from finetune.synthesize import (
-    FOCI, OutputFiles, interleave_by_patient, load_hints, parse_items, plan_calls, split_windows,
+    FOCI,
+    OutputFiles,
+    interleave_by_patient,
+    load_hints,
+    parse_items,
+    plan_calls,
+    split_windows,
     synthesize_file,
 )
 from rag.config import REPO_ROOT
 from rag.corpus import Document, write_jsonl
+from rag.jsonl_log import repair_tail
 from tests.openai_double import OpenAIDouble
 
 NOTES = [
