@@ -1,4 +1,7 @@
-"""Shared fixtures: isolated settings per test, a tiny locally built embedder, the demo corpus.
+"""Shared fixtures: isolated settings per test, a tiny locally built embedder, the demo corpus, and
+``double``: a loopback OpenAI-compatible server (tests/openai_double.py) that each test can switch into
+a misbehaviour with ``double.set(mode, **attrs)``. Plain doubles and builders shared by several
+modules (scripted generator, list retriever, hits, JSONL rows, a free port) are in tests/doubles.py.
 
 Every test runs with ``CRAG_HOME`` in a temporary folder, so stores, users and audit logs never touch
 the developer's ``var/``. The converted me5-small model stays in the normal model cache
@@ -6,24 +9,19 @@ the developer's ``var/``. The converted me5-small model stays in the normal mode
 """
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import pytest
 
 import rag  # noqa: F401  (offline environment before anything else loads)
+from rag.beir import BeirSet, Query
 from rag.config import REPO_ROOT, Settings, load_settings
+from tests.doubles import free_port  # noqa: F401  (kept importable from here, as before)
+from tests.openai_double import OpenAIDouble
 
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 # tests on the shared data sets (../shared/data) skip where a clone has none beside it
 needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"shared data sets not found at {SHARED_DATA}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(autouse=True)
@@ -34,6 +32,13 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return load_settings(home=tmp_path / "crag-home")
+
+
+@pytest.fixture
+def double():
+    """A started OpenAIDouble in mode ``ok`` with its default text; stopped after the test."""
+    with OpenAIDouble() as d:
+        yield d
 
 
 @pytest.fixture(scope="session")
@@ -68,3 +73,17 @@ def small_synthea(corpus, patients: int = 4, per_patient: int = 12):
     for pid in chosen:
         docs += [d for d in corpus.documents if d.patient_id == pid][:per_patient]
     return Corpus(name="synthea-small", documents=docs, problems=[], patient_structure="native", source="synthea")
+
+
+@pytest.fixture
+def tiny_set(synthea) -> BeirSet:
+    """48 notes of 4 patients; one query per note = its first long line, relevant = that note
+    (and, graded 2, nothing else), so BM25 has a clear answer to find."""
+    corpus = small_synthea(synthea, patients=4, per_patient=12)
+    queries, qrels = [], {}
+    for i, doc in enumerate(corpus.documents[::3]):
+        line = max(doc.text.splitlines(), key=len)[:200]
+        qid = f"t{i:03d}"
+        queries.append(Query(qid, line, doc.patient_id, None, {}))
+        qrels[qid] = {doc.doc_id: 1}
+    return BeirSet("tiny-synthea", corpus, queries, qrels)

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from rag.answer import ABSTAIN, ABSTAIN_BELOW, SUPPORT_SHARE, AnswerPipeline, Citation, check_sentence, cited_numbers, support
+from rag.answer import (
+    ABSTAIN,
+    ABSTAIN_BELOW,
+    SUPPORT_SHARE,
+    AnswerPipeline,
+    Citation,
+    check_sentence,
+    cited_numbers,
+    support,
+)
 from rag.evidence import EvidenceSelector, EvidenceSet, split_sentences
-from rag.index import ChunkIndex
 from rag.prompts import load_prompt
 from rag.retrieve import BM25Retriever, DenseRetriever, Hit, HybridRetriever, Scope
 from tests.conftest import small_synthea
+from tests.doubles import ListRetriever, ScriptedLLM, make_hit, synced_index
 
 NOTE_1 = ("Chief complaint: cough for three days.\nMedications: metformin 500 MG oral tablet daily; "
           "aspirin 81 MG daily.\nPlan: recheck HbA1c in 3 months.")
@@ -17,34 +26,8 @@ NOTE_2 = "Allergies: penicillin (rash). Social history: quit smoking in 2004."
 
 
 def hit(n: int, text: str, patient: str = "p1", start: int = 0) -> Hit:
-    return Hit(chunk_id=f"d{n}#0000", doc_id=f"d{n}", patient_id=patient, text=text, start=start, end=start + len(text),
-               score=1.0 / n, rank=n, retriever="test", metadata={"date": "2020-01-0%d" % n, "doc_type": "note"})
-
-
-class ScriptedLLM:
-    """Stands in for the generator only where the test is about our checks, not the model."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.calls = 0
-
-    def describe(self) -> str:
-        return "scripted"
-
-    def stream(self, messages, **kw):
-        self.calls += 1
-        for word in self.text.split(" "):  # arrives in pieces, like a real stream
-            yield word + " "
-
-
-class ListRetriever:
-    name = "list"
-
-    def __init__(self, hits):
-        self.hits = hits
-
-    def retrieve(self, query, scope, k=10):
-        return [h for h in self.hits if scope.allows(h.patient_id)][:k]
+    return make_hit(f"d{n}", patient, text, rank=n, start=start, chunk_id=f"d{n}#0000",
+                    metadata={"date": "2020-01-0%d" % n, "doc_type": "note"})
 
 
 def test_cited_numbers():
@@ -137,8 +120,7 @@ def test_real_generator_answers_only_from_the_scoped_patients_evidence(llm, tmp_
     from rag.config import load_settings
 
     corpus = small_synthea(synthea, patients=3, per_patient=20)
-    index = ChunkIndex(corpus.name, tiny_embedder, load_settings(home=tmp_path))
-    index.sync(corpus.documents, progress=False)
+    index = synced_index(corpus.name, tiny_embedder, load_settings(home=tmp_path), corpus.documents)
     retriever = HybridRetriever(DenseRetriever(index), BM25Retriever(index))
     pipe = AnswerPipeline(retriever, llm, k=4, max_tokens=120)
     # How often SmolLM2-135M writes sentences the evidence backs is the model's quality (eval.answers

@@ -17,8 +17,8 @@ from rag.corpus import Patient
 from rag.llm import LLMUnavailable
 from rag.retrieve import Hit, Scope
 from rag.ui_render import render_sources
-
-FAST = 4
+from tests.doubles import FAST_ROUNDS as FAST
+from tests.doubles import ListRetriever, ScriptedLLM, make_hit
 
 DOCS = {
     "d1": "Header <script>alert('x')</script>\n# Medications\n<b>metformin</b> 500 mg & lisinopril\n# Plan\nfollow up",
@@ -34,29 +34,18 @@ CHUNKS = {  # doc_id -> (patient, cited span)
 
 def _hit(doc_id: str, rank: int = 1) -> Hit:
     patient, span = CHUNKS[doc_id]
-    start = DOCS[doc_id].index(span)
-    return Hit(f"{doc_id}:0", doc_id, patient, span, start, start + len(span), 1.0 / rank, rank, "hybrid",
-               {"date": "2021-03-04T10:00:00", "doc_type": "Progress note", "section": "Medications"})
-
-
-class FakeRetriever:
-    name = "hybrid"
-
-    def __init__(self) -> None:
-        self.scopes: list[Scope] = []
-
-    def retrieve(self, query: str, scope: Scope, k: int = 10) -> list[Hit]:
-        self.scopes.append(scope)
-        hits = [_hit(d) for d in CHUNKS if scope.allows(CHUNKS[d][0])]
-        return [Hit(**{**h.__dict__, "rank": i}) for i, h in enumerate(hits[:k], start=1)]
+    return make_hit(doc_id, patient, span, rank=rank, start=DOCS[doc_id].index(span), chunk_id=f"{doc_id}:0",
+                    retriever="hybrid",
+                    metadata={"date": "2021-03-04T10:00:00", "doc_type": "Progress note", "section": "Medications"})
 
 
 class FakeProvider:
     def __init__(self) -> None:
-        self.retr = FakeRetriever()
+        # every chunk, in CHUNKS order; each call keeps the scope's ones, ranked 1..n, and records the scope
+        self.retr = ListRetriever([_hit(d) for d in CHUNKS], name="hybrid", rerank=True)
         self.asked: list[tuple[str, str]] = []
 
-    def retriever(self, embedder: str, kind: str) -> FakeRetriever:
+    def retriever(self, embedder: str, kind: str) -> ListRetriever:
         self.asked.append((embedder, kind))
         return self.retr
 
@@ -64,19 +53,8 @@ class FakeProvider:
         return DOCS.get(doc_id)
 
 
-class FakeLLM:
-    def __init__(self, deltas=("The patient takes ", "metformin <b>500 mg</b> [1]."), fail: Exception | None = None):
-        self.deltas, self.fail = deltas, fail
-        self.calls = 0
-
-    def describe(self) -> str:
-        return "fake generator"
-
-    def stream(self, messages, *, max_tokens=None, temperature=0.0, **kw):
-        self.calls += 1
-        if self.fail is not None:
-            raise self.fail
-        yield from self.deltas
+def FakeLLM(deltas=("The patient takes ", "metformin <b>500 mg</b> [1]."), fail: Exception | None = None) -> ScriptedLLM:
+    return ScriptedLLM(deltas=deltas, fail=fail, label="fake generator")
 
 
 PATIENTS = [Patient("p1", "Ann123 Lee45", "1950-02-03", "female"), Patient("p2", "Bob9 Roe1", "1961-01-01", "male"),

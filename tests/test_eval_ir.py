@@ -10,10 +10,11 @@ import pytest
 
 from eval.ir import ModelSpec, evaluate, main, parse_models, ranked_documents
 from finetune.split import write_qa_split
-from rag.beir import BeirSet, Query, load_beir, load_named_set, qa_to_beir, write_beir
+from rag.beir import load_beir, load_named_set, qa_to_beir, write_beir
 from rag.corpus import CorpusError, write_jsonl
 from rag.retrieve import Hit, Scope
-from tests.conftest import needs_shared, small_synthea
+from tests.conftest import needs_shared
+from tests.doubles import synced_index, write_rows
 
 # ---- model list parsing --------------------------------------------------------------------
 
@@ -55,20 +56,6 @@ def test_query_specificity_by_the_rarest_shared_word():
 
 
 # ---- BEIR files ----------------------------------------------------------------------------
-
-@pytest.fixture
-def tiny_set(synthea) -> BeirSet:
-    """48 notes of 4 patients; one query per note = its first long line, relevant = that note
-    (and, graded 2, nothing else), so BM25 has a clear answer to find."""
-    corpus = small_synthea(synthea, patients=4, per_patient=12)
-    queries, qrels = [], {}
-    for i, doc in enumerate(corpus.documents[::3]):
-        line = max(doc.text.splitlines(), key=len)[:200]
-        qid = f"t{i:03d}"
-        queries.append(Query(qid, line, doc.patient_id, None, {}))
-        qrels[qid] = {doc.doc_id: 1}
-    return BeirSet("tiny-synthea", corpus, queries, qrels)
-
 
 def test_write_and_load_beir_round_trip(tmp_path, tiny_set):
     paths = write_beir(tiny_set, tmp_path / "set")
@@ -130,7 +117,7 @@ def test_qa_to_beir(tmp_path, tiny_set):
     rows = [{"qa_id": "a1", "doc_id": doc.doc_id, "patient_id": doc.patient_id, "question": "Q?", "answer": "A."},
             {"qa_id": "a2", "doc_id": doc.doc_id, "question": "R?", "answer": "B.", "question_type": "fact"}]
     qa = tmp_path / "qa.jsonl"
-    qa.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_rows(qa, rows)
     beir = qa_to_beir(qa, tiny_set.corpus, "qa")
     assert [q.query_id for q in beir.queries] == ["a1", "a2"]
     assert beir.queries[1].patient_id == doc.patient_id and beir.queries[1].answer == "B."
@@ -242,9 +229,9 @@ def test_write_qa_split_holds_only_the_split_patients(tmp_path, settings, tiny_s
     docs = tmp_path / "documents.jsonl"
     write_jsonl(tiny_set.corpus.documents, docs)
     qa = tmp_path / "qa.jsonl"
-    qa.write_text("".join(json.dumps({"qa_id": f"x{i}", "doc_id": d.doc_id, "patient_id": d.patient_id,
-                                      "question": f"What is in note {i}?", "answer": d.text[:40]}) + "\n"
-                          for i, d in enumerate(tiny_set.corpus.documents)))
+    write_rows(qa, [{"qa_id": f"x{i}", "doc_id": d.doc_id, "patient_id": d.patient_id,
+                     "question": f"What is in note {i}?", "answer": d.text[:40]}
+                    for i, d in enumerate(tiny_set.corpus.documents)])
     from finetune.split import split_by_patient, write_split
 
     split = split_by_patient(tiny_set.corpus, seed=3, fractions=(0.5, 0.25, 0.25), by="patients")
@@ -268,11 +255,9 @@ def test_exact_search_matches_brute_force_cosine_in_scope(tmp_path, settings, ti
     import numpy as np
 
     from rag.embedders import get_embedder
-    from rag.index import ChunkIndex
     from rag.retrieve import DenseRetriever
 
-    index = ChunkIndex(tiny_set.corpus.name, get_embedder(str(tiny_model_dir)), settings)
-    index.sync(tiny_set.corpus.documents, progress=False)
+    index = synced_index(tiny_set.corpus.name, get_embedder(str(tiny_model_dir)), settings, tiny_set.corpus.documents)
     query = tiny_set.queries[0]
     qv = index.embedder.embed_queries([query.text])[0]
     exact = DenseRetriever(index, search="exact")

@@ -14,11 +14,7 @@ import pytest
 from rag.config import load_settings
 from rag.llm import LLMBadResponse, LLMClient, LLMError, LLMRequestError, LLMUnavailable
 from rag.local_llm import EmbeddedLLMServer, bundled_gguf_path, get_llm_client
-
-try:
-    from tests.openai_double import OpenAIDouble, closed_port
-except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from openai_double import OpenAIDouble, closed_port
+from tests.openai_double import OpenAIDouble, closed_port
 
 MSGS = [{"role": "user", "content": "Name one primary colour."}]
 PERSON = {
@@ -52,7 +48,7 @@ def test_embedded_server_is_described_and_healthy(embedded, real):
     assert real.describe() == embedded.label
     assert real.model == "smollm2-135m-instruct"
     assert real.health()
-    assert embedded.startup_s is not None and embedded.startup_s < 30
+    assert embedded.startup_s is not None  # measured; bench/llm_client.py reports the figure
 
 
 @pytest.mark.slow
@@ -110,9 +106,7 @@ def test_embedded_server_stops_cleanly():
     server = EmbeddedLLMServer(threads=1, ctx=512).start()
     client = server.client(timeout_s=5, max_retries=0)
     assert client.health()
-    t0 = time.monotonic()
-    server.stop()
-    assert time.monotonic() - t0 < 5
+    server.stop()  # returns (no hang): the C++ destructor stopped and joined the server's threads
     assert not server.running
     assert not client.health()
     server.stop()  # idempotent
@@ -193,13 +187,20 @@ def test_chunked_gguf_missing_package_says_which_and_how_to_install(tmp_path, mo
         local_llm.chunked_gguf_path("fake-gen", tmp_path / "cache")
 
 
-# ------------------------------------------------------------------ the double
+# ------------------------------------------------------------------ the double (fixture ``double``: tests/conftest.py)
 
 
-@pytest.fixture
-def double():
-    with OpenAIDouble() as d:
-        yield d
+def record_sleeps(c: LLMClient) -> list[float]:
+    """Replace the client's backoff sleeps (sync and async) by a recorder: no real waiting, and the
+    delays it would have slept are asserted instead of the wall clock."""
+    delays: list[float] = []
+
+    async def asleep(delay: float) -> None:
+        delays.append(delay)
+
+    c._sleep = delays.append
+    c._asleep = asleep
+    return delays
 
 
 def client_for(d: OpenAIDouble, **kw) -> LLMClient:
@@ -261,16 +262,16 @@ def test_429_is_retried_and_then_unavailable(double):
     assert double.count == 2
 
 
-def test_timeout_is_unavailable_within_timeout_times_attempts(double):
+def test_timeout_is_unavailable_after_each_attempt_timed_out(double):
+    # the double would answer after 10 s: only the 0.4 s per-attempt timeout makes this raise
     double.set("hang", hang_s=10)
     c = client_for(double, timeout_s=0.4, max_retries=1)
-    t0 = time.monotonic()
+    delays = record_sleeps(c)
     with pytest.raises(LLMUnavailable, match=r"after 2 attempt") as err:
         c.chat(MSGS)
-    elapsed = time.monotonic() - t0
-    assert 0.4 * 2 * 0.9 <= elapsed < 0.4 * 2 + 1.0
-    assert "timed out" in str(err.value)
+    assert "timed out" in str(err.value) and "timeout is 0.4 s per attempt" in str(err.value)
     assert double.count == 2
+    assert len(delays) == 1  # one backoff, between the two attempts
 
 
 def test_connection_refused_names_base_url():
@@ -321,27 +322,23 @@ def test_stream_failing_before_first_token_is_retried(double):
 def test_backoff_is_exponential_with_jitter(double):
     double.set("http_error", status=500, fail_times=None)
     c = client_for(double, max_retries=4, backoff_s=0.01)
-    delays: list[float] = []
-    c._sleep = delays.append
+    delays = record_sleeps(c)
     with pytest.raises(LLMBadResponse, match="after 5 attempt"):
         c.chat(MSGS)
     assert len(delays) == 4
     for i, d in enumerate(delays):
         assert 0.5 * 0.01 * 2**i <= d <= 0.01 * 2**i
     assert delays[3] > delays[1] > 0 and delays[2] > delays[0]
-    # and the real sleeps add up accordingly (sum of maxima 0.15 s)
-    double.reset()
-    t0 = time.monotonic()
-    with pytest.raises(LLMBadResponse):
-        client_for(double, max_retries=4, backoff_s=0.01).chat(MSGS)
-    assert 0.075 <= time.monotonic() - t0 < 2.0
+    # and a client sleeps those delays for real (sum of minima 0.075 s, of maxima 0.15 s)
+    assert 0.075 <= sum(delays) <= 0.15
+    plain = client_for(double)
+    assert plain._sleep is time.sleep and plain._asleep is asyncio.sleep
 
 
 def test_retry_after_header_is_honoured(double):
     double.set("http_error", status=503, fail_times=1, retry_after=0.2)
     c = client_for(double, backoff_s=0.001)
-    delays: list[float] = []
-    c._sleep = delays.append
+    delays = record_sleeps(c)
     assert c.chat(MSGS) == double.text
     assert delays == [pytest.approx(0.2)]
 

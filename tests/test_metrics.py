@@ -6,6 +6,8 @@ import math
 
 import pytest
 
+from eval.report import bar_chart, run_manifest, sha256_file, write_json, write_markdown_table
+from eval.stats import bootstrap_ci, paired_test
 from rag.metrics import (
     average_precision,
     chunks_to_documents,
@@ -16,9 +18,6 @@ from rag.metrics import (
     recall_at_k,
     score_run,
 )
-from eval.report import bar_chart, run_manifest, sha256_file, write_json, write_markdown_table
-from eval.stats import bootstrap_ci, paired_test
-
 
 # ---- AP / MAP ------------------------------------------------------------------------------
 

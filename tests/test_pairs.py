@@ -6,8 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from finetune.pairs import (Pair, chunk_corpus, description_pairs, inverse_cloze_pairs, locate_evidence, qa_pairs, read_pairs,
-                            sentences, write_pairs)
+from finetune.pairs import (
+    Pair,
+    chunk_corpus,
+    description_pairs,
+    inverse_cloze_pairs,
+    locate_evidence,
+    qa_pairs,
+    read_pairs,
+    sentences,
+    write_pairs,
+)
 from finetune.qa_schema import read_qa
 from rag.chunking import ChunkingConfig
 from rag.corpus import Corpus, CorpusError, Document

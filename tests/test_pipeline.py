@@ -12,6 +12,7 @@ import pytest
 from eval.pipeline import ALL_STAGES, STAGES, general_sample
 from finetune.pipeline import PipelineError, guard_sample, run_pipeline, subsample
 from finetune.presets import CPU_DEMO
+from tests.doubles import read_rows, write_rows
 from tests.tiny_models import DEFAULT_CORPUS, build_tiny_st
 
 FINDINGS = ["heparin drip", "insulin sliding scale", "lasix diuresis", "propofol sedation", "vancomycin trough",
@@ -34,18 +35,18 @@ def _write_inputs(tmp: Path) -> tuple[Path, Path]:
     described = [{"doc_id": f"M{i}", "patient_id": f"M{i}", "extra": {"descriptions": [f"Consult for {f}."]},
                   "text": f"Consultation note. Reason: {f}. Examined and discussed with the family."}
                  for i, f in enumerate(FINDINGS)]
-    (tmp / "described.jsonl").write_text("".join(json.dumps(d) + "\n" for d in described))
+    write_rows(tmp / "described.jsonl", described)
     docs_path, qa_path = tmp / "docs.jsonl", tmp / "qa" / "qa.jsonl"
     qa_path.parent.mkdir(parents=True)
-    docs_path.write_text("".join(json.dumps(d) + "\n" for d in docs))
-    qa_path.write_text("".join(json.dumps(q) + "\n" for q in qa))
+    write_rows(docs_path, docs)
+    write_rows(qa_path, qa)
     (qa_path.parent / "manifest.json").write_text(json.dumps({"stage": "test fixture"}))
     return docs_path, qa_path
 
 
 def test_pipeline_runs_end_to_end_and_resumes(tmp_path: Path, settings) -> None:
     docs, qa = _write_inputs(tmp_path)
-    texts = DEFAULT_CORPUS + [json.loads(line)["text"] for line in docs.read_text().splitlines()]
+    texts = DEFAULT_CORPUS + [row["text"] for row in read_rows(docs)]
     base = build_tiny_st(tmp_path / "tiny", corpus=texts, dim=32, prompts={"query": "query: ", "passage": "passage: "})
     preset = dataclasses.replace(
         CPU_DEMO, name="tiny", qa_corpus=str(docs), pseudonymize=False, qa_files=(str(qa),),
@@ -68,7 +69,7 @@ def test_pipeline_runs_end_to_end_and_resumes(tmp_path: Path, settings) -> None:
         assert m["pipeline"]["complete"], stage
     # training saw only training patients
     splits = json.loads((root / "split" / "splits.json").read_text())["patients"]
-    pairs = [json.loads(line) for line in (root / "mine" / "pairs.jsonl").read_text().splitlines()]
+    pairs = read_rows(root / "mine" / "pairs.jsonl")
     own = [p for p in pairs if p["source"] != "description"]  # the other corpus has no test patients
     assert own and {splits[p["patient_id"]] for p in own} == {"train"}
     assert {p["source"] for p in pairs} == {"qa", "ict", "description"}
@@ -77,9 +78,8 @@ def test_pipeline_runs_end_to_end_and_resumes(tmp_path: Path, settings) -> None:
     summary = json.loads((root / "evaluate" / "summary.json").read_text())
     assert set(summary["map@100"]["test"]) >= {"domain", "bm25", "hybrid:domain"}
     assert set(summary["map@100"]["test-cloze"]) >= {"domain", "bm25"}
-    cloze = [json.loads(line) for line in (root / "split" / "test_cloze" / "queries.jsonl").read_text().splitlines()]
-    corpus = {json.loads(line)["doc_id"]: json.loads(line)["text"]
-              for line in (root / "split" / "test_cloze" / "corpus.jsonl").read_text().splitlines()}
+    cloze = read_rows(root / "split" / "test_cloze" / "queries.jsonl")
+    corpus = {row["doc_id"]: row["text"] for row in read_rows(root / "split" / "test_cloze" / "corpus.jsonl")}
     assert cloze and all(q["text"] not in corpus[q["extra"]["doc_id"]] for q in cloze)  # the sentence is cut out
     assert {splits[q["patient_id"]] for q in cloze} == {"test"}
     assert (root / "evaluate" / "summary.md").is_file() and (root / "evaluate" / "test" / "results.json").is_file()

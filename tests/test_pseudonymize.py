@@ -21,6 +21,7 @@ from finetune.pseudonymize import (
     pseudonymize_file,
 )
 from rag.corpus import CorpusError, Document
+from tests.doubles import read_rows, write_rows
 
 KEY = b"0123456789abcdef0123456789abcdef-test-only"
 
@@ -235,10 +236,6 @@ def test_load_key_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 # --- files ----------------------------------------------------------------------------------------
 
 
-def _write(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-
-
 ROWS = [
     {"doc_id": "n1", "patient_id": "P1", "text": "Dr. Marder aware. Seen 03/14/2021.", "language": "en"},
     {"doc_id": "n2", "patient_id": "P1", "text": "Mr. Nicholson doing well, per Dr. Marder.", "language": "en"},
@@ -252,16 +249,16 @@ def test_pseudonymize_file_resumes_and_reports_without_phi(tmp_path: Path, engin
 
     monkeypatch.setattr(module, "Pseudonymizer", lambda key, **kw: Pseudonymizer(key, detector=engine.detector))
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    _write(src, ROWS[:2])
+    write_rows(src, ROWS[:2], ensure_ascii=False)
     first = pseudonymize_file(src, out, KEY, progress=False)
     assert first["documents_done_this_run"] == 2 and first["phi_counts_this_run"]["NAME"] >= 2
     with out.open("a", encoding="utf-8") as fh:  # a crash mid-write leaves a torn line
         fh.write('{"doc_id": "n3", "tex')
-    _write(src, ROWS)
+    write_rows(src, ROWS, ensure_ascii=False)
     second = pseudonymize_file(src, out, KEY, progress=False)
     assert second["documents_skipped_already_done"] == 2 and second["documents_done_this_run"] == 1
     assert second["documents_without_patient_id"] == 1
-    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    rows = read_rows(out)
     assert [r["doc_id"] for r in rows] == ["n1", "n2", "n3"]
     assert "phi" not in json.dumps(rows) and "Marder" not in json.dumps(rows) and "Albers" not in json.dumps(rows)
     assert rows[2]["language"] == "de"  # detected
@@ -286,7 +283,7 @@ def test_cli_without_key_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mo
                                           capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("CRAG_PRIVACY_KEY_FILE", raising=False)
     src = tmp_path / "in.jsonl"
-    _write(src, ROWS[:1])
+    write_rows(src, ROWS[:1], ensure_ascii=False)
     assert main(["--in", str(src), "--out", str(tmp_path / "out.jsonl")]) == 2
     assert "--key-file" in capsys.readouterr().err
     assert not (tmp_path / "out.jsonl").exists()
@@ -295,7 +292,7 @@ def test_cli_without_key_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mo
 @pytest.mark.slow
 def test_workers_give_the_same_output_as_one_process(tmp_path: Path, key_file: Path) -> None:
     src = tmp_path / "in.jsonl"
-    _write(src, [dict(r, doc_id=f"{r['doc_id']}-{i}") for i in range(3) for r in ROWS])
+    write_rows(src, [dict(r, doc_id=f"{r['doc_id']}-{i}") for i in range(3) for r in ROWS], ensure_ascii=False)
     assert main(["--in", str(src), "--out", str(tmp_path / "one.jsonl"), "--key-file", str(key_file),
                  "--no-progress"]) == 0
     assert main(["--in", str(src), "--out", str(tmp_path / "two.jsonl"), "--key-file", str(key_file),

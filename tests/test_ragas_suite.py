@@ -6,20 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from rag.beir import BeirSet, Query, write_beir
 from eval.rag_cache import JsonlCache, cache_key
 from eval.rag_run import AnswerRunner, RetrieverChoice, RetrieverSet, parse_models, retrieve_many, scope_for
 from eval.ragas_suite import SuiteConfig, aggregate, main, run_suite, select_queries
+from rag.beir import BeirSet, Query, write_beir
 from rag.config import REPO_ROOT, load_settings
 from rag.index import ChunkIndex
 from rag.retrieve import BM25Retriever, DenseRetriever, Hit, Scope
 from tests.conftest import small_synthea
-from tests.openai_double import OpenAIDouble, closed_port
+from tests.doubles import make_hit, read_rows, synced_index
+from tests.openai_double import closed_port
 
 
 def _hit(doc: str, patient: str, rank: int, text: str = "text") -> Hit:
-    return Hit(chunk_id=f"{doc}#{rank}", doc_id=doc, patient_id=patient, text=text, start=0, end=len(text),
-               score=1.0 / rank, rank=rank, retriever="test")
+    return make_hit(doc, patient, text, rank=rank)
 
 
 # --------------------------------------------------------------------------------------------
@@ -32,8 +32,7 @@ def small_set(synthea, tmp_path_factory) -> tuple[BeirSet, Path]:
     corpus = small_synthea(synthea, patients=4, per_patient=25)
     docs = {d.doc_id for d in corpus.documents}
     queries, qrels = [], {}
-    for line in (REPO_ROOT / "data/synthea/qrels_condition_diagnosis.jsonl").open(encoding="utf-8"):
-        row = json.loads(line)
+    for row in read_rows(REPO_ROOT / "data/synthea/qrels_condition_diagnosis.jsonl"):
         if row["relevant_doc_ids"] and set(row["relevant_doc_ids"]) <= docs:
             queries.append(Query(row["query_id"], row["query"], row["patient_id"], f"Yes: {row['condition']}."))
             qrels[row["query_id"]] = {d: 1 for d in row["relevant_doc_ids"]}
@@ -52,9 +51,7 @@ def home(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def index(small_set, tiny_embedder, home) -> ChunkIndex:
     beir, _ = small_set
-    idx = ChunkIndex(beir.corpus.name, tiny_embedder, load_settings(home=home))
-    idx.sync(beir.corpus.documents, progress=False)
-    return idx
+    return synced_index(beir.corpus.name, tiny_embedder, load_settings(home=home), beir.corpus.documents)
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,59 +210,59 @@ def test_cache_survives_a_torn_line(tmp_path):
     assert cache_key("x", {"b": 1, "a": 2}) == cache_key("x", {"a": 2, "b": 1})
 
 
-def test_answers_are_cached_by_question_and_passages(tmp_path):
+def test_answers_are_cached_by_question_and_passages(tmp_path, double):
     from rag.llm import LLMClient
 
-    with OpenAIDouble(text="The patient has asthma [1].") as double:
-        llm = LLMClient(double.base_url, "double", timeout_s=5, max_retries=0)
-        runner = AnswerRunner(llm, JsonlCache(tmp_path / "answers.jsonl"), k=2, max_tokens=32)
-        hits = [_hit("d1", "p1", 1, "Asthma was diagnosed."), _hit("d2", "p1", 2, "No allergies.")]
-        first = runner.answer(BM25Stub(), "stub", "Does the patient have asthma?", Scope.patient("p1"), hits)
-        # the checked sentence, then the evidence it did not use, quoted
-        assert first["text"] == "The patient has asthma [1].\nAlso in the record:\n[2] No allergies." and not first["cached"]
-        assert first["citations"][0]["doc_id"] == "d1" and first["citations"][0]["source"] == "model"
-        again = runner.answer(BM25Stub(), "stub", "Does the patient have asthma?", Scope.all(), hits)
-        assert again["cached"] and again["text"] == first["text"] and len(double.requests) == 1
-        other = runner.answer(BM25Stub(), "stub", "Does the patient have asthma?", Scope.patient("p1"), hits[:1])
-        assert not other["cached"] and len(double.requests) == 2
-        # a new runner over the same file resumes from it
-        resumed = AnswerRunner(llm, JsonlCache(tmp_path / "answers.jsonl"), k=2, max_tokens=32)
-        assert resumed.is_cached("Does the patient have asthma?", hits)
+    double.set("ok", text="The patient has asthma [1].")
+    llm = LLMClient(double.base_url, "double", timeout_s=5, max_retries=0)
+    runner = AnswerRunner(llm, JsonlCache(tmp_path / "answers.jsonl"), k=2, max_tokens=32)
+    hits = [_hit("d1", "p1", 1, "Asthma was diagnosed."), _hit("d2", "p1", 2, "No allergies.")]
+    first = runner.answer(BM25Stub(), "stub", "Does the patient have asthma?", Scope.patient("p1"), hits)
+    # the checked sentence, then the evidence it did not use, quoted
+    assert first["text"] == "The patient has asthma [1].\nAlso in the record:\n[2] No allergies." and not first["cached"]
+    assert first["citations"][0]["doc_id"] == "d1" and first["citations"][0]["source"] == "model"
+    again = runner.answer(BM25Stub(), "stub", "Does the patient have asthma?", Scope.all(), hits)
+    assert again["cached"] and again["text"] == first["text"] and len(double.requests) == 1
+    other = runner.answer(BM25Stub(), "stub", "Does the patient have asthma?", Scope.patient("p1"), hits[:1])
+    assert not other["cached"] and len(double.requests) == 2
+    # a new runner over the same file resumes from it
+    resumed = AnswerRunner(llm, JsonlCache(tmp_path / "answers.jsonl"), k=2, max_tokens=32)
+    assert resumed.is_cached("Does the patient have asthma?", hits)
 
 
 class BM25Stub:
     name = "bm25"
 
 
-def test_judge_context_precision_verdicts_cache_and_failures(tmp_path):
+def test_judge_context_precision_verdicts_cache_and_failures(tmp_path, double):
     from eval.ragas_judge import JudgeSample, JudgeUnavailable, RagasJudge
     from rag.llm import LLMClient
 
     sample = JudgeSample("Has the patient asthma?", "Yes [1].", ["Asthma diagnosed 2001.", "Flu shot."],
                          reference="Yes, since 2001.")
-    with OpenAIDouble(text=json.dumps({"reason": "useful", "verdict": 1})) as double:
-        client = LLMClient(double.base_url, "double", timeout_s=5, max_retries=0)
-        judge = RagasJudge(client, "double judge", JsonlCache(tmp_path / "judge.jsonl"),
-                           metrics=("llm_context_precision",))
-        res = judge.score(sample)
-        # both contexts judged useful: (1/1 * 1 + 2/2 * 1) / 2 = 1
-        assert res.values["llm_context_precision"] == pytest.approx(1.0)
-        assert res.variants["llm_context_precision"] == "ContextPrecisionWithReference"
-        sent = double.requests[0]["body"]["response_format"]
-        assert sent["type"] == "json_schema"
-        props = sent["json_schema"]["schema"]["properties"]
-        assert props["verdict"]["enum"] == [0, 1] and props["reason"]["maxLength"] == 160
-        n = len(double.requests)
-        assert judge.score(sample).cached == {"llm_context_precision": True} and len(double.requests) == n
-        assert judge.is_cached(sample)
-        double.text = json.dumps({"reason": "not useful", "verdict": 0})
-        noref = judge.score(JudgeSample(sample.question, sample.answer, sample.contexts, None))
-        assert noref.values["llm_context_precision"] == pytest.approx(0.0, abs=1e-6)
-        assert noref.variants["llm_context_precision"] == "ContextPrecisionWithoutReference"
-        double.mode = "malformed"
-        bad = judge.score(JudgeSample("Other question?", "No.", ["x"], "No."))
-        assert bad.values["llm_context_precision"] is None and "LLMBadResponse" in bad.errors["llm_context_precision"]
-        assert judge.score(JudgeSample("q", "a", [], "r")).errors["llm_context_precision"] == "no passages retrieved"
+    double.set("ok", text=json.dumps({"reason": "useful", "verdict": 1}))
+    client = LLMClient(double.base_url, "double", timeout_s=5, max_retries=0)
+    judge = RagasJudge(client, "double judge", JsonlCache(tmp_path / "judge.jsonl"),
+                       metrics=("llm_context_precision",))
+    res = judge.score(sample)
+    # both contexts judged useful: (1/1 * 1 + 2/2 * 1) / 2 = 1
+    assert res.values["llm_context_precision"] == pytest.approx(1.0)
+    assert res.variants["llm_context_precision"] == "ContextPrecisionWithReference"
+    sent = double.requests[0]["body"]["response_format"]
+    assert sent["type"] == "json_schema"
+    props = sent["json_schema"]["schema"]["properties"]
+    assert props["verdict"]["enum"] == [0, 1] and props["reason"]["maxLength"] == 160
+    n = len(double.requests)
+    assert judge.score(sample).cached == {"llm_context_precision": True} and len(double.requests) == n
+    assert judge.is_cached(sample)
+    double.text = json.dumps({"reason": "not useful", "verdict": 0})
+    noref = judge.score(JudgeSample(sample.question, sample.answer, sample.contexts, None))
+    assert noref.values["llm_context_precision"] == pytest.approx(0.0, abs=1e-6)
+    assert noref.variants["llm_context_precision"] == "ContextPrecisionWithoutReference"
+    double.mode = "malformed"
+    bad = judge.score(JudgeSample("Other question?", "No.", ["x"], "No."))
+    assert bad.values["llm_context_precision"] is None and "LLMBadResponse" in bad.errors["llm_context_precision"]
+    assert judge.score(JudgeSample("q", "a", [], "r")).errors["llm_context_precision"] == "no passages retrieved"
     down = RagasJudge(LLMClient(f"http://127.0.0.1:{closed_port()}/v1", "x", timeout_s=2, max_retries=0), "down",
                       JsonlCache(tmp_path / "j2.jsonl"), metrics=("llm_context_precision",))
     with pytest.raises(JudgeUnavailable):
@@ -312,21 +309,21 @@ def _run(folder: Path, home: Path, *, models: str, limit: int, answer_limit: int
 
 
 def _records(doc: dict) -> list[dict]:
-    return [json.loads(line) for line in (Path(doc["out_dir"]) / "per_question.jsonl").open(encoding="utf-8")]
+    return read_rows(Path(doc["out_dir"]) / "per_question.jsonl")
 
 
-def test_judge_endpoint_and_generator_options(monkeypatch, settings):
+def test_judge_endpoint_and_generator_options(monkeypatch, settings, double):
     """--judge-endpoint/--judge-model (a vLLM server) with the key from the environment; --generator."""
     from eval.ragas_suite import generator_settings, judge_client
 
     monkeypatch.setenv("CRAG_JUDGE_API_KEY", "judge-secret")
-    with OpenAIDouble(text="ok") as double:
-        cfg = SuiteConfig(judge_endpoint=double.base_url, judge_model="qwen-judge")
-        client, label = judge_client(cfg, settings, generator=None)
-        assert client.chat([{"role": "user", "content": "hi"}]) == "ok"
-        sent = double.requests[-1]
-        assert sent["body"]["model"] == "qwen-judge" and sent["auth"] == "Bearer judge-secret"
-        assert "qwen-judge at" in label and "judge-secret" not in label + repr(client)
+    double.set("ok", text="ok")
+    cfg = SuiteConfig(judge_endpoint=double.base_url, judge_model="qwen-judge")
+    client, label = judge_client(cfg, settings, generator=None)
+    assert client.chat([{"role": "user", "content": "hi"}]) == "ok"
+    sent = double.requests[-1]
+    assert sent["body"]["model"] == "qwen-judge" and sent["auth"] == "Bearer judge-secret"
+    assert "qwen-judge at" in label and "judge-secret" not in label + repr(client)
     remote = generator_settings(settings, "http://gpu:8000/v1", "clinical-llm")
     assert (remote.llm_base_url, remote.llm_model) == ("http://gpu:8000/v1", "clinical-llm")
     local = generator_settings(settings, "/models/x.gguf", None)

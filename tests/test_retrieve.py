@@ -1,7 +1,6 @@
 """Scoped retrieval: a patient-scoped query never returns another patient's chunk, on any retriever."""
 from __future__ import annotations
 
-import json
 import random
 
 import pytest
@@ -10,6 +9,7 @@ from rag.config import REPO_ROOT
 from rag.index import ChunkIndex
 from rag.retrieve import BM25Retriever, DenseRetriever, HybridRetriever, Scope, ScopeViolation, make_retriever
 from tests.conftest import small_synthea
+from tests.doubles import read_rows, synced_index
 
 
 @pytest.fixture(scope="module")
@@ -18,9 +18,7 @@ def index(tmp_path_factory, synthea, tiny_embedder):
 
     settings = load_settings(home=tmp_path_factory.mktemp("retrieve-home"))
     corpus = small_synthea(synthea, patients=6, per_patient=15)
-    idx = ChunkIndex(corpus.name, tiny_embedder, settings)
-    idx.sync(corpus.documents, progress=False)
-    return idx
+    return synced_index(corpus.name, tiny_embedder, settings, corpus.documents)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +30,7 @@ def retrievers(index):
 
 def queries(n: int = 40) -> list[str]:
     """Real demo questions plus random clinical word salad (property-style)."""
-    rows = [json.loads(line) for line in (REPO_ROOT / "data/synthea/qrels_condition_diagnosis.jsonl").open()]
+    rows = read_rows(REPO_ROOT / "data/synthea/qrels_condition_diagnosis.jsonl")
     rng = random.Random(7)
     words = ["metformin", "cough", "hypertension", "plan", "allergies", "medications", "smoking", "pain", "fever",
              "insulin", "screening", "vaccine", "bronchitis", "sinusitis", "history", "follow", "up"]

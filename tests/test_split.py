@@ -8,6 +8,7 @@ import pytest
 from finetune.split import SPLITS, assign_patients, load_assignment, main, split_by_patient
 from rag.corpus import Corpus, CorpusError, Document, load_corpus
 from tests.conftest import needs_shared
+from tests.doubles import read_rows, write_rows
 
 
 def _qa_for(docs, per_doc=2):
@@ -85,7 +86,7 @@ def test_cli_writes_splits_counts_and_assignment(tmp_path, synthea, capsys):
     write_jsonl(synthea.documents, docs)
     qa = tmp_path / "qa.jsonl"
     rows = _qa_for(synthea.documents[::10], per_doc=1)
-    qa.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_rows(qa, rows)
     out = tmp_path / "split"
     assert main(["--qa", str(qa), "--docs", str(docs), "--out", str(out), "--seed", "0"]) == 0
     printed = capsys.readouterr().out
@@ -95,10 +96,10 @@ def test_cli_writes_splits_counts_and_assignment(tmp_path, synthea, capsys):
     assert manifest["inputs"]["qa"]["sha256"] and manifest["parameters"]["seed"] == 0
     assignment = load_assignment(out / "splits.json")
     for name in SPLITS:
-        for line in (out / name / "qa.jsonl").read_text().splitlines():
-            assert assignment[json.loads(line)["patient_id"]] == name
-        for line in (out / name / "documents.jsonl").read_text().splitlines():
-            assert assignment[json.loads(line)["patient_id"]] == name
+        for row in read_rows(out / name / "qa.jsonl"):
+            assert assignment[row["patient_id"]] == name
+        for row in read_rows(out / name / "documents.jsonl"):
+            assert assignment[row["patient_id"]] == name
     # a malformed QA line is named, and nothing is written
     qa.write_text(qa.read_text() + "{broken\n")
     assert main(["--qa", str(qa), "--docs", str(docs), "--out", str(tmp_path / "bad")]) == 1
