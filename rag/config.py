@@ -54,6 +54,9 @@ class Settings:
     chunk_overlap_tokens: int = 32
     top_k: int = 5
     device: str = "cpu"
+    # where the chunk store lives: empty = an on-disk Chroma under <home>/store; "http://host:8000" = a
+    # Chroma server shared by several app or pipeline processes (docs/deployment.md, "Chroma server")
+    chroma_url: str = ""
     # generator (OpenAI-compatible; empty base_url = start the embedded llama.cpp server)
     llm_base_url: str = ""
     llm_model: str = "clinical-llm"

@@ -702,6 +702,17 @@ def load_corpus(
                      "or give a path to a .jsonl/.csv file or a folder of .txt files")
 
 
+def corpus_name(name_or_path: str | Path) -> str:
+    """The name a corpus is stored and indexed under: a registered name as is, a file its stem, a
+    folder its name - the same name ``load_corpus`` gives it, so a path and the loaded corpus open
+    the same index."""
+    key = str(name_or_path)
+    if key in NAMED_CORPORA:
+        return key
+    path = Path(key).expanduser()
+    return path.name if path.is_dir() else path.stem if path.suffix.lower() in (".jsonl", ".csv") else key
+
+
 def load_patients(corpus_name: str, settings: Settings | None = None) -> list[Patient]:
     """The patients of a corpus, sorted by id; names and demographics exist only for synthea."""
     settings = settings or load_settings()

@@ -23,12 +23,13 @@ from functools import cached_property
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from rag.chunking import Chunk, ChunkingConfig, chunk_document
 from rag.config import Settings, load_settings
-from rag.corpus import Corpus, Document, load_corpus
+from rag.corpus import Corpus, Document, corpus_name, load_corpus
 from rag.embedders import get_embedder
 
 if TYPE_CHECKING:
@@ -145,12 +146,19 @@ class ChunkIndex:
     # --- storage -------------------------------------------------------------------------------
     @cached_property
     def client(self) -> Any:
+        """The on-disk store, or a Chroma server when ``settings.chroma_url`` names one: the collection, the
+        patient filter inside its query and everything above it are the same either way."""
         import chromadb
         from chromadb.config import Settings as ChromaSettings
 
-        return chromadb.PersistentClient(
-            path=str(self.store_dir / "chroma"), settings=ChromaSettings(anonymized_telemetry=False)
-        )
+        chroma_settings = ChromaSettings(anonymized_telemetry=False)
+        if self.settings.chroma_url:
+            url = urlsplit(self.settings.chroma_url)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ValueError(f"chroma_url must look like http://host:8000, got {self.settings.chroma_url!r}")
+            return chromadb.HttpClient(host=url.hostname, port=url.port or (443 if url.scheme == "https" else 8000),
+                                       ssl=url.scheme == "https", settings=chroma_settings)
+        return chromadb.PersistentClient(path=str(self.store_dir / "chroma"), settings=chroma_settings)
 
     @cached_property
     def collection(self) -> Any:
@@ -445,10 +453,10 @@ class LexicalIndex:
 def open_index(
     corpus: str, embedder: str | None = None, settings: Settings | None = None, device: str | None = None
 ) -> ChunkIndex:
-
+    """The index of ``corpus`` (a registered name or the path it was built from) for ``embedder``."""
     settings = settings or load_settings()
     emb = get_embedder(embedder or settings.embedder, settings=settings, device=device or settings.device)
-    return ChunkIndex(corpus, emb, settings)
+    return ChunkIndex(corpus_name(corpus), emb, settings)
 
 
 def build_index(

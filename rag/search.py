@@ -26,7 +26,6 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print hits as JSON")
     args = parser.parse_args(list(argv) if argv is not None else None)
 
-
     settings = load_settings()
     corpus = args.corpus or settings.corpus
     index = open_index(corpus, args.embedder, settings)

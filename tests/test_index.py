@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from rag.config import REPO_ROOT
-from rag.index import ChunkIndex
+from rag.index import ChunkIndex, build_index, open_index
 from tests.conftest import small_synthea
 
 
@@ -83,3 +83,12 @@ def test_index_and_search_cli(tmp_path, tiny_model_dir):
             assert hit["patient_id"] == patient
             assert hit["doc_id"] and hit["date"] and hit["doc_type"]
             assert 0 <= hit["start"] < hit["end"]
+
+
+def test_an_index_built_from_a_path_reopens_from_the_same_path(tmp_path, settings, synthea, tiny_model_dir):
+    """``rag.index --corpus notes.jsonl`` then ``rag.search --corpus notes.jsonl`` must find the same index."""
+    notes = tmp_path / "my notes.jsonl"
+    notes.write_text("".join(json.dumps(d.to_json()) + "\n" for d in small_synthea(synthea, patients=1).documents))
+    built, _ = build_index(str(notes), str(tiny_model_dir), settings, progress=False)
+    reopened = open_index(str(notes), str(tiny_model_dir), settings)
+    assert reopened.name == built.name and reopened.count() == built.count() > 0
