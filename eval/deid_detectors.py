@@ -53,7 +53,6 @@ class OurPseudonymizer:
     name = "clinical-rag"
 
     def __init__(self, key: bytes, batch_size: int = 32) -> None:
-
         self.engine = Pseudonymizer(key, batch_size=batch_size)
 
     @property

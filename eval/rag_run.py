@@ -215,7 +215,6 @@ class AnswerRunner:
         self.reused = 0
 
     def key(self, question: str, hits: Sequence[Hit]) -> str:
-
         version = load_prompt("answer", detect_language(question)).version
         passages = [(h.chunk_id, text_hash(h.text)) for h in hits]
         return cache_key("answer", question, passages, self.llm.describe(), self.llm.model, version,

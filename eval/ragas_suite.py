@@ -244,7 +244,6 @@ def judge_client(cfg: SuiteConfig, settings: "Settings", generator: "LLMClient")
 
 
 def _summary(values: Sequence[float], seed: int) -> dict[str, Any]:
-
     vals = [float(v) for v in values if v is not None]
     if not vals:
         return {"mean": None, "ci95": [None, None], "n": 0}
@@ -517,7 +516,6 @@ def run_suite(cfg: SuiteConfig, settings: "Settings") -> dict[str, Any]:
     answer_recs = question_major(records, selected, cfg.answer_limit, choices, cfg.modes)
     llm = None
     if cfg.answer_limit > 0 and answer_recs:
-
         t0 = time.perf_counter()
         llm = get_llm_client(settings)
         timings["generator_start_s"] = time.perf_counter() - t0
@@ -547,7 +545,6 @@ def run_suite(cfg: SuiteConfig, settings: "Settings") -> dict[str, Any]:
 
     # ---- judge on the first judge_limit answered questions
     if cfg.judge and llm is not None and cfg.judge_limit > 0:
-
         client, jlabel = judge_client(cfg, settings, llm)
         needs_emb = {"answer_relevancy", "answer_correctness"} & set(cfg.judge_metrics)
         embedder = get_embedder(cfg.judge_embedder, settings) if needs_emb else None

@@ -90,7 +90,6 @@ def train(vocab: Vocabulary) -> NameShape:
 
 
 def _cache_path(vocab: Vocabulary) -> Path:
-
     key = hashlib.sha256(f"{VERSION}:{vocab.language}:{len(vocab.names)}:{len(vocab.safe)}:{len(vocab.clinical)}:"
                          f"{N_FEATURES}:{WORD_MIN_ZIPF}".encode()).hexdigest()[:16]
     return load_settings().model_cache / "phi" / f"name_shape-{vocab.language}-{key}.pkl"

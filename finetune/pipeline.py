@@ -174,7 +174,6 @@ def _pseudonymize(run: Run) -> tuple[list[Path], dict]:
     outputs, info = [], {}
     key = None
     if run.preset.pseudonymize:
-
         key = load_key(run.key_file)
     for name, limit in run.corpora().items():
         corpus = load_corpus(name, run.settings, limit=limit)
@@ -259,7 +258,6 @@ def write_cloze_set(preset: Preset, run: Run, split: str, out_dir: Path) -> dict
 
 
 def _mine(run: Run) -> tuple[list[Path], dict]:
-
     preset = run.preset
     base = get_embedder(preset.train.base, run.settings)
     cfg = ChunkingConfig(run.settings.chunk_tokens, run.settings.chunk_overlap_tokens)
@@ -304,7 +302,6 @@ def _mine(run: Run) -> tuple[list[Path], dict]:
 
 
 def _train(run: Run) -> tuple[list[Path], dict]:
-
     preset = run.preset
     dev = dev_chunks = None
     for folder in ("dev_beir", "dev_cloze"):  # QA questions when there are any, else the cloze proxy

@@ -64,7 +64,6 @@ def load_key(path: str | Path | None) -> bytes:
     patient different surrogates in different runs without anyone noticing.
     """
     if path is None:
-
         path = load_settings().privacy_key_file
     if path is None or str(path) == "":
         raise KeyFileError(
@@ -367,7 +366,6 @@ def pseudonymize_file(in_path: str | Path, out_path: str | Path, key: bytes, *, 
                 for batch, lang in _batches(todo, batch_size, language))
             pool = None
         else:
-
             model_versions = {k: str(v or f"blank:{k}") for k, v in {**DEFAULT_NER_MODELS, **(ner_models or {})}.items()}
             pool = mp.get_context("fork").Pool(workers, initializer=_init_worker,
                                                initargs=(key, ner_models, batch_size))

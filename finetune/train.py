@@ -384,7 +384,6 @@ def _manifest(out: Path, pairs_path: Path, cfg: TrainConfig, result: TrainResult
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-
     parser = argparse.ArgumentParser(prog="python -m finetune.train", description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", required=True, type=Path, help="pairs.jsonl (finetune.pairs / finetune.negatives)")
     parser.add_argument("--dev-dir", type=Path, help="BEIR-like dev set: corpus.jsonl, queries.jsonl, qrels.tsv")

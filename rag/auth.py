@@ -258,7 +258,6 @@ def _read_new_password(password_file: str | None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-
     parser = argparse.ArgumentParser(prog="python -m rag.auth", description="Manage chat app users.")
     parser.add_argument("--users-file", default=None, help="default: settings.users_file (<home>/users.json)")
     sub = parser.add_subparsers(dest="cmd", required=True)

