@@ -45,6 +45,7 @@ from finetune.split import write_qa_split
 from rag.beir import NAMED_SETS, BeirSet, Query, load_beir, load_named_set
 from rag.config import Settings, load_settings
 from rag.corpus import CorpusError
+from rag.fusion import RRF_K, Fusion, fusion_for
 from rag.index import build_index
 from rag.metrics import (
     IR_METRICS,
@@ -53,7 +54,7 @@ from rag.metrics import (
     mean,
     score_run,
 )
-from rag.retrieve import DENSE_SEARCHES, RRF_K, Scope, make_retriever
+from rag.retrieve import DENSE_SEARCHES, Scope, make_retriever
 
 if TYPE_CHECKING:
     from rag.index import ChunkIndex
@@ -114,7 +115,6 @@ class _Indexes:
 
     def get(self, embedder_name: str) -> "ChunkIndex":
         if embedder_name not in self.indexes:
-
             index, report = build_index(self.beir.corpus, embedder_name, self.settings, progress=self.progress)
             embedder = index.embedder
             print(f"[index] {report.summary()}", file=sys.stderr)
@@ -142,7 +142,7 @@ def _scopes(scope: str) -> list[str]:
 
 
 def _run_model(spec: ModelSpec, scope_name: str, queries: list[Query], indexes: _Indexes, k: int,
-               progress: bool, search: str = "auto") -> dict:
+               progress: bool, search: str = "auto", fusion: Fusion | None = None) -> dict:
     """Rank documents for every query of one (model, scope); returns the stored-run body."""
     from tqdm.auto import tqdm
 
@@ -157,7 +157,7 @@ def _run_model(spec: ModelSpec, scope_name: str, queries: list[Query], indexes: 
     per_patient = indexes.chunks_per_patient(spec.embedder)
     total_chunks = sum(per_patient.values())
     vectors = {t: v.tolist() for t, v in zip(texts, vecs)} if spec.kind in ("dense", "hybrid") else None
-    retriever = make_retriever(spec.kind, index, search=search, query_vectors=vectors)
+    retriever = make_retriever(spec.kind, index, search=search, query_vectors=vectors, fusion=fusion)
     dense = getattr(retriever, "dense", retriever)  # the dense part counts the store's short answers
 
     ranked: dict[str, list[str]] = {}
@@ -223,8 +223,11 @@ def evaluate(
     n_resamples: int = 2000,
     n_permutations: int = 10000,
     search: str = "auto",
+    fusion: Fusion | None = None,
 ) -> dict:
     """Evaluate ``models`` (see :func:`parse_models`) on ``beir_set`` in the given scope(s).
+
+    ``fusion`` overrides the hybrid weights tuned for each embedder (``eval.fusion`` tries candidates).
 
     Writes ``results.json`` (aggregates with 95% bootstrap CIs, paired sign-flip p-values against
     ``base``, per-query values), ``results.md`` (table + formulas), ``map100.png``/``ndcg10.png``,
@@ -251,12 +254,14 @@ def evaluate(
         identity = {"format": RUN_FORMAT, "set": set_fp, "k": k, "kind": spec.kind, "embedder": spec.embedder,
                     "fingerprint": index.embedder.fingerprint, "chunking": index.chunking.key(), "rrf_k": RRF_K,
                     "search": search if spec.kind != "bm25" else "bm25"}
+        if spec.kind == "hybrid":
+            identity["fusion"] = (fusion or fusion_for(index.embedder)).to_json()
         for scope_name in scopes:
             key = digest({**identity, "scope": scope_name})
             path = out / "runs" / f"{slug(spec.label)}__{scope_name}{'' if search == 'auto' else '__' + search}.json"
             run = load_run(path, key)
             if run is None:
-                run = _run_model(spec, scope_name, beir_set.queries, indexes, k, progress, search)
+                run = _run_model(spec, scope_name, beir_set.queries, indexes, k, progress, search, fusion)
                 write_json({"key": key, "identity": {**identity, "scope": scope_name}, "label": spec.label, **run}, path)
             else:
                 reused.append(f"{spec.label}/{scope_name}")
@@ -294,7 +299,8 @@ def evaluate(
     for spec in specs:
         info = indexes.sync[spec.embedder]
         model_info[spec.label] = {"kind": spec.kind, "embedder": spec.embedder,
-                                  "description": spec.describe(info["embedder"]), "index": info}
+                                  "description": spec.describe(info["embedder"], fusion or fusion_for(indexes.get(spec.embedder).embedder)),
+                                  "index": info}
     results = {
         "set": beir_set.name,
         "set_fingerprint": set_fp,

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rag.retrieve import RRF_K
+from rag.fusion import Fusion
 
 # --------------------------------------------------------------------------------------------
 # Which retrievers to evaluate
@@ -22,12 +22,12 @@ class ModelSpec:
     kind: str  # "dense" | "bm25" | "hybrid"
     embedder: str
 
-    def describe(self, embedder_label: str) -> str:
+    def describe(self, embedder_label: str, fusion: Fusion | None = None) -> str:
         if self.kind == "dense":
             return f"dense: {embedder_label}"
         if self.kind == "bm25":
             return f"BM25 (bm25s, English stemmer/stopwords) over the chunks of the {self.embedder} index"
-        return f"hybrid: BM25 + {embedder_label}, reciprocal rank fusion (k={RRF_K})"
+        return f"hybrid: BM25 + {embedder_label}, weighted reciprocal rank fusion, {(fusion or Fusion()).describe()}"
 
 
 def parse_models(text: str | Sequence[str], base: str = "me5-small") -> list[ModelSpec]:

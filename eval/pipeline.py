@@ -19,6 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from eval.fusion import GRID as FUSION_GRID
+from eval.fusion import fusion_from
+from eval.fusion import tune as tune_fusion
 from eval.ir import evaluate
 from eval.report import bar_chart, write_json, write_markdown_table
 from finetune.pipeline import (
@@ -35,12 +38,13 @@ from finetune.pipeline import (
 )
 from finetune.pipeline import STAGES as BUILD_STAGE_NAMES
 from rag.beir import load_beir, load_named_set
+from rag.embedders import trained_models_dir
+from rag.fusion import write_fusion
 
 log = logging.getLogger("eval.pipeline")
 
 
 def _evaluate(run: Run) -> tuple[list[Path], dict]:
-
     preset = run.preset
     out_dir = run.dir("evaluate")
     models = [m if m != "domain" else f"domain={preset.train.name}" for m in preset.eval_models]
@@ -156,8 +160,23 @@ def _evaluate_params(run: Run) -> dict[str, Any]:
             "guards": p.guard_sets, "guard_queries": p.guard_queries, "guard_docs": p.guard_max_docs}
 
 
-STAGES = (*BUILD_STAGE_NAMES, "evaluate")
-ALL_STAGES: dict[str, Stage] = {**BUILD_STAGES, "evaluate": Stage("evaluate", _evaluate, _evaluate_params)}
+def _fuse(run: Run) -> tuple[list[Path], dict]:
+    """Hybrid weights for the trained model, chosen on the dev split (never the test split that reports)."""
+    preset = run.preset
+    folder = trained_models_dir(run.settings) / preset.train.name
+    d = run.dir("split") / "dev_beir"
+    dev = load_beir(d / "corpus.jsonl", d / "queries.jsonl", d / "qrels.tsv", name=f"{corpus_slug(preset.qa_corpus)}-dev")
+    if not dev.queries:
+        log.warning("dev_beir: no queries - the trained model keeps equal fusion weights")
+        return [], {"fusion": None}
+    result = tune_fusion(dev, str(folder), settings=run.settings, out=run.dir("fuse"), progress=run.progress)
+    fusion = fusion_from(result)
+    return [write_fusion(folder, fusion)], {"fusion": fusion.to_json(), "curve": result["curve"]}
+
+
+STAGES = (*BUILD_STAGE_NAMES, "fuse", "evaluate")
+ALL_STAGES: dict[str, Stage] = {**BUILD_STAGES, "fuse": Stage("fuse", _fuse, lambda run: {"grid": list(FUSION_GRID)}),
+                                "evaluate": Stage("evaluate", _evaluate, _evaluate_params)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

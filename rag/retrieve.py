@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from rag.fusion import RRF_K, Fusion, fusion_for
+
 if TYPE_CHECKING:
     from rag.index import ChunkIndex
 
 RETRIEVERS = ("dense", "bm25", "hybrid")
-RRF_K = 60  # reciprocal-rank-fusion constant (Cormack et al. 2009)
 
 
 class ScopeViolation(RuntimeError):
@@ -245,20 +246,25 @@ class BM25Retriever:
 
 
 class HybridRetriever:
-    """Reciprocal-rank fusion of dense and BM25, each already scoped."""
+    """Weighted reciprocal-rank fusion of dense and BM25, each already scoped; the weights depend on
+    whether the query crosses patients (see :mod:`rag.fusion`)."""
 
     name = "hybrid"
 
-    def __init__(self, dense: DenseRetriever, bm25: BM25Retriever, candidates: int = 50) -> None:
+    def __init__(self, dense: DenseRetriever, bm25: BM25Retriever, candidates: int = 50,
+                 fusion: Fusion | None = None) -> None:
         self.dense, self.bm25, self.candidates = dense, bm25, candidates
+        self.fusion = fusion or Fusion()
 
     def retrieve(self, query: str, scope: Scope, k: int = 10) -> list[Hit]:
         n = max(self.candidates, 4 * k)
+        weights = self.fusion.for_scope(scope.is_all)
         fused: dict[str, tuple[float, Hit]] = {}
-        for hits in (self.dense.retrieve(query, scope, n), self.bm25.retrieve(query, scope, n)):
+        for weight, hits in ((weights.dense, self.dense.retrieve(query, scope, n)),
+                             (weights.bm25, self.bm25.retrieve(query, scope, n))):
             for hit in hits:
                 score, first = fused.get(hit.chunk_id, (0.0, hit))
-                fused[hit.chunk_id] = (score + 1.0 / (RRF_K + hit.rank), first)
+                fused[hit.chunk_id] = (score + weight / (RRF_K + hit.rank), first)
         ranked = sorted(fused.values(), key=lambda x: -x[0])[:k]
         out = []
         for rank, (score, hit) in enumerate(ranked, start=1):
@@ -267,14 +273,17 @@ class HybridRetriever:
 
 
 def make_retriever(kind: str, index: "ChunkIndex", *, search: str = "auto",
-                   query_vectors: Mapping[str, Sequence[float]] | None = None) -> Retriever:
+                   query_vectors: Mapping[str, Sequence[float]] | None = None,
+                   fusion: Fusion | None = None) -> Retriever:
     """The one place a retriever is built (app, ``rag.search``, ``eval.ir``, ``eval.ragas_suite``,
     ``eval.answers``): ``kind`` over ``index`` (its embedder, its chunks, its BM25). ``search`` picks
-    exact or the store's HNSW for dense search; ``query_vectors`` are questions embedded beforehand."""
+    exact or the store's HNSW for dense search; ``query_vectors`` are questions embedded beforehand;
+    ``fusion`` overrides the hybrid weights tuned for the index's embedder (:func:`rag.fusion.fusion_for`)."""
     if kind == "dense":
         return DenseRetriever(index, search, query_vectors)
     if kind == "bm25":
         return BM25Retriever(index)
     if kind == "hybrid":
-        return HybridRetriever(DenseRetriever(index, search, query_vectors), BM25Retriever(index))
+        return HybridRetriever(DenseRetriever(index, search, query_vectors), BM25Retriever(index),
+                               fusion=fusion or fusion_for(index.embedder))
     raise ValueError(f"unknown retriever {kind!r}; choose one of {', '.join(RETRIEVERS)}")
