@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import random
 import re
 import statistics
@@ -177,23 +178,29 @@ def handchecked(settings: Settings) -> list[Question]:
 
 
 def unanswerable(questions: Sequence[Question], texts: dict[str, dict[str, str]], count: int,
-                 seed: int = 0) -> list[Question]:
-    """The same questions asked in another patient's scope, where that record lacks their key facts."""
+                 seed: int = 0, rounds: int = 3) -> list[Question]:
+    """The same questions asked in another patient's scope, where that record lacks their key facts.
+
+    A question may be asked in up to ``rounds`` other scopes, so a small set still yields enough
+    unanswerable cases for the abstention rate to mean something."""
     rng = random.Random(seed)
     pool = list(questions)
     rng.shuffle(pool)
-    out = []
-    for q in pool:
-        if len(out) >= count:
-            break
-        facts = key_facts(q.reference, q.question)
-        others = sorted(p for p in texts.get(q.corpus, {}) if p != q.patient_id)
-        if not facts or not others:
-            continue
-        other = rng.choice(others)
-        if (recall(facts, texts[q.corpus][other]) or 0.0) <= UNANSWERABLE_MAX_SHARE:
-            out.append(Question(q.qid + "@other", q.set, q.corpus, q.patient_id, q.question, q.reference, q.language,
-                                answerable=False, asked_patient=other))
+    out: list[Question] = []
+    asked: set[tuple[str, str]] = set()
+    for _ in range(rounds):
+        for q in pool:
+            if len(out) >= count:
+                return out
+            facts = key_facts(q.reference, q.question)
+            others = sorted(p for p in texts.get(q.corpus, {}) if p != q.patient_id and (q.qid, p) not in asked)
+            if not facts or not others:
+                continue
+            other = rng.choice(others)
+            asked.add((q.qid, other))
+            if (recall(facts, texts[q.corpus][other]) or 0.0) <= UNANSWERABLE_MAX_SHARE:
+                out.append(Question(f"{q.qid}@{other}", q.set, q.corpus, q.patient_id, q.question, q.reference,
+                                    q.language, answerable=False, asked_patient=other))
     return out
 
 
@@ -302,11 +309,9 @@ def _pipeline(path: str, retriever: Any, servers: dict[str, Any], threads: int, 
         return AnswerPipeline(retriever, None, generate=False, abstain_below=abstain_below, **common)
     if path not in servers:
         if "#" in path and path.startswith("http"):
-
             url, model = path.split("#", 1)
             servers[path] = LLMClient(url, model)
         else:
-
             servers[path] = EmbeddedLLMServer(path, threads=threads).start()
     server = servers[path]
     client = server.client(timeout_s=300, max_retries=1) if hasattr(server, "client") else server
@@ -337,7 +342,6 @@ def run(questions: Sequence[Question], paths: Sequence[str], settings: Settings,
 
 
 def record_texts(corpora: Iterable[str], settings: Settings) -> dict[str, dict[str, str]]:
-
     out: dict[str, dict[str, str]] = {}
     for name in set(corpora):
         texts: dict[str, str] = defaultdict(str)
@@ -391,20 +395,37 @@ def summarize(results: Sequence[Result]) -> list[dict[str, Any]]:
 
 
 def choose_threshold(results: Sequence[Result], max_abstain_answerable: float = 0.2) -> dict[str, Any]:
-    """The evidence-strength threshold that abstains on the most unanswerable questions while abstaining
-    on at most ``max_abstain_answerable`` of the answerable ones (run with ``--abstain-below 0``)."""
+    """The abstention rule that abstains on the most unanswerable questions while abstaining on at most
+    ``max_abstain_answerable`` of the answerable ones (run with ``--abstain-below 0``): a coverage
+    threshold alone, and the (coverage, similarity) pair of ``rag.answer.ABSTAIN_RULES`` (abstain when
+    both are below)."""
     rs = [r for r in results if r.path == "evidence"]
-    good = sorted(r.strength for r in rs if r.question.answerable)
-    bad = [r.strength for r in rs if not r.question.answerable]
+    good = [(r.strength, r.similarity) for r in rs if r.question.answerable]
+    bad = [(r.strength, r.similarity) for r in rs if not r.question.answerable]
     if not good or not bad:
         return {}
-    best = {"threshold": 0.0, "abstain_answerable": 0.0, "abstain_unanswerable": 0.0}
-    for t in sorted(set(good + bad)):
-        a = sum(s < t for s in good) / len(good)
-        u = sum(s < t for s in bad) / len(bad)
-        if a <= max_abstain_answerable and u >= best["abstain_unanswerable"]:
-            best = {"threshold": round(t, 4), "abstain_answerable": round(a, 4), "abstain_unanswerable": round(u, 4)}
-    return {**best, "answerable": len(good), "unanswerable": len(bad)}
+
+    def rates(cov: float, sim: float) -> tuple[float, float]:
+        return (sum(c < cov and s < sim for c, s in good) / len(good),
+                sum(c < cov and s < sim for c, s in bad) / len(bad))
+
+    def best_of(candidates: Iterable[tuple[float, float]]) -> dict[str, float]:
+        best = {"coverage": 0.0, "similarity": 0.0, "abstain_answerable": 0.0, "abstain_unanswerable": 0.0}
+        for cov, sim in candidates:
+            a, u = rates(cov, sim)
+            if a <= max_abstain_answerable and u > best["abstain_unanswerable"]:
+                best = {"coverage": round(cov, 4), "similarity": round(sim, 4),
+                        "abstain_answerable": round(a, 4), "abstain_unanswerable": round(u, 4)}
+        return best
+
+    coverages = sorted({c for c, _ in good + bad})
+    similarities = sorted({s for _, s in good + bad if s}) or [0.0]
+    alone = best_of((c, math.inf) for c in coverages)
+    pair = best_of((c, s) for c in coverages[::max(1, len(coverages) // 100)]
+                   for s in similarities[::max(1, len(similarities) // 100)])
+    return {"threshold": alone["coverage"], "abstain_answerable": alone["abstain_answerable"],
+            "abstain_unanswerable": alone["abstain_unanswerable"], "pair": pair,
+            "answerable": len(good), "unanswerable": len(bad)}
 
 
 COLUMNS = [("set", "set"), ("path", "answer path"), ("questions", "questions"), ("recall", "key-fact recall"),
@@ -516,6 +537,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: abstain below {choice['threshold']} -> abstains on {choice['abstain_answerable']:.0%} of "
                   f"{choice['answerable']} answerable and {choice['abstain_unanswerable']:.0%} of "
                   f"{choice['unanswerable']} unanswerable questions")
+            pair = choice["pair"]
+            print(f"{name}: abstain below coverage {pair['coverage']} and similarity {pair['similarity']} -> abstains "
+                  f"on {pair['abstain_answerable']:.0%} answerable and {pair['abstain_unanswerable']:.0%} unanswerable")
     print(f"written to {out}")
     return 0
 
