@@ -82,7 +82,7 @@ Best checkpoint: {result.best_checkpoint or 'last step'}.
 ## Training
 {json.dumps({k: round(v, 4) for k, v in result.train_metrics.items()})}
 Throughput: {result.throughput_pairs_per_s} pairs/s on this machine.
-
+{_processes_note(result)}
 ## Use
 Queries take the prefix {json.dumps(query_prefix)}, passages {json.dumps(passage_prefix)} (from the base entry; stored in
 `crag_embedder.json` and in the model's prompts, applied by the registry). Load by name:
@@ -91,6 +91,19 @@ Queries take the prefix {json.dumps(query_prefix)}, passages {json.dumps(passage
     path = Path(folder) / "README.md"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def _processes_note(result: TrainResult) -> str:
+    """How many processes trained it: under torchrun ``batch_size`` is per process, so the card says
+    what batch (and how many in-batch negatives) the loss actually saw."""
+    n = result.world_size
+    if n <= 1:
+        return ""
+    b = result.config.batch_size
+    negatives = (f"negatives gathered across processes: each query saw the {n * b}-pair global batch"
+                 if result.gathered_negatives else f"negatives not gathered: each query saw its process's {b} pairs")
+    return (f"Data-parallel over {n} processes (torchrun, DDP): {b} pairs per process, global batch {n * b} "
+            f"(at most {result.config.max_per_patient} pair(s) per patient in it); {negatives}.\n")
 
 
 def _interpolation_note(result: TrainResult) -> str:

@@ -12,6 +12,12 @@ transformer layers still adapt.
 
 The result is saved under ``<settings.home>/models/<name>`` with ``crag_embedder.json`` (base entry,
 prefixes, label), so the registry, the index, the app and ``eval.ir`` load it by name.
+
+Launched by ``torchrun --nproc_per_node N`` the trainer runs data-parallel (DDP; NCCL on GPUs, gloo
+on CPU): the patient-aware sampler deals each global batch (N x ``batch_size``, one patient per
+global batch) out to the ranks, the cached loss gathers the ranks' embeddings so the in-batch
+negatives are the global batch's, and rank 0 alone writes the model, its card and manifest while the
+other ranks wait for it (docs/scale_training.md).
 """
 from __future__ import annotations
 
@@ -28,11 +34,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finetune.dev_sets import ChunkedSet, DevSet, make_evaluator
+from finetune.distributed import (
+    Launch,
+    close_process_group,
+    ddp_backend,
+    launch_from_env,
+    open_wait_group,
+    share_from_main,
+    supports_gather,
+)
 from finetune.interpolation import choose_interpolation, interpolate_with_base
 from finetune.model_card import write_embedder_metadata, write_model_card
 from finetune.negatives import fill_missing
 from finetune.pairs import read_pairs
-from finetune.train_sampler import make_patient_sampler
+from finetune.train_sampler import find_patient_sampler, make_patient_sampler
 from rag import embedders
 from rag.beir import load_beir
 from rag.config import Settings, load_settings
@@ -121,6 +136,9 @@ class TrainResult:
     dev_map_scoring: str = ""  # how dev_map_by_interpolation was scored
     # "0.3" -> {guard set -> MAP@100}; "0" is the base, the reference of the tolerance
     guard_map_by_interpolation: dict[str, dict[str, float]] = field(default_factory=dict)
+    # processes of a torchrun launch: config.batch_size is per process, the batch the loss saw is this x it
+    world_size: int = 1
+    gathered_negatives: bool = False  # the cached loss gathered the global batch across processes
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -161,19 +179,38 @@ def freeze_word_embeddings(model: "SentenceTransformer") -> int:
     return emb.weight.numel()
 
 
-def _build_loss(model: "SentenceTransformer", cfg: TrainConfig) -> Any:
+def _build_loss(model: "SentenceTransformer", cfg: TrainConfig, world_size: int = 1) -> Any:
+    """Cached MNRL (optionally under Matryoshka); in DDP it gathers the global batch when it can.
+
+    Gathering makes N ranks x B pairs train like one process with N x B pairs (the same negatives,
+    the same loss, the same averaged gradient); without it each rank's negatives would be its own B.
+    """
     from sentence_transformers.sentence_transformer.losses import (
         CachedMultipleNegativesRankingLoss,
         MatryoshkaLoss,
     )
 
-    loss = CachedMultipleNegativesRankingLoss(model, scale=cfg.scale, mini_batch_size=cfg.mini_batch_size)
+    extra: dict[str, Any] = {}
+    if world_size > 1:
+        if supports_gather(CachedMultipleNegativesRankingLoss):
+            extra["gather_across_devices"] = True
+        else:
+            log.warning("this sentence-transformers cannot gather across ranks: in-batch negatives are per rank "
+                        "(%d pairs, not %d)", cfg.batch_size, cfg.batch_size * world_size)
+    loss = CachedMultipleNegativesRankingLoss(model, scale=cfg.scale, mini_batch_size=cfg.mini_batch_size, **extra)
     if cfg.matryoshka_dims:
         dim = model.get_embedding_dimension()
         # the full dimension always trains; smaller ones only where the model has them
         dims = sorted({dim, *(d for d in cfg.matryoshka_dims if d < dim)}, reverse=True)
         loss = MatryoshkaLoss(model, loss, matryoshka_dims=dims)
     return loss
+
+
+def _gathers(loss: Any) -> bool:
+    """Whether the contrastive loss (itself, or inside MatryoshkaLoss) gathers negatives across ranks."""
+    while not hasattr(loss, "gather_across_devices") and hasattr(loss, "loss"):
+        loss = loss.loss
+    return bool(getattr(loss, "gather_across_devices", False))
 
 
 def _dataset(pairs: Sequence["Pair"], num_negatives: int) -> Any:
@@ -187,8 +224,13 @@ def _dataset(pairs: Sequence["Pair"], num_negatives: int) -> Any:
 
 def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None = None, *,
           dev: DevSet | None = None, dev_chunks: ChunkedSet | None = None, guards: Sequence[ChunkedSet] = (),
-          out_dir: Path | None = None, work_dir: Path | None = None, progress: bool = True) -> TrainResult:
+          out_dir: Path | None = None, work_dir: Path | None = None, progress: bool = True,
+          launch: Launch | None = None) -> TrainResult:
     """Train, keep the best dev checkpoint, save the model with its registry metadata and card.
+
+    Under ``torchrun`` (``launch``, read from the environment by default) every rank calls this;
+    ``cfg.batch_size`` is then per rank. Rank 0 chooses the interpolation weight and writes the model;
+    the others wait for it and return its result, so every rank returns once the folder exists.
 
     ``dev`` chooses the checkpoint (the trainer's cheap document-level evaluator); ``dev_chunks``,
     the same questions scored at chunk level, chooses the interpolation weight (cross-patient
@@ -207,6 +249,7 @@ def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None =
 
 
     settings = settings or load_settings()
+    launch = launch or launch_from_env()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if not pairs:
@@ -230,18 +273,18 @@ def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None =
     prompts = {"anchor": qp, "positive": pp, **{f"negative_{j + 1}": pp for j in range(cfg.num_negatives)}}
     prompts = {k: v for k, v in prompts.items() if v}
     groups = [p.patient_id for p in pairs]
-    sampler = make_patient_sampler(groups, cfg.max_per_patient)
+    sampler = make_patient_sampler(groups, cfg.max_per_patient, world_size=launch.world_size)
     probe = sampler(dataset, cfg.batch_size, False, None, None, cfg.seed)
-    steps_per_epoch = len(probe)
+    steps_per_epoch = probe.steps
     if steps_per_epoch == 0:
         raise ValueError(f"the patient-aware sampler makes no batch of >= {probe.min_batch} pairs: "
-                         f"{len(set(groups))} patients, batch size {cfg.batch_size}")
+                         f"{len(set(groups))} patients, batch size {cfg.batch_size} x {launch.world_size} ranks")
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
     eval_steps = cfg.eval_steps or max(1, min(steps_per_epoch, total_steps))
 
     evaluator = make_evaluator(dev, qp, pp) if dev is not None and dev.queries else None
     metric_key = f"eval_{dev.name}_cosine_map@100" if evaluator else None
-    dev_before = _score(evaluator, model) if evaluator else {}
+    dev_before = _score(evaluator, model) if evaluator and launch.is_main else {}
 
     history: list[dict[str, float]] = []
 
@@ -250,6 +293,15 @@ def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None =
             if logs:
                 history.append({"step": state.global_step, **{k: float(v) for k, v in logs.items()
                                                                if isinstance(v, (int, float))}})
+
+    class _SyncEpoch(TrainerCallback):
+        """Sets the patient sampler's epoch where the trainer's set_epoch does not reach it (see
+        find_patient_sampler): epoch k has its own batches, the same on every rank and after a resume."""
+
+        def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):  # noqa: ANN001
+            found = find_patient_sampler(train_dataloader)
+            if found is not None:  # one optimizer step per batch: gradient_accumulation_steps is 1
+                found.set_epoch(state.global_step // steps_per_epoch)
 
     args = SentenceTransformerTrainingArguments(
         output_dir=str(work_dir),
@@ -278,16 +330,27 @@ def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None =
         disable_tqdm=not progress,
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
+        ddp_backend=ddp_backend(torch.cuda.is_available()) if launch.distributed else None,
     )
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
-                                         loss=_build_loss(model, cfg), evaluator=evaluator, callbacks=[_Record()])
-    resume = resumable_checkpoint(work_dir, args)
+    if args.world_size != launch.world_size:
+        raise RuntimeError(f"the trainer runs {args.world_size} processes, the launch said {launch.world_size}")
+    wait_group = open_wait_group(launch)  # now, while every rank is here (see open_wait_group)
+    loss = _build_loss(model, cfg, launch.world_size)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
+                                         evaluator=evaluator,
+                                         callbacks=[_Record(), _SyncEpoch(), _world_recorder(launch.world_size)])
+    resume = resumable_checkpoint(work_dir, args, launch.world_size)
     if resume:
         log.info("resuming from %s", resume)
     t0 = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     elapsed = time.perf_counter() - t0
     best = trainer.state.best_model_checkpoint
+    if not launch.is_main:
+        # the model is the same on every rank; rank 0 alone chooses the weight and writes it
+        result = share_from_main(wait_group, None)
+        embedders.clear_cache()
+        return result
     alpha, alpha_scores, guard_scores, dev_scoring = cfg.interpolate, {}, {}, ""
     if cfg.interpolate_choices and evaluator:
         length = base_emb.max_seq_length
@@ -320,7 +383,8 @@ def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None =
         pair_sources=_count(p.source for p in pairs), patients=len(set(groups)),
         dropped_by_sampler_epoch0=probe.dropped, loss_history=history, dev_before_interpolation=dev_tuned,
         interpolation=alpha, dev_map_by_interpolation=alpha_scores, guard_map_by_interpolation=guard_scores,
-        dev_map_scoring=dev_scoring,
+        dev_map_scoring=dev_scoring, world_size=launch.world_size,
+        gathered_negatives=_gathers(loss),
     )
     write_embedder_metadata(tmp_out, name=cfg.name, base=base_emb, cfg=cfg, result=result)
     write_model_card(tmp_out, result, base_emb.label, qp, pp)
@@ -330,15 +394,37 @@ def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None =
     shutil.rmtree(work_dir, ignore_errors=True)
 
     embedders.clear_cache()  # a re-trained model of the same name must not come from the cache
-    return result
+    return share_from_main(wait_group, result)  # the other ranks are waiting for the folder to exist
 
 
-def resumable_checkpoint(work_dir: Path, args: Any) -> Path | None:
+# next to training_args.bin in each checkpoint: the number of ranks that wrote it (absent: 1)
+WORLD_FILE = "crag_world.json"
+
+
+def _world_recorder(world_size: int) -> Any:
+    """A trainer callback that records the world size in each checkpoint, so a resume can check it.
+
+    Why: ``per_device_train_batch_size`` is per rank, so a checkpoint of 2 x 16 and a run of
+    4 x 16 agree on it while their global batches, step counts and data order differ.
+    """
+    from transformers import TrainerCallback
+
+    class RecordWorld(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
+            if state.is_world_process_zero:
+                ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if ckpt.is_dir():
+                    (ckpt / WORLD_FILE).write_text(json.dumps({"world_size": world_size}))
+
+    return RecordWorld()
+
+
+def resumable_checkpoint(work_dir: Path, args: Any, world_size: int = 1) -> Path | None:
     """The latest checkpoint in ``work_dir`` written with the same optimisation settings, if any.
 
     An interrupted training (or one re-run with fewer ``max_steps``) continues from there instead
     of starting over; a checkpoint of different settings (learning rate, batch size, seed, loss
-    scale of the run) is ignored and will be overwritten.
+    scale of the run, number of ranks) is ignored and will be overwritten.
     """
     import torch
 
@@ -346,11 +432,13 @@ def resumable_checkpoint(work_dir: Path, args: Any) -> Path | None:
     for ckpt in reversed(checkpoints):
         try:
             old = torch.load(ckpt / "training_args.bin", weights_only=False)
+            world_file = ckpt / WORLD_FILE
+            old_world = json.loads(world_file.read_text())["world_size"] if world_file.is_file() else 1
         except Exception:  # noqa: BLE001 - unreadable: not resumable
             continue
         same = all(getattr(old, k, None) == getattr(args, k, None)
                    for k in ("learning_rate", "per_device_train_batch_size", "seed", "weight_decay"))
-        if same and (ckpt / "trainer_state.json").is_file():
+        if same and old_world == world_size and (ckpt / "trainer_state.json").is_file():
             return ckpt
     return None
 
@@ -400,7 +488,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--freeze-embeddings", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--matryoshka-dims", help="comma-separated, e.g. 384,256,128,64 ('' = off)")
     args = parser.parse_args(list(argv) if argv is not None else None)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    launch = launch_from_env()
+    # under torchrun only rank 0 reports progress; the others speak up only for problems
+    logging.basicConfig(level=logging.INFO if launch.is_main else logging.WARNING,
+                        format=f"%(asctime)s %(levelname)s %(name)s[rank {launch.rank}]: %(message)s"
+                        if launch.distributed else "%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     cfg_data = json.loads(args.config.read_text()) if args.config else {}
     for k, v in vars(args).items():
@@ -415,11 +507,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         d = args.dev_dir
         beir = load_beir(d / "corpus.jsonl", d / "queries.jsonl", d / "qrels.tsv")
         dev = DevSet.from_beir(beir).limited(args.dev_queries)
-        # the interpolation weight is chosen on dev scored like eval.ir, as in finetune.pipeline
-        dev_chunks = ChunkedSet.like_index(beir, cfg.base, settings, "dev", query_ids=set(dev.queries))
+        # the interpolation weight is chosen on dev scored like eval.ir, as in finetune.pipeline (by rank 0)
+        if launch.is_main:
+            dev_chunks = ChunkedSet.like_index(beir, cfg.base, settings, "dev", query_ids=set(dev.queries))
     pairs = read_pairs(args.pairs)
     t0 = time.perf_counter()
-    result = train(pairs, cfg, settings, dev=dev, dev_chunks=dev_chunks, out_dir=args.out)
+    result = train(pairs, cfg, settings, dev=dev, dev_chunks=dev_chunks, out_dir=args.out, launch=launch)
+    close_process_group(launch)  # every rank has the result: no collective after this
+    if not launch.is_main:
+        return 0
     _manifest(result.path, args.pairs, cfg, result, args.dev_dir, time.perf_counter() - t0)
     print(json.dumps({"model": str(result.path), "dev_before": result.dev_before, "dev_after": result.dev_after,
                       "pairs_per_s": result.throughput_pairs_per_s}, indent=2))

@@ -5,6 +5,16 @@ duplicates, so a batch with both teaches the model to push apart what belongs to
 draws patients by their remaining pairs (a Fenwick tree over the weights, so building an epoch stays
 fast at study scale: 100,000 patients in about a second) and plugs into sentence-transformers'
 trainer as its batch sampler.
+
+Under ``torchrun`` (``world_size`` > 1) the sampler builds *global* batches of ``world_size`` x the
+per-rank batch with the same rule (one patient per global batch, same seed on every rank), cuts each
+into ``world_size`` equal contiguous slices and yields them in dealing order: global batch 0's slice
+for rank 0, its slice for rank 1, ..., then global batch 1. Accelerate's ``BatchSamplerShard``
+(which the trainer wraps around any batch sampler in a distributed run) hands position ``k`` to
+rank ``k % world_size``, so rank ``r`` trains on slice ``r`` of every global batch. Slices are equal
+because the cached loss gathers the ranks' embeddings into one global batch (all-gather needs equal
+shapes, and every rank must run as many GradCache mini-batches); the pairs of a global batch beyond
+a multiple of ``world_size`` are left out of that epoch and counted as dropped.
 """
 from __future__ import annotations
 
@@ -109,6 +119,29 @@ def _patient_batches(groups: Sequence[str], batch_size: int, max_per_group: int,
     return kept, dropped
 
 
+def _sharded_batches(groups: Sequence[str], batch_size: int, max_per_group: int, seed: int, min_batch: int,
+                     world_size: int) -> tuple[list[list[int]], int]:
+    """Per-rank batches in dealing order: slice ``r`` of global batch ``k`` is at ``k * world_size + r``.
+
+    The global batch (``batch_size`` x ``world_size`` pairs, at most ``max_per_group`` per patient) is
+    what the gathered loss sees, so the patient rule holds across ranks. With ``world_size`` 1 this
+    is :func:`_patient_batches` unchanged (same seed, same batches as before sharding existed).
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if world_size == 1:
+        return _patient_batches(groups, batch_size, max_per_group, seed, min_batch)
+    # a global batch is kept when each rank's slice would be kept on its own (and is never empty)
+    global_batches, dropped = _patient_batches(groups, batch_size * world_size, max_per_group, seed,
+                                               max(1, min_batch) * world_size)
+    dealt: list[list[int]] = []
+    for batch in global_batches:
+        size = len(batch) // world_size
+        dropped += len(batch) - size * world_size
+        dealt.extend(batch[r * size:(r + 1) * size] for r in range(world_size))
+    return dealt, dropped
+
+
 _SAMPLER_CLASS: Any = None
 
 
@@ -122,7 +155,7 @@ def _sampler_class() -> Any:
             """At most ``max_per_group`` rows of one patient per batch (see :func:`_patient_batches`)."""
 
             def __init__(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0,
-                         *, groups=(), max_per_group=1, min_batch=None):
+                         *, groups=(), max_per_group=1, min_batch=None, world_size=1):
                 super().__init__(dataset, batch_size=batch_size, drop_last=drop_last,
                                  valid_label_columns=valid_label_columns, generator=generator, seed=seed)
                 if len(dataset) != len(groups):
@@ -130,11 +163,24 @@ def _sampler_class() -> Any:
                 self.groups = list(groups)
                 self.max_per_group = max_per_group
                 self.min_batch = min_batch if min_batch is not None else max(2, batch_size // 4)
+                self.rank_batch_size = batch_size
+                self.world_size = world_size
                 self.dropped = 0
+                if world_size > 1:
+                    # BatchSamplerShard yields a round of world_size batches only when the round's
+                    # last batch is exactly ``batch_size`` long, unless batch_size is None ("batches
+                    # of dynamic length"); the patient rule shrinks the batches at an epoch's end
+                    self.batch_size = None
+
+            @property
+            def steps(self) -> int:
+                """Batches per rank in an epoch: what one optimizer step per batch makes of it."""
+                return len(self) // self.world_size
 
             def _batches(self) -> list[list[int]]:
-                batches, self.dropped = _patient_batches(self.groups, self.batch_size, self.max_per_group,
-                                                         (self.seed or 0) + self.epoch, self.min_batch)
+                batches, self.dropped = _sharded_batches(self.groups, self.rank_batch_size, self.max_per_group,
+                                                         (self.seed or 0) + self.epoch, self.min_batch,
+                                                         self.world_size)
                 return batches
 
             def __iter__(self) -> Iterator[list[int]]:
@@ -148,20 +194,42 @@ def _sampler_class() -> Any:
 
 
 def _build_patient_sampler(dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0, *,
-                           groups=(), max_per_group=1, min_batch=None):  # noqa: ANN001
+                           groups=(), max_per_group=1, min_batch=None, world_size=1):  # noqa: ANN001
     return _sampler_class()(dataset, batch_size, drop_last, valid_label_columns, generator, seed,
-                            groups=groups, max_per_group=max_per_group, min_batch=min_batch)
+                            groups=groups, max_per_group=max_per_group, min_batch=min_batch, world_size=world_size)
 
 
-def make_patient_sampler(groups: Sequence[str], max_per_group: int = 1, min_batch: int | None = None) -> Any:
+def find_patient_sampler(loader: Any, depth: int = 6) -> Any:
+    """The patient sampler inside a (prepared, possibly batch-skipping) data loader, or None.
+
+    Why: on a resume in a distributed run the trainer's loader is DataLoaderShard ->
+    SkipBatchSampler -> BatchSamplerShard -> this sampler, and neither the trainer nor accelerate's
+    ``set_epoch`` reaches three levels down, so the resumed epoch would replay epoch 0's batches.
+    ``finetune.train`` sets the epoch through this at each epoch's start instead.
+    """
+    cls = _SAMPLER_CLASS
+    for _ in range(depth):
+        if loader is None or (cls is not None and isinstance(loader, cls)):
+            return loader
+        inner = getattr(loader, "batch_sampler", None)  # not `or`: truth would call len(), i.e. build an epoch
+        loader = inner if inner is not None else getattr(loader, "sampler", None)
+    return None
+
+
+def make_patient_sampler(groups: Sequence[str], max_per_group: int = 1, min_batch: int | None = None,
+                         world_size: int = 1) -> Any:
     """A ``batch_sampler`` for SentenceTransformerTrainingArguments: one pair per patient per batch.
 
     ``groups[i]`` is the patient of training row i. The trainer calls the returned function with
     (dataset, batch_size, drop_last, valid_label_columns, generator, seed) - the signature its
-    ``BatchSamplers`` documentation accepts. It is a ``functools.partial`` of a module-level
+    ``BatchSamplers`` documentation accepts; ``batch_size`` is per rank. With ``world_size`` > 1 the
+    sampler yields every rank's batches in dealing order (see :func:`_sharded_batches`) and relies
+    on the trainer's accelerate shard to deal them. It is a ``functools.partial`` of a module-level
     function because the trainer pickles its arguments with every checkpoint.
     """
     import functools
 
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
     return functools.partial(_build_patient_sampler, groups=tuple(groups), max_per_group=max_per_group,
-                             min_batch=min_batch)
+                             min_batch=min_batch, world_size=world_size)
