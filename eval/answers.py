@@ -1,7 +1,7 @@
 """Answer quality without an LLM judge: does the answer keep the facts its retrieved passages hold?
 
     python -m eval.answers [--sets qa-test,synthea-facts,handchecked] [--paths passages,evidence,quoted,smollm2]
-                           [--limit 40] [--unanswerable 20] [--out var/eval/answers]
+                           [--limit 40] [--unanswerable 15] [--out var/eval/answers]
 
 For every question with a reference answer the app's own path runs (``rag.answer.AnswerPipeline``:
 patient-scoped hybrid retrieval, evidence sentences, checked generation) and is scored against the

@@ -6,8 +6,9 @@ asterisks everything it does not know to be safe. Scoring reads only spans and o
 are measured by one rule.
 
 Philter's part-of-speech step calls NLTK's tagger, whose model is a download; here spaCy's English
-tagger (same Penn Treebank tag set) tags the same word list instead. philter-lite is not a product
-dependency: install it next to the project to run the comparison (``pip install philter-lite==0.6.0``).
+tagger (same Penn Treebank tag set) tags the same word list instead. philter-lite is installed with
+the project because our allow-list layer reads its word lists (``finetune.phi_vocabulary``); its
+detector runs only here, for the comparison.
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ class PhilterLite:
     def __init__(self, key: bytes = b"", batch_size: int = 32) -> None:
         if importlib.util.find_spec("philter_lite") is None:
             raise DetectorUnavailable("philter-lite is not installed: pip install philter-lite==0.6.0 "
-                                      "(comparison only, not a product dependency)")
+                                      "(comparison only)")
         import philter_lite
         import spacy
         from philter_lite import philter

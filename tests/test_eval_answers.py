@@ -1,0 +1,64 @@
+"""eval.answers: key facts, unanswerable questions, the abstention-rule choice, and a real run end to end."""
+from __future__ import annotations
+
+import json
+
+from eval.answers import Question, Result, choose_threshold, key_facts, main, recall, unanswerable
+
+
+def test_key_facts_are_the_references_words_the_question_does_not_hold():
+    facts = key_facts("Metformin 500 mg twice daily since 2019.", "Which dose of metformin does she take?")
+    assert "500" in facts and "2019" in facts and not any(f.startswith("metfor") for f in facts)
+    assert recall(facts, "She takes 500 mg of it, started in 2019, twice daily.") == 1.0
+    assert recall(set(), "anything") is None
+
+
+def _q(qid: str, patient: str, reference: str, answerable: bool = True, asked: str = "") -> Question:
+    return Question(qid, "s", "c", patient, f"question {qid}?", reference, "en", answerable, asked)
+
+
+def test_unanswerable_questions_are_asked_where_the_facts_are_missing():
+    texts = {"c": {"p1": "vancomycin trough 15 on day 3", "p2": "insulin glargine 20 units at night",
+                   "p3": "vancomycin trough 15 and creatinine 1.2", "p4": "ceftriaxone 2 g daily"}}
+    questions = [_q("a", "p1", "vancomycin trough 15"), _q("b", "p2", "insulin glargine 20 units")]
+    out = unanswerable(questions, texts, count=10, seed=0, rounds=3)
+    assert out and all(not q.answerable and q.asked_patient != q.patient_id for q in out)
+    for q in out:  # the scope it is asked in lacks (nearly) all of its facts
+        assert recall(key_facts(q.reference, q.question), texts["c"][q.asked_patient]) <= 0.2
+    assert all(q.asked_patient != "p3" for q in out if q.patient_id == "p1")  # p3 holds a's facts
+    assert len({(q.qid) for q in out}) == len(out)  # one question per (question, other patient)
+    assert max(sum(q.patient_id == p for q in out) for p in ("p1", "p2")) >= 2  # several rounds
+    assert len(unanswerable(questions, texts, count=1, seed=0)) == 1
+
+
+def _result(answerable: bool, strength: float, similarity: float) -> Result:
+    q = _q(f"{strength}-{similarity}", "p1", "x", answerable)
+    return Result(q, "evidence", 1, 1.0, 1.0, 1.0, False, "evidence", strength=strength, similarity=similarity)
+
+
+def test_the_pair_rule_is_chosen_within_the_answerable_budget():
+    # answerable: strong coverage or strong similarity; unanswerable: weak on both
+    results = [_result(True, 0.6, 0.80), _result(True, 0.2, 0.90), _result(True, 0.5, 0.86), _result(True, 0.7, 0.9),
+               _result(True, 0.1, 0.79), _result(False, 0.25, 0.80), _result(False, 0.3, 0.82),
+               _result(False, 0.15, 0.83)]
+    choice = choose_threshold(results, max_abstain_answerable=0.2)
+    assert choice["answerable"] == 5 and choice["unanswerable"] == 3
+    assert choice["abstain_answerable"] <= 0.2 and choice["pair"]["abstain_answerable"] <= 0.2
+    assert choice["pair"]["abstain_unanswerable"] >= choice["abstain_unanswerable"]
+    assert choice["pair"]["abstain_unanswerable"] == 1.0  # coverage alone cannot separate 0.2 from 0.25/0.3
+
+
+def test_a_real_run_writes_the_table_the_plot_and_every_question(tmp_path, tiny_model_dir):
+    out = tmp_path / "answers"
+    code = main(["--sets", "synthea-facts", "--paths", "passages,evidence,quoted", "--limit", "4",
+                 "--unanswerable", "2", "--embedder", str(tiny_model_dir), "--out", str(out)])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    paths = {row["path"] for row in results["rows"]}
+    assert paths == {"passages", "evidence", "quoted"}
+    for row in results["rows"]:
+        assert row["questions"] == 4 and 0 <= (row["recall"] or 0) <= (row["ceiling"] or 0) + 1e-9
+    rows = [json.loads(line) for line in (out / "per_question.jsonl").read_text().splitlines()]
+    assert len(rows) % 3 == 0 and 3 * 4 < len(rows) <= 3 * (4 + 2)  # every path answered every question
+    assert any(not r["answerable"] for r in rows)
+    assert (out / "answers.png").stat().st_size > 0 and "recall / ceiling" in (out / "results.md").read_text()
