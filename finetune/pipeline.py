@@ -19,6 +19,9 @@ The evaluation of the result is a further stage of the same run, in the layer th
 ``python -m eval.pipeline --preset cpu-demo`` runs these stages and then ``evaluate``
 (``eval.ir`` on the test split and on sets our generator did not make).
 
+``--engine ray`` runs pseudonymize and synthesize as Ray tasks over patient partitions with the
+same outputs (``finetune.engine``, docs/scale.md); the other stages run here either way.
+
 A stage is skipped when its manifest says it completed with the same parameters and inputs (a
 hash chained through the earlier stages) and its outputs exist; change the preset and exactly the
 affected stages rerun. Interrupted stages restart (pseudonymization keeps finished documents, so
@@ -47,6 +50,7 @@ from typing import Any
 
 from finetune import synthesize
 from finetune.dev_sets import ChunkedSet, DevSet
+from finetune.engine import Engine, EngineError, LocalEngine, add_engine_arguments, engine_from_args
 from finetune.negatives import mine_negatives
 from finetune.pairs import (
     chunk_corpus,
@@ -60,6 +64,7 @@ from finetune.pairs import (
 from finetune.presets import PRESETS, Preset, get_preset
 from finetune.pseudonymize import load_key, pseudonymize_file
 from finetune.qa_schema import read_qa
+from finetune.ray_stages import synthesize_partitioned
 from finetune.split import (
     load_assignment,
     split_by_patient,
@@ -134,12 +139,13 @@ class Run:
     """The folders and shared state of one pipeline run."""
 
     def __init__(self, preset: Preset, settings: Settings, root: Path, key_file: Path | None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, engine: Engine | None = None) -> None:
         self.preset = preset
         self.settings = settings
         self.root = root
         self.key_file = key_file
         self.progress = progress
+        self.engine = engine or LocalEngine()
         self.keys: dict[str, str] = {}
         self.timings: dict[str, dict[str, Any]] = {}
 
@@ -182,7 +188,7 @@ def _pseudonymize(run: Run) -> tuple[list[Path], dict]:
         dst = out_dir / f"{corpus_slug(name)}.jsonl"
         if key is not None:
             manifest = pseudonymize_file(src, dst, key, workers=run.preset.pseudonymize_workers,
-                                         progress=run.progress)
+                                         progress=run.progress, engine=run.engine)
             info[name] = {"documents": len(corpus), "counts": manifest.get("counts"),
                           "manifest": str(dst.parent / Path(manifest.get("manifest_name", "")).name)
                           if manifest.get("manifest_name") else None}
@@ -190,7 +196,7 @@ def _pseudonymize(run: Run) -> tuple[list[Path], dict]:
             shutil.copyfile(src, dst)
             info[name] = {"documents": len(corpus), "pseudonymized": False}
         outputs.append(dst)
-    return outputs, {"corpora": info}
+    return outputs, {"corpora": info, "engine": run.engine.name}
 
 
 def _synthesize(run: Run) -> tuple[list[Path], dict]:
@@ -214,8 +220,11 @@ def _synthesize(run: Run) -> tuple[list[Path], dict]:
     kwargs: dict[str, Any] = {"per_doc": preset.synthesize_per_doc}
     if preset.generator_gguf:
         kwargs["generator"] = preset.generator_gguf
-    manifest = synthesize.synthesize_file(docs, out, **kwargs)
-    return [out], {"source": "generated", "synthesize_manifest": manifest}
+    if run.engine.distributed:  # generation in patient partitions, the filter pass here (same qa.jsonl)
+        manifest = synthesize_partitioned(run.engine, docs, out, progress=run.progress, **kwargs)
+    else:
+        manifest = synthesize.synthesize_file(docs, out, **kwargs)
+    return [out], {"source": "generated", "synthesize_manifest": manifest, "engine": run.engine.name}
 
 
 def _split(run: Run) -> tuple[list[Path], dict]:
@@ -393,15 +402,16 @@ BUILD_STAGES: dict[str, Stage] = {s.name: s for s in (
 def run_pipeline(preset: Preset, settings: Settings | None = None, *, root: Path | None = None,
                  key_file: Path | None = None, stages: Sequence[str] | None = None, force: Sequence[str] = (),
                  progress: bool = True, registry: Mapping[str, Stage] = BUILD_STAGES,
-                 command: str = "finetune.pipeline") -> dict[str, Any]:
+                 command: str = "finetune.pipeline", engine: Engine | None = None) -> dict[str, Any]:
     """Run (or resume) the stages of ``registry`` in order; returns the run manifest (also written to ``root``).
 
     ``eval.pipeline`` passes the build stages plus its own ``evaluate``: one run folder, one chain of
-    stage keys, whichever layer a stage lives in."""
+    stage keys, whichever layer a stage lives in. ``engine`` (default local) runs pseudonymize and
+    synthesize; it is not part of the stage keys, because it does not change what a stage writes."""
     settings = settings or load_settings()
     root = Path(root) if root else Path(settings.home) / "pipeline" / preset.name
     key_file = Path(key_file) if key_file else (settings.privacy_key_file or None)
-    run = Run(preset, settings, root, key_file, progress)
+    run = Run(preset, settings, root, key_file, progress, engine)
     order = list(registry)
     stages = order if stages is None else list(stages)
     unknown = set(stages) - set(order)
@@ -447,13 +457,16 @@ def add_run_arguments(parser: argparse.ArgumentParser, stages: Sequence[str]) ->
     parser.add_argument("--stages", default=",".join(stages), help="comma-separated subset (earlier ones must be complete)")
     parser.add_argument("--force", default="", help="comma-separated stages to rerun even when complete")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_engine_arguments(parser)
 
 
 def run_from_arguments(args: argparse.Namespace, registry: Mapping[str, Stage], command: str) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    return run_pipeline(get_preset(args.preset), root=args.run_dir, key_file=args.key_file,
-                        stages=[s for s in args.stages.split(",") if s], force=[s for s in args.force.split(",") if s],
-                        progress=not args.quiet, registry=registry, command=command)
+    with engine_from_args(args) as engine:
+        return run_pipeline(get_preset(args.preset), root=args.run_dir, key_file=args.key_file,
+                            stages=[s for s in args.stages.split(",") if s],
+                            force=[s for s in args.force.split(",") if s], progress=not args.quiet,
+                            registry=registry, command=command, engine=engine)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -462,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(list(argv) if argv is not None else None)
     try:
         manifest = run_from_arguments(args, BUILD_STAGES, "finetune.pipeline")
-    except (PipelineError, ValueError, FileNotFoundError) as exc:
+    except (PipelineError, EngineError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     preset = get_preset(args.preset)

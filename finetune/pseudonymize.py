@@ -1,6 +1,7 @@
 """Pseudonymize clinical documents (English and German): detect PHI, replace it with consistent surrogates.
 
     python -m finetune.pseudonymize --in documents.jsonl --out pseudo.jsonl --key-file KEY [--workers 2]
+    python -m finetune.pseudonymize --in documents.jsonl --out pseudo.jsonl --key-file KEY --engine ray
 
 Input and output follow the documents contract (docs/design.md §3). Each document's PHI is found by
 ``phi_detector.PhiDetector`` (Presidio + our rules + spaCy NER for English) and replaced by
@@ -25,6 +26,7 @@ import json
 import logging
 import multiprocessing as mp
 import platform
+import shutil
 import sys
 import time
 from collections import Counter
@@ -35,6 +37,20 @@ from typing import TYPE_CHECKING, Any
 
 import rag  # noqa: F401  (offline environment first)
 from finetune.date_formats import parse_iso_or_any
+from finetune.engine import (
+    Engine,
+    EngineError,
+    Part,
+    PartReader,
+    add_engine_arguments,
+    digest,
+    engine_from_args,
+    group_of,
+    parts_dir,
+    plan_parts,
+    private_scratch,
+    run_parts,
+)
 from finetune.phi_detector import DEFAULT_NER_MODELS, PhiDetector
 from finetune.phi_types import PhiType
 from finetune.surrogates import Surrogates
@@ -42,7 +58,7 @@ from rag.config import load_settings
 from rag.corpus import CorpusError, Document, Problem, read_jsonl_objects
 from rag.jsonl_log import read_rows, repair_tail
 from rag.language import detect_language
-from rag.manifest import sha256_file, write_json
+from rag.manifest import atomic_write_text, sha256_file, write_json
 
 if TYPE_CHECKING:  # presidio (and spaCy, torch) load only where detection runs
     from finetune.phi_text import PhiSpan
@@ -317,11 +333,10 @@ def _versions(model_versions: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def pseudonymize_file(in_path: str | Path, out_path: str | Path, key: bytes, *, workers: int = 1,
-                      language: str | None = None, progress: bool = True, batch_size: int = 32,
-                      ner_models: dict[str, str | None] | None = None) -> dict[str, Any]:
-    """Pseudonymize a documents.jsonl file; resumable; returns (and writes) the manifest."""
-    in_path, out_path = Path(in_path), Path(out_path)
+def _open_run(in_path: Path, out_path: Path, key: bytes,
+              language: str | None) -> tuple[list[Document], int, dict[str, Any], set[str]]:
+    """Checks shared by both engines: the documents, the earlier manifest (refusing another key) and
+    the ids already in the output."""
     if language not in (None, "en", "de"):
         raise ValueError(f"language must be 'en', 'de' or None (detect per document), got {language!r}")
     if in_path.resolve() == out_path.resolve():
@@ -338,12 +353,55 @@ def pseudonymize_file(in_path: str | Path, out_path: str | Path, key: bytes, *, 
             raise KeyFileError(f"{out_path} was written with a different key (fingerprint "
                                f"{previous.get('key_fingerprint')}); resume with that key or write elsewhere")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    done = _done_ids(out_path)
-    todo = [d for d in docs if d.doc_id not in done]
-    skipped = len(docs) - len(todo)
     if missing_patient:
         log.warning("%d document(s) have no patient id: their surrogates are consistent per document only",
                     missing_patient)
+    return docs, missing_patient, previous, _done_ids(out_path)
+
+
+def _file_manifest(in_path: Path, out_path: Path, key: bytes, *, docs: Sequence[Document], todo: Sequence[Document],
+                   done: set[str], missing_patient: int, previous: dict[str, Any], parameters: dict[str, Any],
+                   counts: Counter[str], languages: Counter[str], placeholders: int, elapsed: float,
+                   model_versions: dict[str, str]) -> dict[str, Any]:
+    """The output's manifest, the same for both engines (the partitioned one adds ``engine``)."""
+    total_counts = Counter(previous.get("phi_counts_total", {})) + counts
+    return {
+        "stage": "finetune.pseudonymize",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "input": {"path": str(in_path), "sha256": sha256_file(in_path), "documents": len(docs)},
+        "output": {"path": str(out_path), "documents": len(done) + len(todo)},
+        "parameters": {**parameters, "date_offset": "per patient, whole weeks in [-52, 51] \\ {0}",
+                       "surrogates": "HMAC-SHA256(key, patient, kind, value) -> Faker en_US/de_DE lists"},
+        "key_fingerprint": key_fingerprint(key),
+        "documents_done_this_run": len(todo),
+        "documents_skipped_already_done": len(docs) - len(todo),
+        "documents_without_patient_id": missing_patient,
+        "documents_empty_text": sum(1 for d in todo if not d.text.strip()),
+        "languages_this_run": dict(languages),
+        "phi_counts_this_run": {t.value: counts.get(t.value, 0) for t in PhiType if counts.get(t.value)},
+        "phi_counts_total": dict(total_counts),
+        "counts": dict(total_counts),  # short alias read by finetune.pipeline
+        "manifest_name": manifest_path(out_path).name,
+        "placeholders_this_run": placeholders,
+        "timing": {"seconds": round(elapsed, 2),
+                   "documents_per_second": round(len(todo) / elapsed, 2) if elapsed > 0 and todo else None},
+        "versions": _versions(model_versions),
+    }
+
+
+def pseudonymize_file(in_path: str | Path, out_path: str | Path, key: bytes, *, workers: int = 1,
+                      language: str | None = None, progress: bool = True, batch_size: int = 32,
+                      ner_models: dict[str, str | None] | None = None, engine: Engine | None = None) -> dict[str, Any]:
+    """Pseudonymize a documents.jsonl file; resumable; returns (and writes) the manifest.
+
+    A distributed ``engine`` (``finetune.engine.RayEngine``) runs :func:`pseudonymize_partitioned`
+    instead of ``workers`` local processes; the output is the same file."""
+    in_path, out_path = Path(in_path), Path(out_path)
+    if engine is not None and engine.distributed:
+        return pseudonymize_partitioned(in_path, out_path, key, engine, language=language, progress=progress,
+                                        batch_size=batch_size, ner_models=ner_models)
+    docs, missing_patient, previous, done = _open_run(in_path, out_path, key, language)
+    todo = [d for d in docs if d.doc_id not in done]
     counts: Counter[str] = Counter()
     languages: Counter[str] = Counter()
     placeholders = 0
@@ -358,11 +416,11 @@ def pseudonymize_file(in_path: str | Path, out_path: str | Path, key: bytes, *, 
         if not todo:
             results, pool = iter(()), None
         elif workers <= 1:
-            engine = Pseudonymizer(key, ner_models=ner_models, batch_size=batch_size)
-            engine._warned_no_patient = bool(missing_patient)  # the file-level warning above said it
-            model_versions = engine.model_versions
+            single = Pseudonymizer(key, ner_models=ner_models, batch_size=batch_size)
+            single._warned_no_patient = bool(missing_patient)  # the file-level warning above said it
+            model_versions = single.model_versions
             results: Iterator[list[tuple[str, dict[str, int], int, str]]] = (
-                [_serialize(r) for r in engine.pseudonymize_many(batch, lang)]
+                [_serialize(r) for r in single.pseudonymize_many(batch, lang)]
                 for batch, lang in _batches(todo, batch_size, language))
             pool = None
         else:
@@ -387,31 +445,97 @@ def pseudonymize_file(in_path: str | Path, out_path: str | Path, key: bytes, *, 
             if bar is not None:
                 bar.close()
     elapsed = time.perf_counter() - started
-    total_counts = Counter(previous.get("phi_counts_total", {})) + counts
-    manifest = {
-        "stage": "finetune.pseudonymize",
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "input": {"path": str(in_path), "sha256": sha256_file(in_path), "documents": len(docs)},
-        "output": {"path": str(out_path), "documents": len(done) + len(todo)},
-        "parameters": {"workers": workers, "language": language or "per document (given or detected)",
-                       "batch_size": batch_size, "date_offset": "per patient, whole weeks in [-52, 51] \\ {0}",
-                       "surrogates": "HMAC-SHA256(key, patient, kind, value) -> Faker en_US/de_DE lists"},
-        "key_fingerprint": fingerprint,
-        "documents_done_this_run": len(todo),
-        "documents_skipped_already_done": skipped,
-        "documents_without_patient_id": missing_patient,
-        "documents_empty_text": sum(1 for d in todo if not d.text.strip()),
-        "languages_this_run": dict(languages),
-        "phi_counts_this_run": {t.value: counts.get(t.value, 0) for t in PhiType if counts.get(t.value)},
-        "phi_counts_total": dict(total_counts),
-        "counts": dict(total_counts),  # short alias read by finetune.pipeline
-        "manifest_name": mpath.name,
-        "placeholders_this_run": placeholders,
-        "timing": {"seconds": round(elapsed, 2),
-                   "documents_per_second": round(len(todo) / elapsed, 2) if elapsed > 0 and todo else None},
-        "versions": _versions(model_versions),
-    }
-    write_json(manifest, mpath)
+    manifest = _file_manifest(
+        in_path, out_path, key, docs=docs, todo=todo, done=done, missing_patient=missing_patient, previous=previous,
+        parameters={"workers": workers, "language": language or "per document (given or detected)",
+                    "batch_size": batch_size},
+        counts=counts, languages=languages, placeholders=placeholders, elapsed=elapsed, model_versions=model_versions)
+    write_json(manifest, manifest_path(out_path))
+    return manifest
+
+
+def pseudonymize_part(documents: list[dict[str, Any]], key: bytes, scratch: str, language: str | None,
+                      batch_size: int, ner_models: dict[str, str | None] | None) -> dict[str, Any]:
+    """Worker task of :func:`pseudonymize_partitioned`: one partition through :func:`pseudonymize_file`.
+
+    The partition's input holds PHI, so its work folder is private to the user on the worker's own
+    disk (:func:`finetune.engine.private_scratch`), never next to the output; it keeps the progress,
+    so a worker killed half-way resumes the partition on that node, and is removed once the lines
+    travel back to the driver."""
+    work = private_scratch(scratch)
+    src, out = work / "in.jsonl", work / "out.jsonl"
+    atomic_write_text(src, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in documents))
+    manifest = pseudonymize_file(src, out, key, workers=1, language=language, progress=False, batch_size=batch_size,
+                                 ner_models=ner_models)
+    lines = out.read_text(encoding="utf-8")
+    shutil.rmtree(work, ignore_errors=True)
+    return {"lines": lines, "manifest": manifest}
+
+
+def pseudonymize_partitioned(in_path: str | Path, out_path: str | Path, key: bytes, engine: Engine, *,
+                             language: str | None = None, progress: bool = True, batch_size: int = 32,
+                             ner_models: dict[str, str | None] | None = None) -> dict[str, Any]:
+    """:func:`pseudonymize_file` as one task per patient partition on ``engine``; the same output file.
+
+    Surrogates are a keyed HMAC of (patient, kind, value) and detection looks at one document at a
+    time, so where a document is processed does not change its output; the parts
+    (``<out dir>/parts/<stem>/part-NNNNN.jsonl``) are appended to ``out_path`` in input order, which
+    makes the file byte-identical to a single-process run. Resumable twice over: documents already in
+    ``out_path`` are not sent again, finished partitions (``.done``) are not run again. Raises
+    :class:`finetune.engine.EngineError` when partitions failed (the finished ones are kept)."""
+    in_path, out_path = Path(in_path), Path(out_path)
+    docs, missing_patient, previous, done = _open_run(in_path, out_path, key, language)
+    todo = [d for d in docs if d.doc_id not in done]
+    started = time.perf_counter()
+    rows = {d.doc_id: d.to_json() for d in todo}
+    folder = parts_dir(out_path)
+    parts = plan_parts(((d.doc_id, group_of(d.patient_id, d.doc_id),
+                         digest(json.dumps(d.to_json(), sort_keys=True, ensure_ascii=False))) for d in docs),
+                       engine.partitions, folder)
+    params = {"stage": "pseudonymize", "key": key_fingerprint(key), "language": language, "batch_size": batch_size,
+              "ner_models": ner_models}
+
+    def store(part: Part, result: dict[str, Any]) -> list[str]:
+        atomic_write_text(part.path(".jsonl"), result["lines"])
+        write_json(result["manifest"], part.path(MANIFEST_SUFFIX))
+        return [str(json.loads(line)["doc_id"]) for line in result["lines"].splitlines() if line.strip()]
+
+    report = run_parts(engine, parts, target="finetune.pseudonymize:pseudonymize_part", params=params,
+                       call=lambda part, ids: {"documents": [rows[i] for i in ids], "key": key,
+                                               "scratch": f"pseudonymize-{part.fingerprint(params)}",
+                                               "language": language,
+                                               "batch_size": batch_size, "ner_models": ner_models},
+                       store=store, pending=rows, progress=progress, label="pseudonymize")
+    part_of = {doc_id: part for part in parts for doc_id in part.item_ids}
+    readers: dict[int, PartReader] = {}
+    languages: Counter[str] = Counter()
+    with out_path.open("a", encoding="utf-8", newline="\n") as out:
+        for doc in todo:
+            part = part_of[doc.doc_id]
+            reader = readers.setdefault(part.index, PartReader(part.path(".jsonl")))
+            line = reader.take(doc.doc_id)
+            out.write(line)
+            languages[str(json.loads(line).get("language"))] += 1
+    counts: Counter[str] = Counter()
+    placeholders = 0
+    versions: dict[str, str] | None = None
+    for part in parts:
+        if part.index not in readers:  # none of its documents were written this run
+            continue
+        part_manifest = json.loads(part.path(MANIFEST_SUFFIX).read_text(encoding="utf-8"))
+        counts.update(part_manifest.get("phi_counts_total", {}))
+        placeholders += int(part_manifest.get("placeholders_this_run", 0))
+        versions = versions or part_manifest.get("versions")
+    manifest = _file_manifest(
+        in_path, out_path, key, docs=docs, todo=todo, done=done, missing_patient=missing_patient, previous=previous,
+        parameters={"workers": f"{engine.name}: one task per partition", "partitions": engine.partitions,
+                    "language": language or "per document (given or detected)", "batch_size": batch_size},
+        counts=counts, languages=languages, placeholders=placeholders, elapsed=time.perf_counter() - started,
+        model_versions={})
+    if versions:
+        manifest["versions"] = versions
+    manifest["engine"] = {**engine.describe(), **report.to_json(), "parts_dir": str(folder)}
+    write_json(manifest, manifest_path(out_path))
     return manifest
 
 
@@ -427,14 +551,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ner-model-de", default=None,
                         help="a German spaCy NER model (package or folder) where one is available")
     parser.add_argument("--no-progress", action="store_true")
+    add_engine_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         key = load_key(args.key_file)
-        report = pseudonymize_file(args.inp, args.out, key, workers=args.workers, language=args.language,
-                                   progress=not args.no_progress, batch_size=args.batch_size,
-                                   ner_models={"de": args.ner_model_de} if args.ner_model_de else None)
-    except (KeyFileError, CorpusError, ValueError, FileNotFoundError) as exc:
+        with engine_from_args(args) as engine:
+            report = pseudonymize_file(args.inp, args.out, key, workers=args.workers, language=args.language,
+                                       progress=not args.no_progress, batch_size=args.batch_size,
+                                       ner_models={"de": args.ner_model_de} if args.ner_model_de else None,
+                                       engine=engine)
+    except (KeyFileError, CorpusError, EngineError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"documents: {report['documents_done_this_run']} done, "

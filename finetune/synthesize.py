@@ -4,6 +4,7 @@
     python -m finetune.synthesize --in physionet_deid_dev --in grascco_phi --limit 15 \\
         --generator qwen2.5-coder-0.5b --out var/qa/accept/qa.jsonl
     python -m finetune.synthesize --in docs.jsonl --out qa.jsonl --endpoint http://gpu:8000/v1 --model clinical-llm
+    python -m finetune.synthesize --in pseudo.jsonl --out qa.jsonl --engine ray   (finetune.ray_stages)
 
 How one document is turned into pairs, and why:
 
@@ -45,18 +46,20 @@ thread by default, one slot per request in flight); one or several ``--endpoint`
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finetune.engine import EngineError, add_engine_arguments, engine_from_args
 from finetune.filters import (
     BM25Reference,
     DenseReference,
@@ -434,6 +437,7 @@ def synthesize_file(
     interleave_patients: bool = False,
     request_extra: dict[str, Any] | None = None,
     strict_answers: bool = False,
+    generator_pool: EndpointPool | None = None,
 ) -> dict[str, Any]:
     """Generate, filter and append QA pairs for every document of ``in_path`` not done yet.
 
@@ -451,6 +455,8 @@ def synthesize_file(
     ``{"presence_penalty": 0.5}``, or vLLM's ``chat_template_kwargs``).
     ``strict_answers``: drop pairs whose answer is not supported by the evidence quote itself (the
     default only requires support by the note and records ``answer_in_evidence``).
+    ``generator_pool``: an open generator used instead of ``endpoints`` or the embedded server
+    (``finetune.ray_stages`` passes one that records the replies in a worker, or replays them).
     Returns the manifest (also written to ``manifest.json`` next to ``out_path``).
     """
     settings = settings or load_settings()
@@ -503,7 +509,9 @@ def synthesize_file(
 
     stats = RunStats()
     generator_cm: AbstractContextManager[EndpointPool | None] = nullcontext(None)
-    if todo:
+    if todo and generator_pool is not None:
+        generator_cm = nullcontext(generator_pool)
+    elif todo:
         generator_cm = open_generator(endpoints, settings=settings, model=model, concurrency=concurrency,
                                       generator=None if endpoints else default_generator(generator, settings))
     with generator_cm as pool:
@@ -705,6 +713,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="drop answers not supported by the evidence quote itself (for reference-answer sets)")
     ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default CRAG_LLM_THREADS=1)")
     ap.add_argument("--no-progress", action="store_true")
+    add_engine_arguments(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore", "bm25s"):
@@ -712,15 +721,23 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"llm_threads": args.threads} if args.threads else {}
     settings = load_settings(**overrides)
     try:
-        manifest = synthesize_file(
-            args.inputs, args.out, per_doc=args.per_doc, endpoints=args.endpoint, generator=args.generator,
-            concurrency=args.concurrency, seed=args.seed, limit=args.limit, settings=settings,
-            progress=not args.no_progress, model=args.model, per_call=args.per_call,
-            temperature=args.temperature, window_chars=args.window_chars, roundtrip=args.roundtrip,
-            roundtrip_k=args.roundtrip_k, skip_filters=args.skip_filter, evidence_enum=not args.free_evidence,
-            interleave_patients=args.interleave_patients, request_extra=args.request_extra,
-            strict_answers=args.strict_answers)
-    except (SynthesisError, LLMError, ValueError, FileNotFoundError) as exc:
+        with engine_from_args(args) as engine:
+            run: Callable[..., dict[str, Any]] = synthesize_file
+            if engine.distributed:
+                # python -m runs this file as __main__: ray_stages must use it, not import a second copy
+                sys.modules.setdefault("finetune.synthesize", sys.modules[__name__])
+                from finetune.ray_stages import synthesize_partitioned  # it imports this module: not at the top
+
+                run = functools.partial(synthesize_partitioned, engine)
+            manifest = run(
+                args.inputs, args.out, per_doc=args.per_doc, endpoints=args.endpoint, generator=args.generator,
+                concurrency=args.concurrency, seed=args.seed, limit=args.limit, settings=settings,
+                progress=not args.no_progress, model=args.model, per_call=args.per_call,
+                temperature=args.temperature, window_chars=args.window_chars, roundtrip=args.roundtrip,
+                roundtrip_k=args.roundtrip_k, skip_filters=args.skip_filter, evidence_enum=not args.free_evidence,
+                interleave_patients=args.interleave_patients, request_extra=args.request_extra,
+                strict_answers=args.strict_answers)
+    except (SynthesisError, LLMError, EngineError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     md = _markdown(manifest)

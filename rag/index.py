@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from functools import cached_property
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -339,6 +339,51 @@ class ChunkIndex:
                 bar.update(len(batch))
             bar.close()
 
+        report.chunks_total = self.count()
+        report.seconds = time.perf_counter() - t0
+        self._write_manifest(documents, report)
+        return report
+
+    def sync_with(self, documents: Sequence[Document], embed_chunks: Callable[[list[Chunk]], np.ndarray]) -> SyncReport:
+        """:meth:`sync` with the vectors computed elsewhere: ``embed_chunks`` gets every chunk to (re-)embed
+        at once and returns their vectors in that order.
+
+        The batch entry point for a parallel engine (``finetune.engine`` spreads the chunks over Ray
+        workers): the store is still planned, written batch by batch and described in the manifest here,
+        so an index built either way has the same collection, chunk ids, metadata and manifest."""
+        t0 = time.perf_counter()
+        report = SyncReport(collection=self.name, documents=len(documents))
+        report.patients = len({d.patient_id for d in documents})
+        stored = self._stored_state()
+        wanted = {d.doc_id for d in documents}
+        removed = [doc_id for doc_id in stored if doc_id not in wanted]
+        todo: list[Document] = []
+        for doc in documents:
+            state = stored.get(doc.doc_id)
+            if state is None:
+                report.added_docs += 1
+                todo.append(doc)
+            elif state[0] != doc.content_hash() or state[1] != state[2]:
+                report.updated_docs += 1
+                todo.append(doc)
+            else:
+                report.unchanged_docs += 1
+        report.removed_docs = len(removed)
+        self._delete_docs(removed + [d.doc_id for d in todo if d.doc_id in stored])
+        chunks = [c for doc in todo for c in chunk_document(doc, self.embedder.token_offsets, self.chunking)]
+        n_chunks: dict[str, int] = {}
+        for c in chunks:
+            n_chunks[c.doc_id] = n_chunks.get(c.doc_id, 0) + 1
+        if chunks:
+            te = time.perf_counter()
+            vectors = np.asarray(embed_chunks(chunks), dtype=np.float32)
+            report.embed_seconds = time.perf_counter() - te
+            if vectors.shape[0] != len(chunks):
+                raise ValueError(f"embed_chunks returned {vectors.shape[0]} vectors for {len(chunks)} chunks")
+            for i in range(0, len(chunks), EMBED_BATCH):
+                self.llama_index.insert_nodes(self._nodes(chunks[i: i + EMBED_BATCH], n_chunks,
+                                                          vectors[i: i + EMBED_BATCH]))
+                report.chunks_embedded += len(chunks[i: i + EMBED_BATCH])
         report.chunks_total = self.count()
         report.seconds = time.perf_counter() - t0
         self._write_manifest(documents, report)

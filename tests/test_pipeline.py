@@ -91,6 +91,11 @@ def test_pipeline_runs_end_to_end_and_resumes(tmp_path: Path, settings) -> None:
     assert set(guard["0"]) == {"guard-synthea-conditions", "guard-synthea-conditions:patient"}
     assert trained["interpolation"] == 0.5  # the only choice: kept within the tolerance or as the least loss
     assert trained["dev_map_scoring"].startswith("chunks at the inference length")  # scored as eval.ir scores
+    # the fuse stage chose the hybrid's weights on the dev split and left them with the model
+    fusion = json.loads((settings.home / "models" / "tiny-domain" / "fusion.json").read_text())
+    assert {"cross", "patient"} <= set(fusion) and "-dev" in fusion["source"]
+    hybrid_info = json.loads((root / "evaluate" / "test" / "results.json").read_text())["models"]["hybrid:domain"]
+    assert "weighted reciprocal rank fusion" in hybrid_info["description"] and "-dev" in hybrid_info["description"]
 
     again = run_pipeline(preset, settings, root=root, progress=False, registry=ALL_STAGES)
     assert all(again["timings"][s]["skipped"] for s in STAGES)
