@@ -7,6 +7,7 @@ One Ray for the module (started by the first test that needs it, shut down after
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from finetune.engine import (
     plan_parts,
 )
 from finetune.engine import main as engine_main
+from finetune.pipeline import BUILD_STAGES, run_pipeline
 from finetune.pseudonymize import main as pseudonymize_main
 from finetune.pseudonymize import pseudonymize_file
 from finetune.ray_stages import synthesize_partitioned
@@ -31,6 +33,7 @@ from rag.corpus import Document, write_jsonl
 from rag.index import ChunkIndex, build_index
 from tests.conftest import small_synthea
 from tests.openai_double import OpenAIDouble
+from tests.test_pipeline import tiny_preset, write_inputs
 
 pytest.importorskip("ray")
 
@@ -212,3 +215,25 @@ def test_embed_on_ray_writes_the_same_index(tmp_path: Path, synthea, settings, t
     assert engine_main(["embed", "--corpus", str(path), "--embedder", str(tiny_model_dir), "--engine", "ray",
                         "--partitions", str(PARTITIONS), "--quiet"]) == 0
     assert ray_index.manifest()["last_sync"]["chunks_embedded"] == 0
+
+
+def test_the_pipeline_on_ray_builds_the_same_model_files(tmp_path: Path, settings, key_file: Path,
+                                                         ray_engine) -> None:
+    """``finetune.pipeline --engine ray`` = ``--engine local``, on the pipeline test's tiny preset with
+    pseudonymization on: every build stage's output and the trained model's files are byte-identical."""
+    docs, qa = write_inputs(tmp_path)
+    preset = dataclasses.replace(tiny_preset(tmp_path, docs, qa), pseudonymize=True)
+    models = {}
+    for name, engine in (("local", None), ("ray", ray_engine)):
+        home = settings.replace(home=tmp_path / f"home-{name}")
+        run_pipeline(preset, home, root=tmp_path / f"run-{name}", key_file=key_file, progress=False,
+                     registry=BUILD_STAGES, engine=engine)
+        folder = home.home / "models" / preset.train.name
+        models[name] = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+                        if p.is_file() and p.suffix in (".safetensors", ".json", ".txt") and p.name != "crag_embedder.json"}
+    assert models["local"] and models["local"].keys() == models["ray"].keys()
+    assert [k for k in models["local"] if models["local"][k] != models["ray"][k]] == []
+    for stage in ("pseudonymize", "mine"):
+        local = sorted((tmp_path / "run-local" / stage).glob("*.jsonl"))
+        assert local and [p.read_bytes() for p in local] == \
+            [(tmp_path / "run-ray" / stage / p.name).read_bytes() for p in local], stage

@@ -20,7 +20,7 @@ FINDINGS = ["heparin drip", "insulin sliding scale", "lasix diuresis", "propofol
             "potassium repletion"]
 
 
-def _write_inputs(tmp: Path) -> tuple[Path, Path]:
+def write_inputs(tmp: Path) -> tuple[Path, Path]:
     docs, qa = [], []
     for p in range(10):
         for n in range(3):
@@ -44,11 +44,11 @@ def _write_inputs(tmp: Path) -> tuple[Path, Path]:
     return docs_path, qa_path
 
 
-def test_pipeline_runs_end_to_end_and_resumes(tmp_path: Path, settings) -> None:
-    docs, qa = _write_inputs(tmp_path)
+def tiny_preset(tmp_path: Path, docs: Path, qa: Path):
+    """The cpu-demo recipe shrunk to seconds: a tiny base model, 2 training steps, a 6-query dev set."""
     texts = DEFAULT_CORPUS + [row["text"] for row in read_rows(docs)]
     base = build_tiny_st(tmp_path / "tiny", corpus=texts, dim=32, prompts={"query": "query: ", "passage": "passage: "})
-    preset = dataclasses.replace(
+    return dataclasses.replace(
         CPU_DEMO, name="tiny", qa_corpus=str(docs), pseudonymize=False, qa_files=(str(qa),),
         split_fractions=(0.6, 0.2, 0.2), ict_per_chunk=1, mine=4, keep_negatives=1, dev_queries=6,
         description_corpora={str(tmp_path / "described.jsonl"): 8},
@@ -57,6 +57,11 @@ def test_pipeline_runs_end_to_end_and_resumes(tmp_path: Path, settings) -> None:
                                   interpolate_choices=[0.5]),
         eval_models=("domain", str(base), "bm25", "hybrid:domain"), eval_scope="both", general_sets=(),
         guard_sets=("synthea-conditions",), guard_queries=6, guard_max_docs=30)  # the demo corpus ships
+
+
+def test_pipeline_runs_end_to_end_and_resumes(tmp_path: Path, settings) -> None:
+    docs, qa = write_inputs(tmp_path)
+    preset = tiny_preset(tmp_path, docs, qa)
     root = tmp_path / "run"
     early = run_pipeline(preset, settings, root=root, stages=STAGES[:3], progress=False)  # the build stages alone
     assert list(early["timings"]) == list(STAGES[:3])  # later stages are neither run nor required
