@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 _TOKEN = re.compile(r"[A-Za-zÄÖÜäöüß]+|\d+(?:[.,]\d+)?")
 #: Sentence ends: punctuation before white space, line breaks, and list bullets.
 _BOUNDARY = re.compile(r"(?<=[.!?])\s+(?=\S)|\n\s*(?:[-*•]\s+)?|;\s+")
+_BULLET = re.compile(r"[-*•]\s+$")
 STOP = frozenset("""a an and are as at be been but by can did do does for from had has have he her his how i if in
 is it its me my no not of on or she so that the their them they this to was were what when where which who whom
 why will with would you your patient patients pt pts record note notes any all there about during since
@@ -90,22 +91,31 @@ class EvidenceSet:
 
 def split_sentences(text: str) -> list[tuple[int, int]]:
     """(start, end) of each sentence-like piece of a chunk; very short pieces join the next one,
-    very long ones are cut at commas so a sentence stays something one can read at a glance."""
-    pieces: list[tuple[int, int]] = []
-    cursor = 0
+    very long ones are cut at commas so a sentence stays something one can read at a glance.
+
+    A lead-in that ends with a colon keeps the list items that follow it ("prescribed the following
+    medications:" + "- aspirin 81 mg"): apart, the lead-in matches the question and says nothing,
+    and the items say everything but match nothing."""
+    pieces: list[tuple[int, int, bool]] = []  # (start, end, introduced by a list bullet)
+    cursor, bullet = 0, False
     for m in _BOUNDARY.finditer(text):
-        pieces.append((cursor, m.start()))
-        cursor = m.end()
-    pieces.append((cursor, len(text)))
+        pieces.append((cursor, m.start(), bullet))
+        cursor, bullet = m.end(), bool(_BULLET.search(m.group()))
+    pieces.append((cursor, len(text), bullet))
     out: list[tuple[int, int]] = []
     pending: tuple[int, int] | None = None
-    for start, end in pieces:
+    in_list = False
+    for start, end, is_item in pieces:
         while start < end and text[start].isspace():
             start += 1
         while end > start and text[end - 1].isspace():
             end -= 1
         if end <= start:
             continue
+        if is_item and in_list and pending is None and end - out[-1][0] <= MAX_CHARS:
+            out[-1] = (out[-1][0], end)
+            continue
+        in_list = False
         if pending is not None:
             start = pending[0]
             pending = None
@@ -120,6 +130,7 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
             while start < end and text[start].isspace():
                 start += 1
         out.append((start, end))
+        in_list = text[end - 1] == ":"
     if pending is not None:
         if out and out[-1][1] <= pending[0]:
             out[-1] = (out[-1][0], pending[1])
