@@ -46,6 +46,17 @@ def test_sentences_and_evidence_point_into_the_document():
     assert evidence.strength > 0.3 and best.n == 1
 
 
+def test_a_list_stays_with_its_lead_in():
+    note = ("# Medications\nNo Active Medications.\n\n## Plan\n\nThe patient was prescribed the following "
+            "medications:\n- nitroglycerin 0.4 mg/actuat mucosal spray\n- aspirin 81 mg oral tablet\n\n"
+            "Patient is presenting with fracture of ankle.")
+    pieces = [note[a:b] for a, b in split_sentences(note)]
+    assert pieces[1].endswith("medications:\n- nitroglycerin 0.4 mg/actuat mucosal spray\n- aspirin 81 mg oral tablet")
+    assert pieces[-1] == "Patient is presenting with fracture of ankle."  # the list ends at the next sentence
+    best = EvidenceSelector(k=1).select("Was aspirin prescribed?", [hit(1, note)]).items[0]
+    assert "prescribed the following medications" in best.text and "aspirin 81 mg" in best.text
+
+
 def test_prompts_are_versioned_and_fill():
     evidence = EvidenceSelector(k=2).select("medications?", [hit(1, NOTE_1)])
     for lang in ("en", "de"):
