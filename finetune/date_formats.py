@@ -118,7 +118,7 @@ _SETTINGS = re.compile(r"(?i)(?:\b(?:ps|psv|cpap|bipap|ipap|epap|peep|simv|imv|a
 _VENT_VALUES = {2, 3, 4, 5, 6, 8, 10, 12, 14, 15, 16, 18, 20}
 _VENT_CONTEXT = re.compile(r"(?i)\b(?:psv?|cpap|bipap|ipap|epap|ips|peep|simv|imv|vent\w*|flow-?by|mask|wean\w*|settings?)\b")
 _PAIN_CONTEXT = re.compile(r"(?i)\b(?:pain|cp|c/o|discomfort|ache|scale|rates?|rated)\b")
-_COUNT_AFTER = re.compile(r"(?i)\s*(?:ns\b|strength|tabs?\b|dose|bl\b|bottles?|blood|cx|sets?|pain|%)")
+_COUNT_AFTER = re.compile(r"(?i)\s*(?:ns\b|strength|tabs?\b|dose|bl\b|bottles?|blood|cx|sets?|pain|%|of\b)")
 
 
 def _not_a_date(text: str, match: re.Match[str]) -> bool:
@@ -142,11 +142,15 @@ def _not_a_date(text: str, match: re.Match[str]) -> bool:
         return False
     if month != day and re.search(r"(?i)\b(?:on|thru|through|due|starting|started)\s*$", before):
         return False
+    if _SAMPLE_BEFORE.search(before):
+        return False  # "last cx 5/5", "BC 1/5 pending": when a culture was sent is a date
     return value in _FRACTIONS or (month == day and month <= 5)
 
 
 #: "2/2 CSRU 7P-7A SHIFT SUMMARY": a date at the start of a line, before a unit or a shift header.
 _SHIFT_HEADER = re.compile(r"(?i)\s+(?:[a-z]*icu|ccu|csru|shift|nursing|npn|progress|note|\d{1,2}[ap]\s*-\s*\d{1,2}[ap])")
+_SAMPLE_BEFORE = re.compile(r"(?i)\b(?:last|next|cx|bcx|ucx|scx|bc|uc|cultures?|sent|drawn|dated|early|mid|late)\s*$"
+                            r"|\bs/p\b[^.;\n\d]{0,25}(?:x\d\s*)?$")  # "s/p MI 3/4", "s/p stent x2 4/4"
 _LINE_START = re.compile(r"(?:^|\n)[ \t]*$")
 _AMBIGUOUS_EN = {"may", "march", "mar", "jun", "jan", "dec", "sep", "sept", "aug"}
 #: A lower-case "may 15" is a date after these ("last used in may 15", "since march 3").

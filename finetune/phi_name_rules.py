@@ -21,6 +21,7 @@ from finetune.phi_text import (
     Token,
 )
 from finetune.phi_types import PhiType
+from finetune.phi_vocabulary import load_vocabulary
 
 # --------------------------------------------------------------------------------------------
 # Names
@@ -303,6 +304,33 @@ def initial_names(view: TextView) -> Iterator[PhiSpan]:
             ok = view.name_like(b, any_case=True) and (view.gaz.is_name_word(b.core) or _coordinated_initial_name(view, i))
         if ok and b.low not in TITLE_CHAIN and len(b.core) >= 3 and not view.ordinary(b):
             yield view.span(a, b, PhiType.NAME, "initial", strong=False)
+        elif _initial_in_name_context(view, i):
+            yield view.span(a, b, PhiType.NAME, "initial_context", strong=True)
+
+
+#: Words before an initial + surname that introduce a person ("CVL BY V. MUPNZANA", "reported to
+#: s. kimachu", "per J. Best") and words that cannot be the surname there (sides, sites, germs).
+INITIAL_NAME_BEFORE = {"by", "to", "per", "with", "and", "dr", "called", "paged", "notified", "informed", "spoke"}
+INITIAL_NOT_SURNAME = {"fem", "line", "ac", "wall", "head", "back", "hand", "long", "short", "side", "arm", "leg",
+                       "foot", "upper", "lower", "lat", "med", "ant", "post", "coli", "aureus", "diff", "pylori", "fib",
+                       "flutter", "flut", "tach"}
+
+
+def _initial_in_name_context(view: TextView, i: int) -> bool:
+    """An initial + word after a word that introduces a person, or before a credential ('A. Rock RRT'):
+    the surname need not be known, only not clinical (or a known surname that is also a word, 'Best')."""
+    toks = view.tokens
+    a, b = toks[i], toks[i + 1]
+    before = toks[i - 1].low.rstrip(".:,") if i > 0 and toks[i - 1].line == a.line else ""
+    k = i + 3 if i + 2 < len(toks) and toks[i + 2].text == "," else i + 2  # "Q. White, RRT"
+    after = toks[k].low.strip(".,") if k < len(toks) and toks[k].line == b.line else ""
+    if not (before in INITIAL_NAME_BEFORE or after in CREDENTIALS) or not b.is_word or len(b.core) < 2:
+        return False
+    if b.low in INITIAL_NOT_SURNAME or b.low in TITLE_CHAIN or b.low in STOP_WORDS:
+        return False
+    vocab = load_vocabulary(view.language)
+    unknown = not vocab.is_clinical(b.low) and not vocab.is_frequent(b.low)
+    return unknown or view.gaz.is_name_word(b.core)
 
 
 def _is_initial_name(view: TextView, i: int) -> bool:
@@ -408,6 +436,8 @@ def patient_names(view: TextView) -> Iterator[PhiSpan]:
         j = i + 1
         while j < len(toks) and toks[j].text in {":", ",", "."}:
             j += 1
+        name_is = tok.low == "name" and j < len(toks) and toks[j].low == "is"  # "her name is Slamet Mahlaba"
+        j += name_is
         if j >= len(toks) or toks[j].line - tok.line > 2:
             continue
         end = _name_sequence(view, j, max_words=3)
@@ -415,7 +445,8 @@ def patient_names(view: TextView) -> Iterator[PhiSpan]:
             continue
         after = {t.low for t in toks[end + 1: end + 4]} | {t.text for t in toks[end + 1: end + 3]}
         known = view.gaz.is_name_word(toks[j].core) or any(view.gaz.is_first(t.core) for t in toks[j:end + 1])
-        if known or after & BIRTH_CONTEXT:
+        unknown = name_is and not any(view.ordinary(t) for t in toks[j:end + 1])
+        if known or unknown or after & BIRTH_CONTEXT:
             yield view.span(toks[j], toks[end], PhiType.NAME, "patient", strong=True)
 
 

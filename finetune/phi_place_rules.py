@@ -35,6 +35,8 @@ HOSPITAL_TAIL_OUT = {"hospital", "hosp", "clinic", "campus", "medical", "health"
 HOSPITAL_STRONG = {"memorial", "regional", "hospital", "hosp", "va", "campus", "infirmary"}
 #: Keywords after which a capitalised ordinary word still names a place ("Baltimore Rehab").
 HOSPITAL_CAPITAL = {"rehab", "rehabilitation", "house", "manor", "square", "home"}
+CENTRE_WORDS = {"center", "centre", "cnter", "cntr", "ctr"}
+MISSPELT_HOSPITAL = re.compile(r"hos{1,2}pi?t[ai]?l|hopsital|hospitol|hosptial")
 HOSPITAL_STOP = {"the", "a", "an", "to", "from", "at", "in", "into", "by", "of", "for", "with", "on", "and",
                  "or", "was", "is", "per", "via", "transferred", "transfered", "admitted", "sent", "taken",
                  "went", "go", "going", "back", "d/c'd", "discharged", "outside", "cardiac", "pulmonary",
@@ -56,15 +58,20 @@ def hospitals(view: TextView) -> Iterator[PhiSpan]:
             continue
         if "-" in low and low.split("-")[0] in HOSPITAL_TAIL_IN | HOSPITAL_TAIL_OUT:
             low = low.split("-")[0]  # "BALTIMORE VA-INTUBATED"
+        if MISSPELT_HOSPITAL.fullmatch(low):
+            low = "hospital"  # "Feschaux Memorial Hosspital"
         if low not in HOSPITAL_TAIL_IN and low not in HOSPITAL_TAIL_OUT:
             continue
         if low in {"home", "house", "general", "medical", "health", "nursing"} and not (
-                i + 1 < len(toks) and toks[i + 1].low in {"hospital", "hosp", "center", "centre"}) and low != "house":
+                i + 1 < len(toks) and toks[i + 1].low in {"hospital", "hosp"} | CENTRE_WORDS) and low != "house" \
+                and not (low == "home" and i > 0 and toks[i - 1].low == "nursing"):  # "Wanlin Nursing Home"
             continue
         if low in {"house", "home"} and i > 0 and re.search(r"['’]s$", toks[i - 1].core):
             continue  # "Anne's house", "gwen smith's house": a person's home (possessive_homes)
-        k, first = i - 1, None
-        while k >= 0 and i - k <= 3 and toks[k].line == tok.line and toks[k].is_word and toks[k].low not in HOSPITAL_STOP \
+        nursing_home = low == "home" and toks[i - 1].low == "nursing"
+        k, first = (i - 2 if nursing_home else i - 1), None
+        while k >= 0 and i - k <= 3 + nursing_home and toks[k].line == tok.line and toks[k].is_word \
+                and toks[k].low not in HOSPITAL_STOP \
                 and not (toks[k].text.endswith(".") and not toks[k].is_initial):
             if view.case == "mixed" and not toks[k].capitalised and low not in HOSPITAL_STRONG:
                 break
@@ -82,6 +89,8 @@ def hospitals(view: TextView) -> Iterator[PhiSpan]:
         if i + 1 < len(toks) and toks[i + 1].low in {"course", "stay", "admission", "admissions", "discharge",
                                                         "day", "days", "policy", "bed", "records", "record"}:
             continue  # "BRIEF HOSPITAL COURSE", "prolonged hospital stay"
+        # the keyword stays outside a one-word name ("Foria Hospital": the annotated name is "Foria"), and
+        # joins a longer one, whose annotation often includes it ("foria general hospital")
         last = i if low in HOSPITAL_TAIL_IN and "-" not in tok.low else i - 1
         yield view.span(toks[first], toks[last], PhiType.HOSPITAL, "hospital", strong=True)
 
@@ -141,18 +150,26 @@ def _german_hospital(view: TextView, i: int) -> Iterator[PhiSpan]:
     yield view.span(first, toks[last] if last is not None else tok, PhiType.HOSPITAL, "hospital", strong=True)
 
 
-SAINT = re.compile(rf"\b(?:St|ST|st|Saint|SAINT|Sankt|St\.-)\.?\s+(?P<name>[{L_UP}][{LETTER}]+|[{L_UP}]\.)")
+SAINT = re.compile(rf"\b(?:St|ST|st|Saint|SAINT|Sankt|St\.-)\.{{0,2}}\s+(?P<name>[{L_UP}][{LETTER}]+|[{L_UP}]\.)")
+#: "d/c'd to st. tishk", "accepted by st.. raamis": any case after a word that leads to a place.
+SAINT_AFTER_PLACE_WORD = re.compile(
+    rf"(?i)\b(?:to|at|from|by|in|into|via)\s+(?P<st>st|saint)\.{{0,2}}\s+(?P<name>[{LETTER}]{{3,}})")
 #: Institutions named after a religious title ("Holy Cross", "Sacred Heart", "Holy Name"): the
 #: adjective practically never stands before a capitalised word in clinical prose otherwise.
 RELIGIOUS = re.compile(rf"(?i)\b(holy|sacred)\s+(?P<name>[{LETTER}]{{3,}})")
 RELIGIOUS_OBJECTS = {"water", "communion", "oil", "oils", "spirit", "ghost", "bible", "book", "rosary", "rites",
                      "scripture", "week", "day", "days", "place", "ground"}
-HOSPITAL_ABBR = re.compile(r"(?i:\b(?:to|at|from|in|into|@|by|via))\s+(?:(?i:the)\s+)?(?P<abbr>[A-Z]{1,3}H|[A-Z]{2,4}MC)\b")
+HOSPITAL_ABBR = re.compile(r"(?i:\b(?:to|at|from|in|into|@|by|via))\s+(?:(?i:the)\s+)?(?P<abbr>[A-Z]{1,3}H|[A-Z]{1,4}MC)\b")
 #: The same shapes in any case after a transfer ("transferred to tch", "admitted to pomc", "ADM TO THE ymc"),
 #: where the word is neither clinical shorthand ("osh") nor frequent English ("bath").
-HOSPITAL_ABBR_ANY_CASE = re.compile(r"(?i)\b(?:to|at|from|into|@|via)\s+(?:the\s+)?(?P<abbr>[a-z]{1,4}h|[a-z]{1,4}mc|[a-z]{2,3}lc)\b")
+HOSPITAL_ABBR_ANY_CASE = re.compile(r"(?i)\b(?:to|at|from|into|@|via|by)\s+(?:the\s+)?(?P<abbr>[a-z]{1,4}h|[a-z]{1,4}mc|[a-z]{2,3}lc)\b")
 WARD = re.compile(rf"(?i:\b(?:to|from|on|at|per|transfer|transferred|transfered|tx))\s+(?P<ward>[{LETTER}]{{5,}})\s?\d{{1,2}}\b"
                   r"(?!\s*(?:mg|mcg|cc|ml|l\b|%|x|u\b|units|meq|hr|h\b|/|:|\.\d|mm|min|am|pm|liters?))")
+
+
+def _unknown_word(vocab, word: str) -> bool:
+    low = word.lower()
+    return not vocab.is_clinical(low) and not vocab.is_frequent(low)
 
 
 def saints_and_wards(view: TextView) -> Iterator[PhiSpan]:
@@ -164,10 +181,15 @@ def saints_and_wards(view: TextView) -> Iterator[PhiSpan]:
                 or (view.case == "mixed" and not (m.group(1)[0].isupper() and name[0].isupper())):
             continue
         yield PhiSpan(m.start(), m.end("name"), PhiType.HOSPITAL, 0.7, "religious", True)
+    vocab = load_vocabulary(view.language)
     for m in SAINT.finditer(view.text):
         name = m.group("name").rstrip(".")
-        if gaz.is_first(name) or len(name) == 1:
+        if gaz.is_first(name) or len(name) == 1 or _unknown_word(vocab, name):  # not "ST Elevation"
             yield PhiSpan(m.start(), m.end("name"), PhiType.HOSPITAL, 0.8, "saint", True)
+    for m in SAINT_AFTER_PLACE_WORD.finditer(view.text):
+        name = m.group("name")
+        if gaz.is_first(name) or _unknown_word(vocab, name):
+            yield PhiSpan(m.start("st"), m.end("name"), PhiType.HOSPITAL, 0.7, "saint", True)
     for m in HOSPITAL_ABBR.finditer(view.text):
         abbr = m.group("abbr").lower()
         if abbr not in gaz.allow_terms and abbr not in gaz.common and abbr not in gaz.english_words:

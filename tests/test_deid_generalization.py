@@ -98,6 +98,18 @@ def test_unseen_names_in_context_any_case(detector: PhiDetector, template: str, 
     ("transferred to Thisnes Hospital for cath", "Thisnes Hospital"),
     ("pt transfered to tch for further eval", "tch"),  # a hospital's initials after a transfer
     ("d/c to St. Julienne at 4pm", "St. Julienne"),
+    # unseen surnames after an initial, introduced by a person word or followed by a credential
+    ("TRIPLE CVL BY V. MUPNZANA. BLEEDING AT SITE", "V. MUPNZANA"),
+    ("Repeat act 140. Reported to s. kimachu. Coags ok.", "s. kimachu"),
+    ("Repeat act 140. Reported to R. Best. Coags ok.", "R. Best"),
+    ("later this evening. \nQ. White, RRT\n", "Q. White"),
+    ("her name is Slamet Mahlaba, phone # in pink book", "Slamet Mahlaba"),
+    # saints, nursing homes and misspelt hospitals whose name no list holds
+    ("Was accepted by St.. Raamis but cannot leave", "St.. Raamis"),
+    ("pt being d/c'd to st. tishk at 4:00pm", "st. tishk"),
+    ("PATIENT WAS SCREENED BY Wanlin Nursing Home REHAB TODAY.", "Wanlin Nursing Home"),
+    ("go to rehab(Feschaux Hosspital) today", "Feschaux"),
+    ("PT MAY BE W/U BY ttbmc FOR POSSIBLE HEART TRANSPLANT", "ttbmc"),
 ])
 def test_context_rules(detector: PhiDetector, text: str, value: str) -> None:
     assert _covered(detector, text, value, "en"), _masked(detector, text, "en")
@@ -111,9 +123,16 @@ def test_context_rules(detector: PhiDetector, text: str, value: str) -> None:
     "Remains on Big Boy BariAir bed, CaGluconate IV overnight.",
     "bs: crackles and fromsuture site oozing, tubefeeds at goal",
     "Pt in Trendelenburg, Quinton catheter in place.",
+    "converted to a. fib with RVR; E. coli and S. aureus in urine; line changed to R. fem.",
+    "ST Elevation in V2, reported to ID by A. line check",
 ])
 def test_typos_shorthand_and_products_stay(detector: PhiDetector, text: str) -> None:
     assert not [s for s in detector.detect(text, "en") if s.label is PhiType.NAME], _masked(detector, text, "en")
+
+
+def test_a_nursing_home_without_a_name_stays(detector: PhiDetector) -> None:
+    text = "pt from nursing home, DISCHARGED TO A NURSING HOME when stable; returns to Nursing Home."
+    assert detector.detect(text, "en") == [], _masked(detector, text, "en")
 
 
 # --- dates and phones -------------------------------------------------------------------------
@@ -127,12 +146,17 @@ def test_typos_shorthand_and_products_stay(detector: PhiDetector, text: str) -> 
     ("CABG 01/01, EF 30%", "01/01"),
     ("seen since the 24th by renal", "24th"),
     ("pt was admitted in aug for a fall", "aug"),
+    ("last cx 5/5 in am, no growth", "5/5"),  # when a culture was sent
+    ("BC 1/5 Pending.", "1/5"),
+    ("PMH: S/P MI 3/4, S/P CABG 06/25", "3/4"),
+    ("smoking until late 1/4, when she", "1/4"),
 ])
 def test_more_date_formats(detector: PhiDetector, text: str, value: str) -> None:
     assert _masked(detector, text, "en").get(value) is PhiType.DATE, _masked(detector, text, "en")
 
 
-@pytest.mark.parametrize("text", ["pt c/o CP, 5/10, ECG done", "on PSV 12/10, Vt 450", "1/2 NS at 75", "motor 5/5"])
+@pytest.mark.parametrize("text", ["pt c/o CP, 5/10, ECG done", "on PSV 12/10, Vt 450", "1/2 NS at 75", "motor 5/5",
+                                  "drank 2/3 of the shake"])
 def test_scores_and_settings_are_not_dates(detector: PhiDetector, text: str) -> None:
     assert not [s for s in detector.detect(text, "en") if s.label is PhiType.DATE]
 
