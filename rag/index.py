@@ -298,33 +298,7 @@ class ChunkIndex:
     def sync(self, documents: Sequence[Document], progress: bool = True) -> SyncReport:
         """Make the collection hold exactly ``documents``; embed only what is new or changed."""
         t0 = time.perf_counter()
-        report = SyncReport(collection=self.name, documents=len(documents))
-        report.patients = len({d.patient_id for d in documents})
-        stored = self._stored_state()
-        wanted = {d.doc_id: d for d in documents}
-
-        removed = [doc_id for doc_id in stored if doc_id not in wanted]
-        todo: list[Document] = []
-        for doc in documents:
-            state = stored.get(doc.doc_id)
-            if state is None:
-                report.added_docs += 1
-                todo.append(doc)
-            elif state[0] != doc.content_hash() or state[1] != state[2]:
-                report.updated_docs += 1
-                todo.append(doc)
-            else:
-                report.unchanged_docs += 1
-        report.removed_docs = len(removed)
-        self._delete_docs(removed + [d.doc_id for d in todo if d.doc_id in stored])
-
-        chunks: list[Chunk] = []
-        for doc in todo:
-            chunks.extend(chunk_document(doc, self.embedder.token_offsets, self.chunking))
-        n_chunks: dict[str, int] = {}
-        for c in chunks:
-            n_chunks[c.doc_id] = n_chunks.get(c.doc_id, 0) + 1
-
+        report, chunks, n_chunks = self._plan(documents)
         if chunks:
             from tqdm.auto import tqdm
 
@@ -338,11 +312,7 @@ class ChunkIndex:
                 report.chunks_embedded += len(batch)
                 bar.update(len(batch))
             bar.close()
-
-        report.chunks_total = self.count()
-        report.seconds = time.perf_counter() - t0
-        self._write_manifest(documents, report)
-        return report
+        return self._finish(documents, report, t0)
 
     def sync_with(self, documents: Sequence[Document], embed_chunks: Callable[[list[Chunk]], np.ndarray]) -> SyncReport:
         """:meth:`sync` with the vectors computed elsewhere: ``embed_chunks`` gets every chunk to (re-)embed
@@ -352,6 +322,22 @@ class ChunkIndex:
         workers): the store is still planned, written batch by batch and described in the manifest here,
         so an index built either way has the same collection, chunk ids, metadata and manifest."""
         t0 = time.perf_counter()
+        report, chunks, n_chunks = self._plan(documents)
+        if chunks:
+            te = time.perf_counter()
+            vectors = np.asarray(embed_chunks(chunks), dtype=np.float32)
+            report.embed_seconds = time.perf_counter() - te
+            if vectors.shape[0] != len(chunks):
+                raise ValueError(f"embed_chunks returned {vectors.shape[0]} vectors for {len(chunks)} chunks")
+            for i in range(0, len(chunks), EMBED_BATCH):
+                self.llama_index.insert_nodes(self._nodes(chunks[i: i + EMBED_BATCH], n_chunks,
+                                                          vectors[i: i + EMBED_BATCH]))
+                report.chunks_embedded += len(chunks[i: i + EMBED_BATCH])
+        return self._finish(documents, report, t0)
+
+    def _plan(self, documents: Sequence[Document]) -> tuple[SyncReport, list[Chunk], dict[str, int]]:
+        """Compare ``documents`` with the store, delete what is gone or changed, and chunk what must be
+        (re-)embedded; returns the report so far, those chunks and the chunk count per document."""
         report = SyncReport(collection=self.name, documents=len(documents))
         report.patients = len({d.patient_id for d in documents})
         stored = self._stored_state()
@@ -374,16 +360,9 @@ class ChunkIndex:
         n_chunks: dict[str, int] = {}
         for c in chunks:
             n_chunks[c.doc_id] = n_chunks.get(c.doc_id, 0) + 1
-        if chunks:
-            te = time.perf_counter()
-            vectors = np.asarray(embed_chunks(chunks), dtype=np.float32)
-            report.embed_seconds = time.perf_counter() - te
-            if vectors.shape[0] != len(chunks):
-                raise ValueError(f"embed_chunks returned {vectors.shape[0]} vectors for {len(chunks)} chunks")
-            for i in range(0, len(chunks), EMBED_BATCH):
-                self.llama_index.insert_nodes(self._nodes(chunks[i: i + EMBED_BATCH], n_chunks,
-                                                          vectors[i: i + EMBED_BATCH]))
-                report.chunks_embedded += len(chunks[i: i + EMBED_BATCH])
+        return report, chunks, n_chunks
+
+    def _finish(self, documents: Sequence[Document], report: SyncReport, t0: float) -> SyncReport:
         report.chunks_total = self.count()
         report.seconds = time.perf_counter() - t0
         self._write_manifest(documents, report)
