@@ -81,7 +81,7 @@ FORMATS: list[DateFormat] = [
     _fmt("my_slash", rf"{_L}{_M}/(?P<y>(?:19|20)\d{{2}}|\d{{2}}){_R}", "de en"),
     # month names
     _fmt("en_mon_d_y", rf"{_MB}{MON}\.?\s{_D}{_ORD}?,?\s{_Y}(?!\d)", "en"),
-    _fmt("en_d_mon_y", rf"\b{_D}{_ORD}?\s(?:of\s)?{MON}\.?,?\s{_Y}(?!\d)", "en"),
+    _fmt("en_d_mon_y", rf"(?:\b|(?<=[a-z])){_D}{_ORD}?\s(?:of\s)?{MON}\.?,?\s{_Y}(?!\d)", "en"),  # also "labs on6 Sep 2034"
     _fmt("en_mon_d", rf"{_MB}{MON}\.?\s{_D}{_ORD}?(?![\d:])", "en"),
     _fmt("en_d_mon", rf"\b{_D}{_ORD}?\s(?:of\s)?{MON}\b\.?", "en"),
     _fmt("mon_y", rf"\b{MON}\.?,?\s(?:of\s)?{_Y4}(?!\d)"),
@@ -149,8 +149,12 @@ def _not_a_date(text: str, match: re.Match[str]) -> bool:
 
 #: "2/2 CSRU 7P-7A SHIFT SUMMARY": a date at the start of a line, before a unit or a shift header.
 _SHIFT_HEADER = re.compile(r"(?i)\s+(?:[a-z]*icu|ccu|csru|shift|nursing|npn|progress|note|\d{1,2}[ap]\s*-\s*\d{1,2}[ap])")
-_SAMPLE_BEFORE = re.compile(r"(?i)\b(?:last|next|cx|bcx|ucx|scx|bc|uc|cultures?|sent|drawn|dated|early|mid|late)\s*$"
-                            r"|\bs/p\b[^.;\n\d]{0,25}(?:x\d\s*)?$")  # "s/p MI 3/4", "s/p stent x2 4/4"
+_SAMPLE_BEFORE = re.compile(
+    r"(?i)\b(?:last|next|cx|bcx|ucx|scx|bc|uc|cultures?|sent|drawn|dated|early|mid|late|scan|ct|mri|cxr|echo|tee|egd|"
+    r"surgery|monday|tuesday|wednesday|thursday|friday|saturday|sunday|mon|tues|wed|thurs|fri|sat|sun)\s*$"
+    r"|\bs/p\b[^.;\n\d]{0,25}(?:x\d\s*)?$"  # "s/p MI 3/4", "s/p stent x2 4/4"
+    r"|\bto\s+(?:the\s+)?(?:floor|or|ccu|icu|micu|sicu|ccu|csru|cath\s+lab)\s*$"  # "transferred to the floor 1/5"
+    r"|\d\s?(?:am|pm)\s*$")  # "until 2am 2/3"
 _LINE_START = re.compile(r"(?:^|\n)[ \t]*$")
 _AMBIGUOUS_EN = {"may", "march", "mar", "jun", "jan", "dec", "sep", "sept", "aug"}
 #: A lower-case "may 15" is a date after these ("last used in may 15", "since march 3").

@@ -316,6 +316,27 @@ INITIAL_NOT_SURNAME = {"fem", "line", "ac", "wall", "head", "back", "hand", "lon
                        "flutter", "flut", "tach"}
 
 
+#: A staff role, a comma, one or two words, a comma: "notified wound nurse, esteri golden, and",
+#: "met with clinical rn specialist, Xaliq John, today".
+ROLE_APPOSITION = re.compile(
+    r"(?i)\b(?:nurse|specialist|coordinator|therapist|worker|manager|rn|np|pa|resident|fellow|attending|chaplain|"
+    r"dietician|dietitian|pharmacist|intern)\s*,\s+(?P<name>[^\W\d_]{2,}(?:\s+[^\W\d_]{2,})?)\s*,")
+
+
+def role_apposition_names(view: TextView) -> Iterator[PhiSpan]:
+    """A name set off by commas after a staff role; each word must be unknown to the vocabularies or a
+    known name ("golden" as a surname), never a clinical word ("nurse, pt, and family")."""
+    vocab = load_vocabulary(view.language)
+    for m in ROLE_APPOSITION.finditer(view.text):
+        words = m.group("name").split()
+        if any(w.lower() in STOP_WORDS or w.lower() in NOT_A_NAME for w in words):
+            continue
+        known = [view.gaz.is_name_word(w) for w in words]
+        unknown = [not vocab.is_clinical(w.lower()) and not vocab.is_frequent(w.lower()) for w in words]
+        if all(k or u for k, u in zip(known, unknown)) and (any(unknown) or all(known)):
+            yield PhiSpan(m.start("name"), m.end("name"), PhiType.NAME, 0.8, "role_apposition", True)
+
+
 def _initial_in_name_context(view: TextView, i: int) -> bool:
     """An initial + word after a word that introduces a person, or before a credential ('A. Rock RRT'):
     the surname need not be known, only not clinical (or a known surname that is also a word, 'Best')."""

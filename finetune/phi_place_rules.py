@@ -51,6 +51,7 @@ DE_NAME_LINK = {"der", "des", "im", "am", "an", "st", "sankt", "ob", "bei", "zum
 def hospitals(view: TextView) -> Iterator[PhiSpan]:
     """Named hospitals and rehab centres: 'Sacred Heart Memorial', 'UNION HOSPITAL', 'Klinikum Neustadt'."""
     toks = view.tokens
+    vocab = load_vocabulary(view.language)
     for i, tok in enumerate(toks):
         low = tok.low
         if view.language == "de" and DE_HOSPITAL.search(tok.core) and tok.is_word:
@@ -73,11 +74,13 @@ def hospitals(view: TextView) -> Iterator[PhiSpan]:
         while k >= 0 and i - k <= 3 + nursing_home and toks[k].line == tok.line and toks[k].is_word \
                 and toks[k].low not in HOSPITAL_STOP \
                 and not (toks[k].text.endswith(".") and not toks[k].is_initial):
-            if view.case == "mixed" and not toks[k].capitalised and low not in HOSPITAL_STRONG:
+            unknown = _unknown_word(vocab, toks[k].core) and vocab.misspelling_of(toks[k].low) is None
+            if view.case == "mixed" and not toks[k].capitalised and low not in HOSPITAL_STRONG \
+                    and not (unknown and toks[k - 1].low in {"to", "at", "from"}):  # "d/c'd to rèves clinic"
                 break
             if toks[k].low in STOP_WORDS or (k == i - 1 and ORDINARY_SUFFIX.search(toks[k].low)
-                                              and not toks[k].is_title_case):
-                break  # "HAD PROLONGED HOSPITAL STAY" (but "sacred heart hospital" is a name)
+                                              and not toks[k].is_title_case and not unknown):
+                break  # "HAD PROLONGED HOSPITAL STAY" (but "sacred heart hospital", "sorring regional" are names)
             if view.ordinary(toks[k]) and low not in HOSPITAL_STRONG and not (
                     low in HOSPITAL_CAPITAL and (view.case == "mixed" and toks[k].is_title_case
                                                  or view.case == "upper" and not view.common(toks[k]))):
@@ -159,6 +162,8 @@ SAINT_AFTER_PLACE_WORD = re.compile(
 RELIGIOUS = re.compile(rf"(?i)\b(holy|sacred)\s+(?P<name>[{LETTER}]{{3,}})")
 RELIGIOUS_OBJECTS = {"water", "communion", "oil", "oils", "spirit", "ghost", "bible", "book", "rosary", "rites",
                      "scripture", "week", "day", "days", "place", "ground"}
+#: "to podenzoi cath lab", "TO ASCREA CATH LAB": a word no vocabulary knows, in front of the unit.
+NAMED_CATH_LAB = re.compile(rf"(?i)\b(?:to|at|from|in)\s+(?P<name>[{LETTER}]{{3,}})\s+cath\.?\s*lab")
 HOSPITAL_ABBR = re.compile(r"(?i:\b(?:to|at|from|in|into|@|by|via))\s+(?:(?i:the)\s+)?(?P<abbr>[A-Z]{1,3}H|[A-Z]{1,4}MC)\b")
 #: The same shapes in any case after a transfer ("transferred to tch", "admitted to pomc", "ADM TO THE ymc"),
 #: where the word is neither clinical shorthand ("osh") nor frequent English ("bath").
@@ -190,6 +195,9 @@ def saints_and_wards(view: TextView) -> Iterator[PhiSpan]:
         name = m.group("name")
         if gaz.is_first(name) or _unknown_word(vocab, name):
             yield PhiSpan(m.start("st"), m.end("name"), PhiType.HOSPITAL, 0.7, "saint", True)
+    for m in NAMED_CATH_LAB.finditer(view.text) if view.language == "en" else ():
+        if _unknown_word(vocab, m.group("name")) and vocab.misspelling_of(m.group("name").lower()) is None:
+            yield PhiSpan(m.start("name"), m.end("name"), PhiType.HOSPITAL, 0.7, "cath_lab", True)
     for m in HOSPITAL_ABBR.finditer(view.text):
         abbr = m.group("abbr").lower()
         if abbr not in gaz.allow_terms and abbr not in gaz.common and abbr not in gaz.english_words:

@@ -36,6 +36,7 @@ from finetune.phi_name_rules import (
     possessive_homes,
     relation_capitalised,
     relation_names,
+    role_apposition_names,
     title_names,
     titled_words,
 )
@@ -70,6 +71,7 @@ RULES: dict[str, tuple[Rule, frozenset[str]]] = {
     "family_names": (family_names, frozenset({"en", "de"})),
     "parenthesised_relation_names": (parenthesised_relation_names, frozenset({"en", "de"})),
     "initial_names": (initial_names, frozenset({"en", "de"})),
+    "role_apposition_names": (role_apposition_names, frozenset({"en"})),
     "patient_names": (patient_names, frozenset({"en", "de"})),
     "birth_names": (birth_names, frozenset({"en", "de"})),
     "first_name_verbs": (first_name_verbs, frozenset({"en", "de"})),

@@ -110,6 +110,10 @@ def test_unseen_names_in_context_any_case(detector: PhiDetector, template: str, 
     ("PATIENT WAS SCREENED BY Wanlin Nursing Home REHAB TODAY.", "Wanlin Nursing Home"),
     ("go to rehab(Feschaux Hosspital) today", "Feschaux"),
     ("PT MAY BE W/U BY ttbmc FOR POSSIBLE HEART TRANSPLANT", "ttbmc"),
+    ("to podenzoi cath lab- unsuccessful ptca", "podenzoi"),
+    ("pt being d/c'd to rèves clinic  at 4:00pm", "rèves"),
+    ("notified wound nurse, esteri golden, and Dr. Smith", "esteri golden"),
+    ("met with clinical rn specialist, Xaliq John, today", "Xaliq John"),
 ])
 def test_context_rules(detector: PhiDetector, text: str, value: str) -> None:
     assert _covered(detector, text, value, "en"), _masked(detector, text, "en")
@@ -125,6 +129,7 @@ def test_context_rules(detector: PhiDetector, text: str, value: str) -> None:
     "Pt in Trendelenburg, Quinton catheter in place.",
     "converted to a. fib with RVR; E. coli and S. aureus in urine; line changed to R. fem.",
     "ST Elevation in V2, reported to ID by A. line check",
+    "spoke with nurse, pt, and family; to the cath lab, then to main cath lab",
 ])
 def test_typos_shorthand_and_products_stay(detector: PhiDetector, text: str) -> None:
     assert not [s for s in detector.detect(text, "en") if s.label is PhiType.NAME], _masked(detector, text, "en")
@@ -150,13 +155,17 @@ def test_a_nursing_home_without_a_name_stays(detector: PhiDetector) -> None:
     ("BC 1/5 Pending.", "1/5"),
     ("PMH: S/P MI 3/4, S/P CABG 06/25", "3/4"),
     ("smoking until late 1/4, when she", "1/4"),
+    ("am labs on6 Sep 2034> to hct-30", "6 Sep 2034"),
+    ("PT HAD A CT SCAN 1/4 AS WELL", "1/4"),
+    ("WAS TRANSFERRED TO THE FLOOR 1/5. SINCE", "1/5"),
+    ("CARDIOVERSION FRIDAY 3/3.", "3/3"),
 ])
 def test_more_date_formats(detector: PhiDetector, text: str, value: str) -> None:
     assert _masked(detector, text, "en").get(value) is PhiType.DATE, _masked(detector, text, "en")
 
 
 @pytest.mark.parametrize("text", ["pt c/o CP, 5/10, ECG done", "on PSV 12/10, Vt 450", "1/2 NS at 75", "motor 5/5",
-                                  "drank 2/3 of the shake"])
+                                  "drank 2/3 of the shake", "pain 3/10 at 2am", "on PS 5/5 overnight"])
 def test_scores_and_settings_are_not_dates(detector: PhiDetector, text: str) -> None:
     assert not [s for s in detector.detect(text, "en") if s.label is PhiType.DATE]
 
