@@ -316,6 +316,23 @@ INITIAL_NOT_SURNAME = {"fem", "line", "ac", "wall", "head", "back", "hand", "lon
                        "flutter", "flut", "tach"}
 
 
+def _initial_in_name_context(view: TextView, i: int) -> bool:
+    """An initial + word after a word that introduces a person, or before a credential ('A. Rock RRT'):
+    the surname need not be known, only not clinical (or a known surname that is also a word, 'Best')."""
+    toks = view.tokens
+    a, b = toks[i], toks[i + 1]
+    before = toks[i - 1].low.rstrip(".:,") if i > 0 and toks[i - 1].line == a.line else ""
+    k = i + 3 if i + 2 < len(toks) and toks[i + 2].text == "," else i + 2  # "Q. White, RRT"
+    after = toks[k].low.strip(".,") if k < len(toks) and toks[k].line == b.line else ""
+    if not (before in INITIAL_NAME_BEFORE or after in CREDENTIALS) or not b.is_word or len(b.core) < 2:
+        return False
+    if b.low in INITIAL_NOT_SURNAME or b.low in TITLE_CHAIN or b.low in STOP_WORDS:
+        return False
+    vocab = load_vocabulary(view.language)
+    unknown = not vocab.is_clinical(b.low) and not vocab.is_frequent(b.low)
+    return unknown or view.gaz.is_name_word(b.core)
+
+
 #: A staff role, a comma, one or two words, a comma: "notified wound nurse, esteri golden, and",
 #: "met with clinical rn specialist, Xaliq John, today".
 ROLE_APPOSITION = re.compile(
@@ -335,23 +352,6 @@ def role_apposition_names(view: TextView) -> Iterator[PhiSpan]:
         unknown = [not vocab.is_clinical(w.lower()) and not vocab.is_frequent(w.lower()) for w in words]
         if all(k or u for k, u in zip(known, unknown)) and (any(unknown) or all(known)):
             yield PhiSpan(m.start("name"), m.end("name"), PhiType.NAME, 0.8, "role_apposition", True)
-
-
-def _initial_in_name_context(view: TextView, i: int) -> bool:
-    """An initial + word after a word that introduces a person, or before a credential ('A. Rock RRT'):
-    the surname need not be known, only not clinical (or a known surname that is also a word, 'Best')."""
-    toks = view.tokens
-    a, b = toks[i], toks[i + 1]
-    before = toks[i - 1].low.rstrip(".:,") if i > 0 and toks[i - 1].line == a.line else ""
-    k = i + 3 if i + 2 < len(toks) and toks[i + 2].text == "," else i + 2  # "Q. White, RRT"
-    after = toks[k].low.strip(".,") if k < len(toks) and toks[k].line == b.line else ""
-    if not (before in INITIAL_NAME_BEFORE or after in CREDENTIALS) or not b.is_word or len(b.core) < 2:
-        return False
-    if b.low in INITIAL_NOT_SURNAME or b.low in TITLE_CHAIN or b.low in STOP_WORDS:
-        return False
-    vocab = load_vocabulary(view.language)
-    unknown = not vocab.is_clinical(b.low) and not vocab.is_frequent(b.low)
-    return unknown or view.gaz.is_name_word(b.core)
 
 
 def _is_initial_name(view: TextView, i: int) -> bool:

@@ -22,7 +22,7 @@ from finetune.phi_text import (
     Token,
 )
 from finetune.phi_types import PhiType
-from finetune.phi_vocabulary import load_vocabulary
+from finetune.phi_vocabulary import Vocabulary, load_vocabulary
 
 # --------------------------------------------------------------------------------------------
 # Places
@@ -69,14 +69,14 @@ def hospitals(view: TextView) -> Iterator[PhiSpan]:
             continue
         if low in {"house", "home"} and i > 0 and re.search(r"['’]s$", toks[i - 1].core):
             continue  # "Anne's house", "gwen smith's house": a person's home (possessive_homes)
-        nursing_home = low == "home" and toks[i - 1].low == "nursing"
+        nursing_home = low == "home" and i > 0 and toks[i - 1].low == "nursing"
         k, first = (i - 2 if nursing_home else i - 1), None
         while k >= 0 and i - k <= 3 + nursing_home and toks[k].line == tok.line and toks[k].is_word \
                 and toks[k].low not in HOSPITAL_STOP \
                 and not (toks[k].text.endswith(".") and not toks[k].is_initial):
-            unknown = _unknown_word(vocab, toks[k].core) and vocab.misspelling_of(toks[k].low) is None
+            unknown = _unknown_word(vocab, toks[k].core, typos_known=True)
             if view.case == "mixed" and not toks[k].capitalised and low not in HOSPITAL_STRONG \
-                    and not (unknown and toks[k - 1].low in {"to", "at", "from"}):  # "d/c'd to rèves clinic"
+                    and not (unknown and k > 0 and toks[k - 1].low in {"to", "at", "from"}):  # "to rèves clinic"
                 break
             if toks[k].low in STOP_WORDS or (k == i - 1 and ORDINARY_SUFFIX.search(toks[k].low)
                                               and not toks[k].is_title_case and not unknown):
@@ -92,8 +92,6 @@ def hospitals(view: TextView) -> Iterator[PhiSpan]:
         if i + 1 < len(toks) and toks[i + 1].low in {"course", "stay", "admission", "admissions", "discharge",
                                                         "day", "days", "policy", "bed", "records", "record"}:
             continue  # "BRIEF HOSPITAL COURSE", "prolonged hospital stay"
-        # the keyword stays outside a one-word name ("Foria Hospital": the annotated name is "Foria"), and
-        # joins a longer one, whose annotation often includes it ("foria general hospital")
         last = i if low in HOSPITAL_TAIL_IN and "-" not in tok.low else i - 1
         yield view.span(toks[first], toks[last], PhiType.HOSPITAL, "hospital", strong=True)
 
@@ -172,9 +170,12 @@ WARD = re.compile(rf"(?i:\b(?:to|from|on|at|per|transfer|transferred|transfered|
                   r"(?!\s*(?:mg|mcg|cc|ml|l\b|%|x|u\b|units|meq|hr|h\b|/|:|\.\d|mm|min|am|pm|liters?))")
 
 
-def _unknown_word(vocab, word: str) -> bool:
+def _unknown_word(vocab: Vocabulary, word: str, *, typos_known: bool = False) -> bool:
+    """In no vocabulary (and, with ``typos_known``, not a misspelling of a word in one): a name."""
     low = word.lower()
-    return not vocab.is_clinical(low) and not vocab.is_frequent(low)
+    if vocab.is_clinical(low) or vocab.is_frequent(low):
+        return False
+    return not (typos_known and vocab.misspelling_of(low) is not None)
 
 
 def saints_and_wards(view: TextView) -> Iterator[PhiSpan]:
@@ -196,7 +197,7 @@ def saints_and_wards(view: TextView) -> Iterator[PhiSpan]:
         if gaz.is_first(name) or _unknown_word(vocab, name):
             yield PhiSpan(m.start("st"), m.end("name"), PhiType.HOSPITAL, 0.7, "saint", True)
     for m in NAMED_CATH_LAB.finditer(view.text) if view.language == "en" else ():
-        if _unknown_word(vocab, m.group("name")) and vocab.misspelling_of(m.group("name").lower()) is None:
+        if _unknown_word(vocab, m.group("name"), typos_known=True):
             yield PhiSpan(m.start("name"), m.end("name"), PhiType.HOSPITAL, 0.7, "cath_lab", True)
     for m in HOSPITAL_ABBR.finditer(view.text):
         abbr = m.group("abbr").lower()
