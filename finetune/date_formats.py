@@ -153,7 +153,7 @@ _SAMPLE_BEFORE = re.compile(
     r"(?i)\b(?:last|next|cx|bcx|ucx|scx|bc|uc|cultures?|sent|drawn|dated|early|mid|late|scan|ct|mri|cxr|echo|tee|egd|"
     r"surgery|monday|tuesday|wednesday|thursday|friday|saturday|sunday|mon|tues|wed|thurs|fri|sat|sun)\s*$"
     r"|\bs/p\b[^.;\n\d]{0,25}(?:x\d\s*)?$"  # "s/p MI 3/4", "s/p stent x2 4/4"
-    r"|\bto\s+(?:the\s+)?(?:floor|or|ccu|icu|micu|sicu|ccu|csru|cath\s+lab)\s*$"  # "transferred to the floor 1/5"
+    r"|\bto\s+(?:the\s+)?(?:floor|or|ccu|icu|micu|sicu|csru|cath\s+lab)\s*$"  # "transferred to the floor 1/5"
     r"|\d\s?(?:am|pm)\s*$")  # "until 2am 2/3"
 _LINE_START = re.compile(r"(?:^|\n)[ \t]*$")
 _AMBIGUOUS_EN = {"may", "march", "mar", "jun", "jan", "dec", "sep", "sept", "aug"}

@@ -329,8 +329,7 @@ def _initial_in_name_context(view: TextView, i: int) -> bool:
     if b.low in INITIAL_NOT_SURNAME or b.low in TITLE_CHAIN or b.low in STOP_WORDS:
         return False
     vocab = load_vocabulary(view.language)
-    unknown = not vocab.is_clinical(b.low) and not vocab.is_frequent(b.low)
-    return unknown or view.gaz.is_name_word(b.core)
+    return vocab.is_unknown(b.low) or view.gaz.is_name_word(b.core)
 
 
 #: A staff role, a comma, one or two words, a comma: "notified wound nurse, esteri golden, and",
@@ -349,7 +348,7 @@ def role_apposition_names(view: TextView) -> Iterator[PhiSpan]:
         if any(w.lower() in STOP_WORDS or w.lower() in NOT_A_NAME for w in words):
             continue
         known = [view.gaz.is_name_word(w) for w in words]
-        unknown = [not vocab.is_clinical(w.lower()) and not vocab.is_frequent(w.lower()) for w in words]
+        unknown = [vocab.is_unknown(w.lower()) for w in words]
         if all(k or u for k, u in zip(known, unknown)) and (any(unknown) or all(known)):
             yield PhiSpan(m.start("name"), m.end("name"), PhiType.NAME, 0.8, "role_apposition", True)
 

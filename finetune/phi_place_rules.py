@@ -22,7 +22,7 @@ from finetune.phi_text import (
     Token,
 )
 from finetune.phi_types import PhiType
-from finetune.phi_vocabulary import Vocabulary, load_vocabulary
+from finetune.phi_vocabulary import load_vocabulary
 
 # --------------------------------------------------------------------------------------------
 # Places
@@ -74,7 +74,7 @@ def hospitals(view: TextView) -> Iterator[PhiSpan]:
         while k >= 0 and i - k <= 3 + nursing_home and toks[k].line == tok.line and toks[k].is_word \
                 and toks[k].low not in HOSPITAL_STOP \
                 and not (toks[k].text.endswith(".") and not toks[k].is_initial):
-            unknown = _unknown_word(vocab, toks[k].core, typos_known=True)
+            unknown = vocab.is_unknown(toks[k].core, typos_known=True)
             if view.case == "mixed" and not toks[k].capitalised and low not in HOSPITAL_STRONG \
                     and not (unknown and k > 0 and toks[k - 1].low in {"to", "at", "from"}):  # "to rèves clinic"
                 break
@@ -170,34 +170,26 @@ WARD = re.compile(rf"(?i:\b(?:to|from|on|at|per|transfer|transferred|transfered|
                   r"(?!\s*(?:mg|mcg|cc|ml|l\b|%|x|u\b|units|meq|hr|h\b|/|:|\.\d|mm|min|am|pm|liters?))")
 
 
-def _unknown_word(vocab: Vocabulary, word: str, *, typos_known: bool = False) -> bool:
-    """In no vocabulary (and, with ``typos_known``, not a misspelling of a word in one): a name."""
-    low = word.lower()
-    if vocab.is_clinical(low) or vocab.is_frequent(low):
-        return False
-    return not (typos_known and vocab.misspelling_of(low) is not None)
-
-
 def saints_and_wards(view: TextView) -> Iterator[PhiSpan]:
     """'St. Agnes', 'ST MARY', 'Holy Family', 'to GH', 'transfer to Quartermain 2' (a named ward)."""
     gaz = view.gaz
+    vocab = load_vocabulary(view.language)
     for m in RELIGIOUS.finditer(view.text):
         name = m.group("name")
         if name.lower() in STOP_WORDS or name.lower() in RELIGIOUS_OBJECTS \
                 or (view.case == "mixed" and not (m.group(1)[0].isupper() and name[0].isupper())):
             continue
         yield PhiSpan(m.start(), m.end("name"), PhiType.HOSPITAL, 0.7, "religious", True)
-    vocab = load_vocabulary(view.language)
     for m in SAINT.finditer(view.text):
         name = m.group("name").rstrip(".")
-        if gaz.is_first(name) or len(name) == 1 or _unknown_word(vocab, name):  # not "ST Elevation"
+        if gaz.is_first(name) or len(name) == 1 or vocab.is_unknown(name):  # not "ST Elevation"
             yield PhiSpan(m.start(), m.end("name"), PhiType.HOSPITAL, 0.8, "saint", True)
     for m in SAINT_AFTER_PLACE_WORD.finditer(view.text):
         name = m.group("name")
-        if gaz.is_first(name) or _unknown_word(vocab, name):
+        if gaz.is_first(name) or vocab.is_unknown(name):
             yield PhiSpan(m.start("st"), m.end("name"), PhiType.HOSPITAL, 0.7, "saint", True)
     for m in NAMED_CATH_LAB.finditer(view.text) if view.language == "en" else ():
-        if _unknown_word(vocab, m.group("name"), typos_known=True):
+        if vocab.is_unknown(m.group("name"), typos_known=True):
             yield PhiSpan(m.start("name"), m.end("name"), PhiType.HOSPITAL, 0.7, "cath_lab", True)
     for m in HOSPITAL_ABBR.finditer(view.text):
         abbr = m.group("abbr").lower()
@@ -205,9 +197,7 @@ def saints_and_wards(view: TextView) -> Iterator[PhiSpan]:
             yield PhiSpan(m.start("abbr"), m.end("abbr"), PhiType.HOSPITAL, 0.7, "hospital_abbr", True)
     for m in HOSPITAL_ABBR_ANY_CASE.finditer(view.text) if view.language == "en" else ():
         abbr = m.group("abbr").lower()
-        vocab = load_vocabulary("en")
-        if abbr not in gaz.allow_terms and abbr not in gaz.common and not vocab.is_clinical(abbr) \
-                and not vocab.is_frequent(abbr):
+        if abbr not in gaz.allow_terms and abbr not in gaz.common and vocab.is_unknown(abbr):
             yield PhiSpan(m.start("abbr"), m.end("abbr"), PhiType.HOSPITAL, 0.6, "hospital_abbr", True)
     for m in WARD.finditer(view.text):
         word = m.group("ward")

@@ -152,6 +152,13 @@ class Vocabulary:
         """Clinical shorthand, a drug or a project word (not just general English)."""
         return word.lower() in self.clinical
 
+    def is_unknown(self, word: str, *, typos_known: bool = False) -> bool:
+        """In no vocabulary, neither clinical nor frequent (and, with ``typos_known``, not a misspelling
+        of a known word): what an unseen name looks like to the context rules."""
+        if self.is_clinical(word) or self.is_frequent(word):
+            return False
+        return not (typos_known and self.misspelling_of(word) is not None)
+
     def is_drug_only(self, word: str) -> bool:
         """On the drug list but not among the words our clinical text uses."""
         return word.lower() in self.drugs
