@@ -97,6 +97,15 @@ def test_weak_evidence_abstains_without_generating():
     assert answer.evidence_strength < ABSTAIN_BELOW  # no embedder here: coverage alone decides
 
 
+def test_a_generic_question_gets_evidence_not_an_abstention():
+    # nothing in the note says "diagnosis", but a question without a specific word has an answer in any
+    # record with notes: the best evidence is quoted instead of "the record does not contain this"
+    llm = ScriptedLLM("should not be used")
+    pipe = AnswerPipeline(ListRetriever([hit(1, NOTE_1)]), llm, k=2, generate=False)
+    answer = pipe.answer("What is the overall condition?", Scope.patient("p1"))
+    assert answer.evidence_strength < ABSTAIN_BELOW and answer.path == "quoted" and answer.citations
+
+
 def test_strong_evidence_is_quoted_when_the_model_abstains():
     pipe = AnswerPipeline(ListRetriever([hit(1, NOTE_1)]), ScriptedLLM(ABSTAIN["en"]), k=2)
     answer = pipe.answer("Which medications is the patient on?", Scope.patient("p1"))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from eval.answers import Question, Result, choose_threshold, key_facts, main, recall, unanswerable
+from eval.answers import Question, Result, choose_threshold, key_facts, main, recall, specific_terms, unanswerable
 
 
 def test_key_facts_are_the_references_words_the_question_does_not_hold():
@@ -13,14 +13,16 @@ def test_key_facts_are_the_references_words_the_question_does_not_hold():
     assert recall(set(), "anything") is None
 
 
-def _q(qid: str, patient: str, reference: str, answerable: bool = True, asked: str = "") -> Question:
-    return Question(qid, "s", "c", patient, f"question {qid}?", reference, "en", answerable, asked)
+def _q(qid: str, patient: str, reference: str, answerable: bool = True, asked: str = "",
+       question: str = "") -> Question:
+    return Question(qid, "s", "c", patient, question or f"question {qid}?", reference, "en", answerable, asked)
 
 
 def test_unanswerable_questions_are_asked_where_the_facts_are_missing():
     texts = {"c": {"p1": "vancomycin trough 15 on day 3", "p2": "insulin glargine 20 units at night",
                    "p3": "vancomycin trough 15 and creatinine 1.2", "p4": "ceftriaxone 2 g daily"}}
-    questions = [_q("a", "p1", "vancomycin trough 15"), _q("b", "p2", "insulin glargine 20 units")]
+    questions = [_q("a", "p1", "vancomycin trough 15", question="Which vancomycin level?"),
+                 _q("b", "p2", "insulin glargine 20 units", question="What glargine dose?")]
     out = unanswerable(questions, texts, count=10, seed=0, rounds=3)
     assert out and all(not q.answerable and q.asked_patient != q.patient_id for q in out)
     for q in out:  # the scope it is asked in lacks (nearly) all of its facts
@@ -31,8 +33,20 @@ def test_unanswerable_questions_are_asked_where_the_facts_are_missing():
     assert len(unanswerable(questions, texts, count=1, seed=0)) == 1
 
 
-def _result(answerable: bool, strength: float, similarity: float) -> Result:
-    q = _q(f"{strength}-{similarity}", "p1", "x", answerable)
+def test_generic_questions_are_never_unanswerable_in_another_scope():
+    # "What medications is she on?" has a true answer in every record; "vancomycin" does not
+    assert specific_terms("What medications is the patient on?") == set()
+    assert specific_terms("When was the vancomycin trough drawn?") == {"vancom", "trough"}
+    assert specific_terms("Wann wurde Vancomycin abgesetzt?", "de") >= {"vancom"}
+    texts = {"c": {"p1": "vancomycin trough 15 on day 3", "p2": "metoprolol 25 mg; medications reviewed"}}
+    generic = Question("g", "s", "c", "p1", "What medications is the patient on?", "vancomycin 1 g", "en")
+    specific = Question("v", "s", "c", "p1", "What was the vancomycin trough?", "15 on day 3", "en")
+    out = unanswerable([generic, specific], texts, count=10, seed=0)
+    assert [q.qid for q in out] == ["v@p2"]
+
+
+def _result(answerable: bool, strength: float, similarity: float, question: str = "When was dobutamine stopped?") -> Result:
+    q = _q(f"{strength}-{similarity}-{question}", "p1", "x", answerable, question=question)
     return Result(q, "evidence", 1, 1.0, 1.0, 1.0, False, "evidence", strength=strength, similarity=similarity)
 
 
@@ -46,6 +60,21 @@ def test_the_pair_rule_is_chosen_within_the_answerable_budget():
     assert choice["abstain_answerable"] <= 0.2 and choice["pair"]["abstain_answerable"] <= 0.2
     assert choice["pair"]["abstain_unanswerable"] >= choice["abstain_unanswerable"]
     assert choice["pair"]["abstain_unanswerable"] == 1.0  # coverage alone cannot separate 0.2 from 0.25/0.3
+
+
+def test_the_rule_keeps_a_margin_to_both_targets():
+    # 10 answerable, 10 unanswerable: abstaining on 2 answerable catches 10/10 unanswerable, on 1 only 9/10,
+    # on 0 only 8/10; the widest margin (min(0.2 - a, u - 0.8)) is a = 0.1, u = 0.9, not the 0.2 / 1.0 edge
+    good = [0.10, 0.25] + [0.9] * 8
+    bad = [0.05, 0.06, 0.07, 0.08, 0.09, 0.11, 0.12, 0.13, 0.20, 0.30]
+    results = [_result(True, c, 0.5) for c in good] + [_result(False, c, 0.5) for c in bad]
+    choice = choose_threshold(results)
+    assert (choice["abstain_answerable"], choice["abstain_unanswerable"]) == (0.1, 0.9)
+    # generic answerable questions never abstain, however weak their evidence: they count as kept
+    generic = [_result(True, 0.0, 0.1, question="What is the diagnosis?") for _ in range(10)]
+    choice = choose_threshold(results + generic)
+    assert choice["answerable"] == 20 and choice["abstain_unanswerable"] == 1.0
+    assert choice["abstain_answerable"] == 0.1  # 2 of the 10 specific ones, none of the generic ones
 
 
 def test_a_real_run_writes_the_table_the_plot_and_every_question(tmp_path, tiny_model_dir):
