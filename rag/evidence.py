@@ -44,9 +44,25 @@ RRF_K = 10
 PASSAGE_PRIOR = 0.02
 MIN_WORDS = 3
 MAX_CHARS = 400
-#: A question's word is specific when rarer than this in general language (wordfreq's Zipf scale: 3.5 is
-#: about 3 per million words): "dopamine" 3.4, "heparin" 2.6, but "diagnosis" 4.2, "symptoms" 4.5.
-SPECIFIC_MAX_ZIPF = 3.5
+#: A question's word is specific when it is not a question-frame word (below) and rarer than this in
+#: general language (wordfreq's Zipf scale: 4.5 is about 30 per million words): "heparin" 2.6,
+#: "fracture" 3.7, "ankle" 4.0, but "condition" 4.9, "blood" 5.1.
+SPECIFIC_MAX_ZIPF = 4.5
+#: Words that ask for a kind of information, not a thing: a question made only of these ("Which
+#: medications is she on?", "Was ist die aktuelle Diagnose?") has an answer in every record.
+QUESTION_FRAME = frozenset("""medication medications medicine medicines drug drugs diagnosis diagnoses condition
+conditions problem problems procedure procedures treatment treatments therapy therapies plan plans status history
+symptom symptoms finding findings result results test tests lab labs vital vitals sign signs allergy allergies
+assessment dose doses dosage administered administer given receive received receiving prescribed current currently
+recent recently last latest first overall primary level levels name names time times date dates noted documented
+performed perform undergo underwent being used using taking take started start stopped stop change changes changed
+happened event events course complication complications issue issues concern concerns update today overnight shift
+night morning evening day days admission admitted discharge care manage managed management goal goals order orders
+done doing kind type amount value values reason reasons cause
+medikament medikamente medikation arzneimittel diagnose diagnosen befund befunde therapie behandlung verlauf
+anamnese vorgeschichte symptome beschwerden dosis dosierung erhielt erhalten bekam bekommen gegeben verabreicht
+aktuell aktuelle aktuellen letzte letzten erste ersten zustand plan procedere maßnahmen untersuchung untersuchungen
+ergebnis ergebnisse wert werte aufnahme entlassung heute""".split())
 
 
 def stem(word: str) -> str:
@@ -68,7 +84,7 @@ def specific_terms(question: str, language: str = "en") -> set[str]:
     from wordfreq import zipf_frequency  # loads its word lists on first use
 
     words = {w.lower() for w in _WORD.findall(question) if len(w) > 2}
-    return {stem(w) for w in words - STOP if zipf_frequency(w, language) < SPECIFIC_MAX_ZIPF}
+    return {stem(w) for w in words - STOP - QUESTION_FRAME if zipf_frequency(w, language) < SPECIFIC_MAX_ZIPF}
 
 
 @dataclass(frozen=True)
