@@ -12,6 +12,7 @@ from rag.answer import (
     Citation,
     check_sentence,
     cited_numbers,
+    restated,
     support,
 )
 from rag.evidence import EvidenceSelector, EvidenceSet, split_sentences
@@ -87,6 +88,17 @@ def test_generated_sentences_are_checked_and_unsupported_ones_dropped():
     assert all(isinstance(c, Citation) and c.evidence in answer.evidence for c in answer.citations)
     streamed = "".join(e for e in events if isinstance(e, str))
     assert "warfarin" not in streamed  # a dropped sentence never reaches the screen
+
+
+def test_a_shortened_evidence_sentence_is_quoted_too():
+    items = EvidenceSelector(k=3).select("medications", [hit(1, NOTE_1)]).items
+    meds = next(e for e in items if "metformin" in e.text)
+    assert restated(meds, meds.text + " [1]")
+    assert not restated(meds, "The patient takes metformin 500 MG [1].")  # aspirin 81 MG is gone
+    llm = ScriptedLLM("The patient takes metformin 500 MG daily [%d]." % meds.n)
+    pipe = AnswerPipeline(ListRetriever([hit(1, NOTE_1)]), llm, k=1)
+    answer = pipe.answer("Which medications is the patient on?", Scope.patient("p1"))
+    assert answer.path == "generated" and "aspirin 81 MG daily" in answer.text  # quoted after the sentence
 
 
 def test_weak_evidence_abstains_without_generating():
