@@ -52,7 +52,7 @@ from rag.chunking import Chunk
 from rag.config import Settings, load_settings
 from rag.corpus import load_corpus
 from rag.embedders import get_embedder
-from rag.index import ChunkIndex, SyncReport
+from rag.index import EMBED_BATCH, ChunkIndex, SyncReport
 from rag.manifest import atomic_write_text, write_json
 
 log = logging.getLogger(__name__)
@@ -256,6 +256,10 @@ class Engine:
         Failures are collected and raised together as :class:`EngineError` at the end."""
         raise NotImplementedError
 
+    def max_task_cpus(self) -> float:
+        """The most CPUs one task may ask for and still be scheduled."""
+        return float(os.cpu_count() or 1)
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "partitions": self.partitions}
 
@@ -338,6 +342,9 @@ class RayEngine(Engine):
 
         self.start()
         return float(ray.cluster_resources().get("CPU", 1.0))
+
+    def max_task_cpus(self) -> float:
+        return self.cluster_cpus()
 
     def describe(self) -> dict[str, Any]:
         import ray
@@ -424,9 +431,22 @@ def engine_from_args(args: argparse.Namespace) -> Engine:
 # Embedding an index: vectors in the workers, the store written by the driver
 
 
-def embed_texts(texts: Sequence[str], embedder: str, settings: Settings, device: str | None = None) -> np.ndarray:
-    """Worker task: passage vectors of ``texts`` (the embedder is loaded once per worker process)."""
-    return get_embedder(embedder, settings, device=device).embed_passages(list(texts), show_progress=False)
+def embed_batches(batches: Sequence[Sequence[str]], embedder: str, settings: Settings, device: str | None = None,
+                  threads: int | None = None, kind: str = "passage") -> np.ndarray:
+    """Worker task: ``kind`` ("passage" or "query") vectors of each batch, each batch embedded as one
+    call, as ``ChunkIndex.sync`` does.
+
+    A vector depends, in its last bits, on the batch it was computed in (padding length, kernel
+    shapes) and on the number of threads that summed it; the same batches on the same thread count
+    give the local run's vectors byte for byte. The embedder is loaded once per worker process."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    model = get_embedder(embedder, settings, device=device)
+    embed = model.embed_queries if kind == "query" else model.embed_passages
+    vectors = [embed(list(batch), show_progress=False) for batch in batches]
+    return np.concatenate(vectors) if vectors else np.zeros((0, model.dim), dtype=np.float32)
 
 
 def _chunk_item(chunk: Chunk) -> str:
@@ -435,15 +455,38 @@ def _chunk_item(chunk: Chunk) -> str:
 
 
 def embed_chunks(engine: Engine, chunks: Sequence[Chunk], *, embedder: str, fingerprint: str, settings: Settings,
-                 folder: Path, device: str | None = None, progress: bool = True) -> tuple[np.ndarray, PartsReport]:
-    """Vectors of ``chunks`` in their order, computed per patient partition by ``engine``'s workers.
+                 folder: Path, device: str | None = None, threads: int | None = None,
+                 progress: bool = True) -> tuple[np.ndarray, PartsReport]:
+    """Vectors of ``chunks`` in their order, computed by ``engine``'s workers (:func:`embed_on`)."""
+    return embed_on(engine, [_chunk_item(c) for c in chunks], [c.text for c in chunks], embedder=embedder,
+                    fingerprint=fingerprint, settings=settings, folder=folder, device=device, threads=threads,
+                    progress=progress)
 
-    Each part's vectors go to ``part-NNNNN.npz`` (ids and vectors) before its marker, so an interrupted
-    run embeds only the partitions that had not finished."""
-    items = [_chunk_item(c) for c in chunks]
-    parts = plan_parts(((item, group_of(c.patient_id, c.doc_id), item.rsplit("@", 1)[1])
-                        for item, c in zip(items, chunks)), engine.partitions, folder)
-    text_of = {item: c.text for item, c in zip(items, chunks)}
+
+def embed_on(engine: Engine, items: Sequence[str], texts: Sequence[str], *, embedder: str, fingerprint: str,
+             settings: Settings, folder: Path, kind: str = "passage", device: str | None = None,
+             threads: int | None = None, progress: bool = True) -> tuple[np.ndarray, PartsReport]:
+    """Vectors of ``texts`` (unique ``items`` ids, ending in ``@<digest>``) in their order.
+
+    Unlike the other stages this one is partitioned by the local run's batches (``EMBED_BATCH``
+    texts in input order), not by patient: a vector belongs to no patient's surrogates or split, and
+    whole batches, embedded on ``threads`` threads (the driver's count by default), give the local
+    run's vectors byte for byte. Each part's vectors go to ``part-NNNNN.npz`` (ids and vectors)
+    before its marker, so an interrupted run embeds only the partitions that had not finished."""
+    batch_of = {item: i // EMBED_BATCH for i, item in enumerate(items)}
+    parts = plan_parts(((item, f"batch:{batch_of[item]}", item.rsplit("@", 1)[1]) for item in items),
+                       engine.partitions, folder)
+    text_of = dict(zip(items, texts))
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
+
+    def batches(ids: Sequence[str]) -> list[list[str]]:
+        grouped: dict[int, list[str]] = {}
+        for i in ids:  # a part holds whole batches, its ids in input order
+            grouped.setdefault(batch_of[i], []).append(text_of[i])
+        return list(grouped.values())
 
     def store(part: Part, vectors: np.ndarray) -> list[str]:
         tmp = part.path(".tmp.npz")
@@ -452,11 +495,13 @@ def embed_chunks(engine: Engine, chunks: Sequence[Chunk], *, embedder: str, fing
         os.replace(tmp, part.path(".npz"))
         return list(part.item_ids)
 
-    report = run_parts(engine, parts, target="finetune.engine:embed_texts",
-                       params={"stage": "embed", "embedder": fingerprint},
-                       call=lambda part, ids: {"texts": [text_of[i] for i in ids], "embedder": embedder,
-                                               "settings": settings, "device": device},
-                       store=store, cpus=1.0, progress=progress, label="embed")
+    report = run_parts(engine, parts, target="finetune.engine:embed_batches",
+                       params={"stage": "embed", "embedder": fingerprint, "kind": kind, "batch": EMBED_BATCH,
+                               "threads": threads},
+                       call=lambda part, ids: {"batches": batches(ids), "embedder": embedder, "settings": settings,
+                                               "device": device, "threads": threads, "kind": kind},
+                       store=store, cpus=float(min(threads, engine.max_task_cpus())), progress=progress,
+                       label=f"embed {kind}s")
     row = {item: i for i, item in enumerate(items)}
     out: np.ndarray | None = None
     for part in parts:

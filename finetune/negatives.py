@@ -11,12 +11,17 @@ trainer then pads it with a random passage of another patient (see :func:`fill_m
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
+import tempfile
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from finetune.pairs import Pair
 
@@ -25,6 +30,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from rag.embedders import Embedder
 
 log = logging.getLogger(__name__)
+
+#: ``vectors(texts, kind)``: L2-normalised vectors of ``texts`` as "query" or "passage", in order.
+Embed = Callable[[Sequence[str], str], np.ndarray]
 
 
 @dataclass
@@ -86,13 +94,16 @@ def filter_negatives(pair: Pair, candidates: Sequence[str], owners: dict[str, se
 
 def mine_negatives(pairs: Sequence[Pair], embedder: "Embedder", corpus_chunks: Sequence["Chunk"] = (), *,
                    mine: int = 10, keep: int = 1, relative_margin: float | None = 0.05,
-                   range_max: int | None = 50, batch_size: int = 32,
-                   verbose: bool = False) -> tuple[list[Pair], MiningReport]:
+                   range_max: int | None = 50, batch_size: int = 32, verbose: bool = False,
+                   vectors: "Embed | None" = None) -> tuple[list[Pair], MiningReport]:
     """Pairs with ``negatives`` filled in (new objects; input untouched) and counts of what was dropped.
 
     Candidates come from the pairs' positives plus ``corpus_chunks`` (pass the chunks of the
     training patients only: mining must not see dev/test text). Prefixes come from the embedder
-    entry, the same ones used by the index and the trainer.
+    entry, the same ones used by the index and the trainer. ``vectors(texts, kind)`` computes the
+    query and passage vectors elsewhere (``finetune.engine.embed_on``: Ray workers, or this process
+    in the same batches), so a distributed run mines the same negatives; the search and the
+    selection stay sentence-transformers' own, fed through its embedding cache.
     """
     from datasets import Dataset
     from sentence_transformers.util import mine_hard_negatives
@@ -109,13 +120,22 @@ def mine_negatives(pairs: Sequence[Pair], embedder: "Embedder", corpus_chunks: S
     corpus = list(dict.fromkeys([c.text for c in chunk_list] + [p.positive for p in pairs]))
     n_candidates = min(mine, max(1, len(corpus) - 1))
     ds = Dataset.from_dict({"anchor": [p.query for p in pairs], "positive": [p.positive for p in pairs]})
-    mined = mine_hard_negatives(
-        ds, embedder.model, anchor_column_name="anchor", positive_column_name="positive", corpus=corpus,
-        range_max=max(range_max or 0, n_candidates) if range_max else None,
-        relative_margin=relative_margin, num_negatives=n_candidates, sampling_strategy="top",
-        query_prompt=embedder.query_prefix or None, corpus_prompt=embedder.passage_prefix or None,
-        output_format="labeled-list", batch_size=batch_size, verbose=verbose,
-    )
+    with tempfile.TemporaryDirectory(prefix="crag-mine-") as cache:
+        if vectors is not None:
+            report.params["vectors"] = "precomputed"
+            _fill_cache(Path(cache), embedder, [p.query for p in pairs], corpus, vectors)
+        mined = mine_hard_negatives(
+            ds, embedder.model, anchor_column_name="anchor", positive_column_name="positive", corpus=corpus,
+            range_max=max(range_max or 0, n_candidates) if range_max else None,
+            relative_margin=relative_margin, num_negatives=n_candidates, sampling_strategy="top",
+            query_prompt=embedder.query_prefix or None, corpus_prompt=embedder.passage_prefix or None,
+            output_format="labeled-list", batch_size=batch_size, verbose=verbose,
+            cache_folder=cache if vectors is not None else None,
+        )
+        if vectors is not None and len(list(Path(cache).iterdir())) != 2:
+            # sentence-transformers computed (and saved) vectors itself: its cache naming changed
+            raise RuntimeError("mine_hard_negatives did not use the precomputed vectors; check the "
+                               "sentence-transformers version against finetune.negatives._fill_cache")
     found: dict[tuple[str, str], list[str]] = {}
     for row in mined:
         texts = row["positive"]
@@ -128,6 +148,22 @@ def mine_negatives(pairs: Sequence[Pair], embedder: "Embedder", corpus_chunks: S
         out.append(Pair(**{**p.to_json(), "negatives": negs}))
     log.info("hard negatives: %s", report.to_json())
     return out, report
+
+
+def _fill_cache(folder: Path, embedder: "Embedder", queries: Sequence[str], corpus: Sequence[str],
+                vectors: "Embed") -> None:
+    """Write query and corpus vectors where ``mine_hard_negatives`` looks for its cache.
+
+    The file names are the library's (sentence-transformers 5.x ``util/hard_negatives.py``): a
+    sha256 of the model name, prompt, prompt name and the de-duplicated texts. The queries and the
+    corpus are de-duplicated the way it does (positives appended to the corpus, first copy kept)."""
+    model_name = embedder.model.model_card_data.base_model or ""
+    unique_queries = list(dict.fromkeys(queries))
+    unique_corpus = list(dict.fromkeys(corpus))
+    for kind, texts, prompt in (("query", unique_queries, embedder.query_prefix or None),
+                                ("corpus", unique_corpus, embedder.passage_prefix or None)):
+        key = hashlib.sha256(repr((model_name, prompt, None, texts)).encode(), usedforsecurity=False).hexdigest()
+        np.save(folder / f"{kind}_embeddings_{key}.npy", vectors(texts, "query" if kind == "query" else "passage"))
 
 
 def fill_missing(pairs: Sequence[Pair], n: int, seed: int = 0) -> list[Pair]:

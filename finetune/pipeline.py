@@ -19,8 +19,10 @@ The evaluation of the result is a further stage of the same run, in the layer th
 ``python -m eval.pipeline --preset cpu-demo`` runs these stages and then ``evaluate``
 (``eval.ir`` on the test split and on sets our generator did not make).
 
-``--engine ray`` runs pseudonymize and synthesize as Ray tasks over patient partitions with the
-same outputs (``finetune.engine``, docs/scale.md); the other stages run here either way.
+``--engine ray`` runs pseudonymize and synthesize as Ray tasks over patient partitions, and the
+embedding of the mining step as Ray tasks over its batches, with the same outputs
+(``finetune.engine``, docs/scale.md); split and train run here either way (training scales with
+``torchrun``, ``finetune.distributed``).
 
 A stage is skipped when its manifest says it completed with the same parameters and inputs (a
 hash chained through the earlier stages) and its outputs exist; change the preset and exactly the
@@ -48,9 +50,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from finetune import synthesize
 from finetune.dev_sets import ChunkedSet, DevSet
-from finetune.engine import Engine, EngineError, LocalEngine, add_engine_arguments, engine_from_args
+from finetune.engine import (
+    Engine,
+    EngineError,
+    LocalEngine,
+    add_engine_arguments,
+    digest,
+    embed_on,
+    engine_from_args,
+)
 from finetune.negatives import mine_negatives
 from finetune.pairs import (
     chunk_corpus,
@@ -77,6 +89,7 @@ from rag.chunking import ChunkingConfig
 from rag.config import Settings, load_settings
 from rag.corpus import Corpus, load_corpus, load_jsonl, write_jsonl
 from rag.embedders import get_embedder, trained_models_dir
+from rag.index import EMBED_BATCH
 from rag.manifest import atomic_write_text, run_manifest, write_json
 
 log = logging.getLogger("finetune.pipeline")
@@ -300,7 +313,18 @@ def _mine(run: Run) -> tuple[list[Path], dict]:
         raise PipelineError(f"pairs of non-training patients reached the training set: {sorted(leaked)[:5]}")
     report = None
     if preset.keep_negatives:
-        pairs, report = mine_negatives(pairs, base, all_chunks, mine=preset.mine, keep=preset.keep_negatives)
+        parts = run.dir("mine") / "parts"
+
+        def vectors(texts: Sequence[str], kind: str) -> np.ndarray:
+            """On the run's engine, in the same batches either way: local and Ray mine the same negatives."""
+            items = [f"{i:08d}@{digest(t)}" for i, t in enumerate(texts)]
+            out, _ = embed_on(run.engine, items, texts, embedder=preset.train.base, fingerprint=base.fingerprint,
+                              settings=run.settings, folder=parts / kind, kind=kind, progress=run.progress)
+            return out
+
+        pairs, report = mine_negatives(pairs, base, all_chunks, mine=preset.mine, keep=preset.keep_negatives,
+                                       vectors=vectors)
+        shutil.rmtree(parts, ignore_errors=True)
     out = run.dir("mine") / "pairs.jsonl"
     write_pairs(pairs, out)
     sources: dict[str, int] = {}
@@ -391,7 +415,7 @@ BUILD_STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("mine", _mine, lambda run: {
         "qa": run.preset.use_qa_pairs, "ict": run.preset.ict_per_chunk, "ict_on_qa": run.preset.ict_on_qa_corpus,
         "mine": run.preset.mine, "keep": run.preset.keep_negatives, "base": run.preset.train.base,
-        "chunking": [run.settings.chunk_tokens, run.settings.chunk_overlap_tokens]}),
+        "vectors": f"batches of {EMBED_BATCH}", "chunking": [run.settings.chunk_tokens, run.settings.chunk_overlap_tokens]}),
     Stage("train", _train, lambda run: {
         "train": dataclasses.asdict(run.preset.train), "dev_queries": run.preset.dev_queries,
         "guards": run.preset.guard_sets, "guard_queries": run.preset.guard_queries,

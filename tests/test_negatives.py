@@ -57,3 +57,25 @@ def test_mine_with_tiny_model_respects_patients(synthea, tiny_embedder) -> None:
             assert all(pid != p.patient_id and doc != p.doc_id for doc, pid in owners[n])
     assert report.params["query_prompt"] == tiny_embedder.query_prefix
     assert pairs[0].negatives == []  # inputs untouched
+
+
+def test_mining_uses_vectors_computed_elsewhere(synthea, tiny_embedder) -> None:
+    """The engine computes the vectors (Ray workers, or this process in the same batches); the search
+    and selection stay sentence-transformers' own, which must take them from its cache, not re-embed."""
+    from tests.conftest import small_synthea
+
+    corpus = small_synthea(synthea, patients=3, per_patient=6)
+    chunks = chunk_corpus(corpus, tiny_embedder.token_offsets, ChunkingConfig(max_tokens=64, overlap_tokens=0))
+    pairs = inverse_cloze_pairs(chunks, per_chunk=1, seed=0)
+    all_chunks = [c for cs in chunks.values() for c in cs]
+    calls = []
+
+    def vectors(texts, kind):
+        calls.append((kind, len(texts)))
+        return tiny_embedder.embed_queries(texts) if kind == "query" else tiny_embedder.embed_passages(texts)
+
+    mined, report = mine_negatives(pairs, tiny_embedder, all_chunks, mine=8, keep=2, relative_margin=None,
+                                   vectors=vectors)
+    assert [k for k, _ in calls] == ["query", "passage"] and report.params["vectors"] == "precomputed"
+    reference, _ = mine_negatives(pairs, tiny_embedder, all_chunks, mine=8, keep=2, relative_margin=None)
+    assert [p.negatives for p in mined] == [p.negatives for p in reference]
