@@ -118,6 +118,8 @@ _SETTINGS = re.compile(r"(?i)(?:\b(?:ps|psv|cpap|bipap|ipap|epap|peep|simv|imv|a
 _VENT_VALUES = {2, 3, 4, 5, 6, 8, 10, 12, 14, 15, 16, 18, 20}
 _VENT_CONTEXT = re.compile(r"(?i)\b(?:psv?|cpap|bipap|ipap|epap|ips|peep|simv|imv|vent\w*|flow-?by|mask|wean\w*|settings?)\b")
 _PAIN_CONTEXT = re.compile(r"(?i)\b(?:pain|cp|c/o|discomfort|ache|scale|rates?|rated)\b")
+#: A day follows these ("on 3/10", "starting 4/2"); "on 5/5" stays a setting (pressure support 5, PEEP 5).
+_ON_BEFORE = re.compile(r"(?i)\b(?:on|thru|through|due|starting|started)\s*$")
 _COUNT_AFTER = re.compile(r"(?i)\s*(?:ns\b|strength|tabs?\b|dose|bl\b|bottles?|blood|cx|sets?|pain|%|of\b)")
 
 
@@ -133,14 +135,15 @@ def _not_a_date(text: str, match: re.Match[str]) -> bool:
     if re.search(r"(?i)\b(?:since|from|until|dated?|admitted|discharged)\s*$", before) or value.startswith("0"):
         return False  # a date word before it, or zero-padding ("01/01"), which no fraction or setting has
     if _COUNT_AFTER.match(after) or (day in _VENT_VALUES and (_VENT_CONTEXT.search(before[-14:])
-                                                               or _VENT_CONTEXT.match(after.lstrip()))) \
-            or (day == 10 and _PAIN_CONTEXT.search(before[-20:] + " " + after)):
+                                                               or _VENT_CONTEXT.match(after.lstrip()))):
+        return True
+    if _ON_BEFORE.search(before) and (month != day or day not in _VENT_VALUES):
+        return False  # "ON 3/10 HAD CP", "on 1/1 with CP": what happened on a day, not a score after it
+    if day == 10 and _PAIN_CONTEXT.search(before[-20:] + " " + after):
         return True
     # weaker triggers: they beat the fraction shapes (1/2, 1/3), not the settings above; "on 5/5" stays a
     # setting (pressure support 5, PEEP 5) unless a follow-up or a shift header says date
     if re.search(r"(?i)(?:\bf/?u:?|\bfollow[- ]?up)\s*$", before) or _SHIFT_HEADER.match(after) and _LINE_START.search(before):
-        return False
-    if month != day and re.search(r"(?i)\b(?:on|thru|through|due|starting|started)\s*$", before):
         return False
     if _SAMPLE_BEFORE.search(before):
         return False  # "last cx 5/5", "BC 1/5 pending": when a culture was sent is a date

@@ -61,6 +61,9 @@ def hospitals(view: TextView) -> Iterator[PhiSpan]:
             low = low.split("-")[0]  # "BALTIMORE VA-INTUBATED"
         if MISSPELT_HOSPITAL.fullmatch(low):
             low = "hospital"  # "Feschaux Memorial Hosspital"
+        elif 6 <= len(low) <= 10 and low[0] in "hrm" and tok.is_word and low not in HOSPITAL_TAIL_IN | HOSPITAL_TAIL_OUT:
+            low = {"hospital": "hospital", "regional": "regional", "memorial": "memorial"}.get(
+                vocab.misspelling_of(low) or "", low)  # "General Hopital", "MONTABONE REGIONNAL"
         if low not in HOSPITAL_TAIL_IN and low not in HOSPITAL_TAIL_OUT:
             continue
         if low in {"home", "house", "general", "medical", "health", "nursing"} and not (

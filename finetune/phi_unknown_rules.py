@@ -75,7 +75,7 @@ WEAK_AFTER = {"will", "would", "following", "follows", "evaluated", "saw", "sees
 #: "to" counts after a transfer verb ("transferred to tch", "admitted to pomc", "d/c to Farini").
 TRANSFER_TO = re.compile(r"(?i)\b(?:transferred|transfered|transfer|tx|sent|admitted|adm|brought|back|returned|return|"
                          r"discharged?|d/c'?d?|dc'?d?|moved|move|going|go|went|taken|came|drove|flown|flew|referred|"
-                         r"accepted)\s+to\s+(?:the\s+)?$")
+                         r"accepted|c/o|call(?:ed)?\s+out)\s+to\s+(?:the\s+)?$")  # "c/o to sartano": ICU call-out
 
 
 def _word(tok: Token) -> str:

@@ -286,3 +286,16 @@ def test_stress_recall_on_the_development_part() -> None:
     assert summary["stress"]["overall"]["recall"] >= 0.95
     assert summary["stress"]["overall"]["precision"] >= 0.8
     assert load_gold(SHARED_DATA / "physionet_deid_dev" / "notes.jsonl")  # the set loads as gold
+
+
+def test_day_month_dates_after_on_call_outs_and_misspelt_hospitals(detector: PhiDetector) -> None:
+    """Context rules of this session, on invented English text: a day after "on" beats a pain score
+    after it; "c/o to X" (an ICU call-out) is a place; a misspelt "regional"/"hospital" ends a name."""
+    text = "Chest pain on 4/12 and again ON 3/10 HAD CP at rest; awoke on 1/1 with SOB."
+    masked = _masked(detector, text, "en")
+    assert masked.get("4/12") is PhiType.DATE and masked.get("3/10") is PhiType.DATE
+    assert masked.get("1/1") is PhiType.DATE
+    for not_a_date in ("Rates pain 3/10 after meds.", "Remains on 5/5 psv overnight.", "Strength 5/5 in all limbs."):
+        assert not any(label is PhiType.DATE for label in _masked(detector, not_a_date, "en").values()), not_a_date
+    assert _covered(detector, "Plan: c/o to varvaresso if stable overnight.", "varvaresso", "en")
+    assert _covered(detector, "Bed offered at rehab (TOLVANEN REGIONNAL) for tomorrow.", "TOLVANEN REGIONNAL", "en")
