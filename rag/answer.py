@@ -337,7 +337,7 @@ class AnswerPipeline:
             if unused:  # small models summarise one or two sentences, or half of one: the rest is quoted, not lost
                 extra, extra_citations = quoted_answer(unused, language, len(unused), ALSO_INTRO)
                 text += "\n" + extra
-                citations += extra_citations
+                citations = _unique(citations + extra_citations)  # a cited sentence quoted too stays one citation
                 yield "\n" + extra
         else:  # the model abstained or wrote nothing the evidence backs, while the evidence is strong
             text, citations = quoted_answer(evidence.items, language, self.quoted_max)

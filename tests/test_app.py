@@ -139,7 +139,9 @@ def test_streams_and_renders_escaped_sources(settings) -> None:
     assert final.history[-2] == {"role": "user", "content": "Which medications is this patient on?"}
     content = final.history[-1]["content"]
     assert content.startswith("**Evidence from the record**\n1. Ann123 Lee45 (1950) · p1 · 2021-03-04 · Progress note")
-    assert content.endswith("**Answer**\nThe patient takes metformin <b>500 mg</b> [1].")
+    # the sentence kept metformin but not lisinopril, so its evidence is quoted after it, not lost
+    answer_part = content.partition("**Answer**\nThe patient takes metformin <b>500 mg</b> [1].\nAlso in the record:\n[1] ")
+    assert answer_part[1] and "lisinopril" in answer_part[2]
     html = final.sources
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert "<b>" not in html

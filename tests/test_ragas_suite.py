@@ -218,8 +218,9 @@ def test_answers_are_cached_by_question_and_passages(tmp_path, double):
     runner = AnswerRunner(llm, JsonlCache(tmp_path / "answers.jsonl"), k=2, max_tokens=32)
     hits = [_hit("d1", "p1", 1, "Asthma was diagnosed."), _hit("d2", "p1", 2, "No allergies.")]
     first = runner.answer(BM25Stub(), "stub", "Does the patient have asthma?", Scope.patient("p1"), hits)
-    # the checked sentence, then the evidence it did not use, quoted
-    assert first["text"] == "The patient has asthma [1].\nAlso in the record:\n[2] No allergies." and not first["cached"]
+    # the checked sentence, then the evidence it did not restate in full ("diagnosed"), quoted
+    assert first["text"] == ("The patient has asthma [1].\nAlso in the record:\n[1] Asthma was diagnosed.\n"
+                             "[2] No allergies.") and not first["cached"]
     assert first["citations"][0]["doc_id"] == "d1" and first["citations"][0]["source"] == "model"
     again = runner.answer(BM25Stub(), "stub", "Does the patient have asthma?", Scope.all(), hits)
     assert again["cached"] and again["text"] == first["text"] and len(double.requests) == 1
