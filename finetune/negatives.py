@@ -160,10 +160,10 @@ def _fill_cache(folder: Path, embedder: "Embedder", queries: Sequence[str], corp
     model_name = embedder.model.model_card_data.base_model or ""
     unique_queries = list(dict.fromkeys(queries))
     unique_corpus = list(dict.fromkeys(corpus))
-    for kind, texts, prompt in (("query", unique_queries, embedder.query_prefix or None),
-                                ("corpus", unique_corpus, embedder.passage_prefix or None)):
+    for name, texts, prompt, kind in (("query", unique_queries, embedder.query_prefix or None, "query"),
+                                      ("corpus", unique_corpus, embedder.passage_prefix or None, "passage")):
         key = hashlib.sha256(repr((model_name, prompt, None, texts)).encode(), usedforsecurity=False).hexdigest()
-        np.save(folder / f"{kind}_embeddings_{key}.npy", vectors(texts, "query" if kind == "query" else "passage"))
+        np.save(folder / f"{name}_embeddings_{key}.npy", vectors(texts, kind))
 
 
 def fill_missing(pairs: Sequence[Pair], n: int, seed: int = 0) -> list[Pair]:

@@ -35,8 +35,11 @@ HOSPITAL_TAIL_OUT = {"hospital", "hosp", "clinic", "campus", "medical", "health"
 HOSPITAL_STRONG = {"memorial", "regional", "hospital", "hosp", "va", "campus", "infirmary"}
 #: Keywords after which a capitalised ordinary word still names a place ("Baltimore Rehab").
 HOSPITAL_CAPITAL = {"rehab", "rehabilitation", "house", "manor", "square", "home"}
+HOSPITAL_TAILS = HOSPITAL_TAIL_IN | HOSPITAL_TAIL_OUT
 CENTRE_WORDS = {"center", "centre", "cnter", "cntr", "ctr"}
 MISSPELT_HOSPITAL = re.compile(r"hos{1,2}pi?t[ai]?l|hopsital|hospitol|hosptial")
+#: Keywords whose one-edit misspellings still end a hospital name (``Vocabulary.misspelling_of``).
+MISSPELLING_TARGETS = {"hospital", "regional", "memorial"}
 HOSPITAL_STOP = {"the", "a", "an", "to", "from", "at", "in", "into", "by", "of", "for", "with", "on", "and",
                  "or", "was", "is", "per", "via", "transferred", "transfered", "admitted", "sent", "taken",
                  "went", "go", "going", "back", "d/c'd", "discharged", "outside", "cardiac", "pulmonary",
@@ -57,14 +60,15 @@ def hospitals(view: TextView) -> Iterator[PhiSpan]:
         if view.language == "de" and DE_HOSPITAL.search(tok.core) and tok.is_word:
             yield from _german_hospital(view, i)
             continue
-        if "-" in low and low.split("-")[0] in HOSPITAL_TAIL_IN | HOSPITAL_TAIL_OUT:
+        if "-" in low and low.split("-")[0] in HOSPITAL_TAILS:
             low = low.split("-")[0]  # "BALTIMORE VA-INTUBATED"
         if MISSPELT_HOSPITAL.fullmatch(low):
             low = "hospital"  # "Feschaux Memorial Hosspital"
-        elif 6 <= len(low) <= 10 and low[0] in "hrm" and tok.is_word and low not in HOSPITAL_TAIL_IN | HOSPITAL_TAIL_OUT:
-            low = {"hospital": "hospital", "regional": "regional", "memorial": "memorial"}.get(
-                vocab.misspelling_of(low) or "", low)  # "General Hopital", "MONTABONE REGIONNAL"
-        if low not in HOSPITAL_TAIL_IN and low not in HOSPITAL_TAIL_OUT:
+        elif 6 <= len(low) <= 10 and low[0] in "hrm" and tok.is_word and low not in HOSPITAL_TAILS:
+            # "General Hopital", "MONTABONE REGIONNAL" (the first letter is a cheap pre-check: typos keep it)
+            target = vocab.misspelling_of(low)
+            low = target if target in MISSPELLING_TARGETS else low
+        if low not in HOSPITAL_TAILS:
             continue
         if low in {"home", "house", "general", "medical", "health", "nursing"} and not (
                 i + 1 < len(toks) and toks[i + 1].low in {"hospital", "hosp"} | CENTRE_WORDS) and low != "house" \
