@@ -26,7 +26,12 @@ endpoint. Sets:
 
 - ``qa-test`` / ``qa-dev``: the committed held-out QA pairs (``data/qa/physionet_deid_dev``) of the
   pipeline's test / dev patients (``finetune.split``, seed 0), over physionet_deid_dev (needs
-  ../shared/data); ``qa-dev`` is where thresholds are chosen, ``qa-test`` only reports;
+  ../shared/data); ``qa-test`` only reports;
+- ``qa-train``: the committed training pairs (``qa.train.jsonl``) of the training patients. They
+  were written on the pseudonymized notes and are asked over the originals, so a reference that
+  names a surrogate name or date loses that fact; they are for choosing thresholds with
+  ``qa-dev`` (``--choose-on qa-train,qa-dev``: about 560 questions instead of 79), never for
+  reporting;
 - ``synthea-facts``: medication doses and condition dates of the demo corpus, exact answers from
   ``data/synthea/{medications,conditions}.jsonl``;
 - ``handchecked``: ``data/answers/handchecked.jsonl``, English (synthea) and German (GraSCCo)
@@ -66,10 +71,11 @@ from rag.llm import LLMClient
 from rag.local_llm import EmbeddedLLMServer
 from rag.retrieve import Scope, make_retriever
 
-SETS = ("qa-test", "qa-dev", "synthea-facts", "handchecked")
+SETS = ("qa-test", "qa-dev", "qa-train", "synthea-facts", "handchecked")
 PATHS_WITHOUT_ANSWER = ("passages", "evidence")
 HANDCHECKED = REPO_ROOT / "data" / "answers" / "handchecked.jsonl"
 QA_FILE = REPO_ROOT / "data" / "qa" / "physionet_deid_dev" / "qa.jsonl"
+QA_TRAIN_FILE = QA_FILE.with_name("qa.train.jsonl")
 #: Words of a reference answer that are never facts ("The patient was given ...").
 FILLER = frozenset("""given received receives taking takes take started start noted documented shows showed
 also including include includes prescribed placed continued currently daily""".split())
@@ -119,7 +125,8 @@ def qa_split(settings: Settings, split: str) -> list[Question]:
     corpus = load_corpus("physionet_deid_dev", settings)
     patient_split = split_by_patient(corpus, seed=0, fractions=(0.7, 0.1, 0.2), by="documents").patient_split
     out = []
-    for line in QA_FILE.read_text(encoding="utf-8").splitlines():
+    source = QA_TRAIN_FILE if split == "train" else QA_FILE
+    for line in source.read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
         if patient_split.get(row["patient_id"]) == split and row.get("answer"):
             out.append(Question(row["qa_id"], f"qa-{split}", "physionet_deid_dev", row["patient_id"], row["question"],
@@ -213,6 +220,7 @@ def unanswerable(questions: Sequence[Question], texts: dict[str, dict[str, str]]
 
 def load_questions(names: Sequence[str], settings: Settings, limit: int | None, seed: int) -> list[Question]:
     builders = {"qa-test": lambda: qa_split(settings, "test"), "qa-dev": lambda: qa_split(settings, "dev"),
+                "qa-train": lambda: qa_split(settings, "train"),
                 "synthea-facts": lambda: synthea_facts(settings, seed=seed), "handchecked": lambda: handchecked(settings)}
     out: list[Question] = []
     for name in names:
@@ -514,12 +522,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="abstain below this evidence coverage alone (default: rag.answer.ABSTAIN_RULES for the "
                              "embedder); 0 with path 'evidence' to choose it: the report then prints the best threshold")
     parser.add_argument("--quoted-max", type=int, default=QUOTED_MAX, help="evidence sentences a quoted answer repeats")
+    parser.add_argument("--choose-on", default="",
+                        help="comma list of sets whose questions are pooled for one threshold choice "
+                             "(e.g. qa-train,qa-dev), reported next to the per-set choices")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     settings = load_settings()
     out = Path(args.out) if args.out else settings.home / "eval" / "answers"
     out.mkdir(parents=True, exist_ok=True)
     names = [s for s in args.sets.split(",") if s]
+    pooled = [s for s in args.choose_on.split(",") if s]
+    if set(pooled) - set(names):
+        print(f"error: --choose-on names sets not in --sets: {sorted(set(pooled) - set(names))}", file=sys.stderr)
+        return 2
     started = time.perf_counter()
     try:
         questions = load_questions(names, settings, args.limit or None, args.seed)
@@ -536,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
                   abstain_below=args.abstain_below, evidence_k=args.evidence_k, quoted_max=args.quoted_max)
     rows = summarize(results)
     thresholds = {name: choose_threshold([r for r in results if r.question.set == name]) for name in names}
+    if pooled:
+        thresholds["+".join(pooled)] = choose_threshold([r for r in results if r.question.set in pooled])
     meta = {"embedder": args.embedder or settings.embedder, "threads": args.threads, "max_tokens": args.max_tokens,
             "abstain_below": args.abstain_below, "evidence_k": args.evidence_k, "quoted_max": args.quoted_max,
             "threshold_choice": thresholds}

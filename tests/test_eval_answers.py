@@ -92,3 +92,16 @@ def test_a_real_run_writes_the_table_the_plot_and_every_question(tmp_path, tiny_
     assert len(rows) == 3 * (52 + 2)  # every path answered every question
     assert any(not r["answerable"] for r in rows)
     assert (out / "answers.png").stat().st_size > 0 and "recall / ceiling" in (out / "results.md").read_text()
+
+
+def test_the_rule_can_be_chosen_on_several_sets_pooled(tmp_path, tiny_model_dir):
+    out = tmp_path / "pooled"
+    assert main(["--sets", "synthea-facts", "--choose-on", "synthea-facts,qa-train", "--out", str(out)]) == 2
+    code = main(["--sets", "synthea-facts,handchecked", "--paths", "evidence", "--limit", "0", "--unanswerable", "4",
+                 "--abstain-below", "0", "--choose-on", "synthea-facts,handchecked", "--embedder", str(tiny_model_dir),
+                 "--out", str(out)])
+    assert code == 0
+    choice = json.loads((out / "results.json").read_text())["threshold_choice"]
+    pooled = choice["synthea-facts+handchecked"]
+    assert pooled["answerable"] == choice["synthea-facts"]["answerable"] + choice["handchecked"]["answerable"]
+    assert pooled["unanswerable"] == choice["synthea-facts"]["unanswerable"] + choice["handchecked"]["unanswerable"]
