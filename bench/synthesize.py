@@ -6,6 +6,12 @@ kept pairs per document and per minute from synthesis manifests.
     .venv/bin/python bench/synthesize.py --generator qwen2.5-coder-0.5b --levels 1 2 4
     .venv/bin/python bench/synthesize.py --manifest var/qa/accept30/manifest.json --manifest var/qa/cmp_smollm2/manifest.json
     .venv/bin/python bench/synthesize.py --render bench/out/synthesize.json --manifest ...   # redraw, refresh rows
+    .venv/bin/python bench/synthesize.py --only-manifests --manifest var/qa/before/manifest.json \
+        --manifest var/qa/after/manifest.json --out bench/out/synthesis_throughput   # kept pairs per CPU-hour
+
+Kept pairs per CPU-hour = kept / (wall hours x llama.cpp threads) over all runs of a manifest: the
+measure to compare generation recipes by, since a recipe that keeps few of its questions wastes the
+calls that made the others.
 
 Client overhead: with one server slot the server works on one request at a time, so the sum of its
 own per-request times (llama.cpp ``timings``: prompt_ms + predicted_ms) is its busy time, and
@@ -97,12 +103,18 @@ def synthesis_rows(paths: list[str]) -> list[dict]:
         runs = m.get("runs") or [m["this_run"]]
         wall = sum(r.get("wall_s") or 0 for r in runs)
         kept_runs = sum(r.get("kept") or 0 for r in runs)
+        threads = int(m.get("parameters", {}).get("llm_threads") or 1)
         t = m["totals"]
         out.append({"manifest": p, "generator": m["generator"].get("label") or m["generator"].get("model"),
                     "documents": t["documents_done"], "candidates": t["candidates"], "kept": t["kept"],
                     "kept_share": t["kept_share"], "kept_per_document": t["kept_per_document"],
                     "wall_s_all_runs": round(wall, 1),
                     "kept_per_minute": round(kept_runs / (wall / 60), 2) if wall else None,
+                    "threads": threads, "candidates_per_cpu_hour": round(
+                        sum(r.get("candidates") or 0 for r in runs) / (wall * threads / 3600), 1) if wall else None,
+                    "kept_per_cpu_hour": round(kept_runs / (wall * threads / 3600), 1) if wall else None,
+                    "prompt_tokens": sum(r.get("prompt_tokens") or 0 for r in runs),
+                    "completion_tokens": sum(r.get("completion_tokens") or 0 for r in runs),
                     "drop_reasons": t["drop_reasons"]})
     return out
 
@@ -118,7 +130,16 @@ def main() -> int:
     ap.add_argument("--manifest", action="append", default=[], help="synthesis manifest(s) for kept pairs/doc, /min")
     ap.add_argument("--out", default=str(OUT / "synthesize"))
     ap.add_argument("--render", default=None, help="only redraw .md/.png from this result JSON")
+    ap.add_argument("--only-manifests", action="store_true",
+                    help="no server series: only the synthesis manifests' kept pairs per CPU-hour")
     args = ap.parse_args()
+    if args.only_manifests:
+        rows = synthesis_rows(args.manifest)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps({"synthesis": rows}, indent=2) + "\n", encoding="utf-8")
+        render_synthesis(rows, out)
+        return 0
     if args.render:  # redraw; with --manifest, also refresh the synthesis rows (runs finished later)
         result = json.loads(Path(args.render).read_text(encoding="utf-8"))
         if args.manifest:
@@ -146,6 +167,38 @@ def main() -> int:
     return 0
 
 
+def synthesis_table(rows: list[dict]) -> list[str]:
+    lines = ["| synthesis run | generator | documents | candidates | kept | kept share | kept / document | "
+             "kept / minute | threads | candidates / CPU-hour | kept / CPU-hour |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['manifest']} | {r['generator']} | {r['documents']} | {r['candidates']} | {r['kept']} | "
+                     f"{r['kept_share']} | {r['kept_per_document']} | {r['kept_per_minute']} | {r.get('threads', '')} | "
+                     f"{r.get('candidates_per_cpu_hour', '')} | {r.get('kept_per_cpu_hour', '')} |")
+    return lines
+
+
+def render_synthesis(rows: list[dict], out: Path) -> None:
+    """<out>.md (table) and <out>.png (candidates and kept pairs per CPU-hour, one bar pair per run)."""
+    lines = synthesis_table(rows)
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ys = range(len(rows))
+    ax.barh([y + 0.2 for y in ys], [r["candidates_per_cpu_hour"] or 0 for r in rows], height=0.4, label="candidates")
+    ax.barh([y - 0.2 for y in ys], [r["kept_per_cpu_hour"] or 0 for r in rows], height=0.4, label="kept pairs")
+    ax.set_yticks(list(ys), [Path(r["manifest"]).parent.name for r in rows], fontsize=8)
+    ax.set_xlabel("per CPU-hour (wall hours x llama.cpp threads)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=120)
+    plt.close(fig)
+
+
 def render(result: dict, out: Path) -> None:
     """bench/out/synthesize.{md,png} from the result (``--render`` redraws them from the JSON)."""
     series = result["series"]
@@ -162,11 +215,7 @@ def render(result: dict, out: Path) -> None:
     lines += ["", f"Client overhead at saturation (one slot, 2+ in flight; server idle share): "
                   f"{result['client_overhead_at_saturation']:.1%}"]
     if result["synthesis"]:
-        lines += ["", "| synthesis run | generator | documents | candidates | kept | kept share | kept / document | kept / minute |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for r in result["synthesis"]:
-            lines.append(f"| {r['manifest']} | {r['generator']} | {r['documents']} | {r['candidates']} | {r['kept']} | "
-                         f"{r['kept_share']} | {r['kept_per_document']} | {r['kept_per_minute']} |")
+        lines += ["", *synthesis_table(result["synthesis"])]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
 

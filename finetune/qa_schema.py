@@ -35,12 +35,15 @@ MAX_EVIDENCE_CHARS = 400
 SCHEMA_NAME = "qa_set"
 
 
-def generation_schema(n_items: int, evidence_options: Sequence[str] | None = None) -> dict[str, Any]:
+def generation_schema(n_items: int, evidence_options: Sequence[str] | None = None, *,
+                      with_evidence: bool = True) -> dict[str, Any]:
     """The ``response_format`` schema for one call asking for ``n_items`` questions (1..n).
 
     ``evidence_options`` (the note's sentences, see :func:`evidence_options`) turns ``evidence`` into
     an enum, so a server that enforces the schema can only emit a verbatim quote: small generators
     otherwise paraphrase ("The note states that ...") and most of their items fail the evidence check.
+    ``with_evidence`` False leaves ``evidence`` out: anchored calls (``finetune.anchors``) give the
+    passage, and copying it back would cost a decoding step per token.
     """
     if n_items < 1:
         raise ValueError(f"n_items must be >= 1, got {n_items}")
@@ -56,7 +59,10 @@ def generation_schema(n_items: int, evidence_options: Sequence[str] | None = Non
             "answer": {"type": "string", "minLength": 1, "maxLength": MAX_ANSWER_CHARS},
         },
     }
-    if evidence_options:
+    if not with_evidence:
+        item["required"].remove("evidence")
+        del item["properties"]["evidence"]
+    elif evidence_options:
         item["properties"]["evidence"] = {"type": "string", "enum": list(evidence_options),
                                           "description": "verbatim quote from the note"}
     return {

@@ -167,7 +167,7 @@ def synthesize_partitioned(engine: Engine, in_path: str | Path | Sequence[str | 
                            evidence_enum: bool = True, request_extra: dict[str, Any] | None = None,
                            roundtrip: str = "bm25", roundtrip_k: int | None = None,
                            skip_filters: Sequence[str] = (), interleave_patients: bool = False,
-                           strict_answers: bool = False) -> dict[str, Any]:
+                           strict_answers: bool = False, anchored: bool = False) -> dict[str, Any]:
     """:func:`finetune.synthesize.synthesize_file` with generation spread over ``engine``'s workers.
 
     Same arguments and outputs; ``concurrency`` is the requests in flight per partition. Resumable:
@@ -187,7 +187,8 @@ def synthesize_partitioned(engine: Engine, in_path: str | Path | Sequence[str | 
                          digest(json.dumps(d.to_json(), sort_keys=True, ensure_ascii=False))) for d in selected),
                        engine.partitions, folder)
     generation = {"per_doc": per_doc, "per_call": per_call, "seed": seed, "temperature": temperature,
-                  "window_chars": window_chars, "evidence_enum": evidence_enum, "request_extra": request_extra}
+                  "window_chars": window_chars, "evidence_enum": evidence_enum, "request_extra": request_extra,
+                  "anchored": anchored}
     params = {"stage": "synthesize", **generation, "endpoints": endpoints, "model": model, "generator": generator,
               "llm_ctx": settings.llm_ctx}
     incomplete: list[str] = []
@@ -223,7 +224,8 @@ def synthesize_partitioned(engine: Engine, in_path: str | Path | Sequence[str | 
             in_paths, files.qa, per_doc=per_doc, per_call=per_call, seed=seed, temperature=temperature,
             window_chars=window_chars, evidence_enum=evidence_enum, request_extra=request_extra, roundtrip=roundtrip,
             roundtrip_k=roundtrip_k, skip_filters=skip_filters, interleave_patients=interleave_patients,
-            strict_answers=strict_answers, limit=limit, settings=settings, progress=progress, concurrency=1,
+            strict_answers=strict_answers, anchored=anchored, limit=limit, settings=settings, progress=progress,
+            concurrency=1,
             generator_pool=ReplayPool(replies, info))
     finally:
         replies.close()

@@ -23,6 +23,12 @@ How one document is turned into pairs, and why:
   other, and a quote used by an earlier call leaves the evidence enum of the next, so every call
   grounds its questions somewhere new (sub-1B generators otherwise repeat one item within a call:
   measured, Qwen2.5-Coder-0.5B at 5 per call kept 0 of 14, at 1 per call 2 of 14 on three notes).
+* **Anchored calls** (``--anchored``): the passages come first. :mod:`finetune.anchors` picks up to
+  ``--per-doc`` sentences that name something specific (rare words), and each gets one short call
+  (``prompts/qa_anchor.<lang>.txt``: rules first, so the server's prompt cache keeps them, then the
+  passage) asking for one query in the rotating style; the passage is the evidence, so the reply
+  carries only the query and its answer. Fewer prompt and output tokens per question, and the
+  question is about a fact the note states (docs/results.md has the measurement).
 * **Structured output**: ``response_format`` with the JSON schema of :mod:`finetune.qa_schema`, whose
   ``evidence`` is an enum of the note's sentences, so the quote is verbatim by construction
   (llama.cpp and vLLM enforce the schema while decoding). A reply cut off at ``max_tokens`` is salvaged item
@@ -59,6 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finetune.anchors import pick_anchors
 from finetune.engine import EngineError, add_engine_arguments, engine_from_args
 from finetune.filters import (
     BM25Reference,
@@ -93,6 +100,8 @@ from rag.prompts import PROMPT_DIR, load_prompt
 log = logging.getLogger(__name__)
 
 PROMPT_NAME = "qa_generate"
+ANCHOR_PROMPT_NAME = "qa_anchor"
+ANCHORED_MAX_TOKENS = 100  # question_type, a query of <= 12 words and a few words of answer, with headroom
 HINTS_NAME = "qa_hints"
 FOCI: tuple[str, ...] = ("diagnoses", "medication", "labs", "procedures")
 STYLES: tuple[str, ...] = ("clinical", "keyword", "handover")
@@ -158,6 +167,7 @@ class Call:
     style: str
     seed: int
     window: tuple[int, int] | None  # None: the whole document
+    anchor: str | None = None  # anchored call: the passage asked about (``finetune.anchors``)
 
 
 def doc_language(doc: Document) -> str:
@@ -200,10 +210,18 @@ def split_windows(text: str, max_chars: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in packed if text[a:b].strip()]
 
 
-def plan_calls(doc: Document, *, per_doc: int, per_call: int, window_chars: int, seed: int) -> list[Call]:
+def plan_calls(doc: Document, *, per_doc: int, per_call: int, window_chars: int, seed: int,
+               anchored: bool = False) -> list[Call]:
     """The calls for one document: ``per_doc`` questions spread over its windows, ``per_call`` at most
-    per call, focus and style rotating from a per-document offset."""
+    per call, focus and style rotating from a per-document offset. ``anchored``: one call per anchor
+    passage (``finetune.anchors.pick_anchors``), one question each; a note with fewer specific
+    passages gets fewer calls."""
     lang = doc_language(doc)
+    if anchored:
+        offset = doc_seed(seed, doc.doc_id, -1)
+        return [Call(doc=doc, language=lang, index=i, n=1, focus="anchor", style=STYLES[(offset + i) % len(STYLES)],
+                     seed=doc_seed(seed, doc.doc_id, i), window=None, anchor=anchor)
+                for i, anchor in enumerate(pick_anchors(doc.text, per_doc, lang))]
     windows = split_windows(doc.text, window_chars)
     whole = len(windows) == 1
     shares = [per_doc // len(windows) + (1 if i < per_doc % len(windows) else 0) for i in range(len(windows))]
@@ -266,9 +284,11 @@ def candidates_from(items: Sequence[Any], call: Call) -> list[Candidate]:
     out = []
     for j, raw in enumerate(items):
         d = raw if isinstance(raw, dict) else {}
+        if call.anchor is not None and isinstance(raw, dict):
+            raw = {**raw, "evidence": call.anchor}  # the passage asked about is the item's evidence
         out.append(Candidate(
             doc_id=call.doc.doc_id, patient_id=call.doc.patient_id, question=_as_str(d.get("question")),
-            answer=_as_str(d.get("answer")), evidence=_as_str(d.get("evidence")),
+            answer=_as_str(d.get("answer")), evidence=call.anchor or _as_str(d.get("evidence")),
             question_type=_as_str(d.get("question_type")) or "other", language=call.language,
             call_index=call.index, item_index=j, focus=call.focus, style=call.style, seed=call.seed,
             window=call.window, raw=raw))
@@ -375,16 +395,25 @@ async def _run_call(call: Call, endpoints: EndpointPool, *, prompts: dict[str, A
     ``used_evidence``: quotes earlier calls on this document already asked about; they leave the
     enum, so each call has to ground its questions somewhere new (small models otherwise return the
     same item again and again)."""
-    text = call.doc.text if call.window is None else call.doc.text[call.window[0]:call.window[1]]
     hint = hints[call.language]
-    messages = prompts[call.language].messages(
-        document=text.strip(), n=str(call.n), focus=hint.focus[call.focus], style=hint.style[call.style],
-        lang_name=LANGUAGE_NAMES[call.language][call.language])
-    options = evidence_options(text) if evidence_enum else None
-    if options and used_evidence:
-        options = [o for o in options if o not in used_evidence] or options
-    rf = {"type": "json_schema", "json_schema": {"name": SCHEMA_NAME, "schema": generation_schema(call.n, options)}}
-    result = await endpoints.acomplete(messages, max_tokens=TOKENS_PER_ITEM * call.n + 60, temperature=temperature,
+    lang_name = LANGUAGE_NAMES[call.language][call.language]
+    if call.anchor is not None:  # the rules first and the passage last: the server caches the rules
+        messages = load_prompt(ANCHOR_PROMPT_NAME, call.language).messages(
+            passage=call.anchor, style=hint.style[call.style], lang_name=lang_name)
+        schema = generation_schema(1, with_evidence=False)
+        max_tokens = ANCHORED_MAX_TOKENS
+    else:
+        text = call.doc.text if call.window is None else call.doc.text[call.window[0]:call.window[1]]
+        messages = prompts[call.language].messages(
+            document=text.strip(), n=str(call.n), focus=hint.focus[call.focus], style=hint.style[call.style],
+            lang_name=lang_name)
+        options = evidence_options(text) if evidence_enum else None
+        if options and used_evidence:
+            options = [o for o in options if o not in used_evidence] or options
+        schema = generation_schema(call.n, options)
+        max_tokens = TOKENS_PER_ITEM * call.n + 60
+    rf = {"type": "json_schema", "json_schema": {"name": SCHEMA_NAME, "schema": schema}}
+    result = await endpoints.acomplete(messages, max_tokens=max_tokens, temperature=temperature,
                                       seed=call.seed, response_format=rf, extra_body=request_extra)
     stats.calls += 1
     stats.llm_seconds += result.elapsed_s
@@ -438,6 +467,7 @@ def synthesize_file(
     request_extra: dict[str, Any] | None = None,
     strict_answers: bool = False,
     generator_pool: EndpointPool | None = None,
+    anchored: bool = False,
 ) -> dict[str, Any]:
     """Generate, filter and append QA pairs for every document of ``in_path`` not done yet.
 
@@ -457,6 +487,8 @@ def synthesize_file(
     default only requires support by the note and records ``answer_in_evidence``).
     ``generator_pool``: an open generator used instead of ``endpoints`` or the embedded server
     (``finetune.ray_stages`` passes one that records the replies in a worker, or replays them).
+    ``anchored``: pick up to ``per_doc`` specific passages per note first and ask one question about
+    each (``prompts/qa_anchor``; ``per_call`` and ``evidence_enum`` then do not apply).
     Returns the manifest (also written to ``manifest.json`` next to ``out_path``).
     """
     settings = settings or load_settings()
@@ -485,7 +517,11 @@ def synthesize_file(
     languages = sorted({doc_language(d) for d in selected} | {"en"})
     prompts = {lang: load_prompt(PROMPT_NAME, lang) for lang in languages}
     hints = {lang: load_hints(lang) for lang in languages}
-    prompt_versions = {lang: f"{prompts[lang].version}+{hints[lang].version}" for lang in languages}
+    if anchored:
+        prompt_versions = {lang: f"{load_prompt(ANCHOR_PROMPT_NAME, lang).version}+{hints[lang].version}"
+                           for lang in languages}
+    else:
+        prompt_versions = {lang: f"{prompts[lang].version}+{hints[lang].version}" for lang in languages}
 
     # filters: the reference retriever covers every input document
     patient_of = {d.doc_id: d.patient_id for d in all_docs}
@@ -527,7 +563,7 @@ def synthesize_file(
                   "limit": limit, "temperature": temperature, "window_chars": window_chars,
                   "max_tokens_per_call": max_out, "roundtrip": roundtrip, "evidence_enum": evidence_enum,
                   "interleave_patients": interleave_patients, "request_extra": request_extra,
-                  "strict_answers": strict_answers,
+                  "strict_answers": strict_answers, "anchored": anchored,
                   "roundtrip_k": next((getattr(f, "k", None) for f in state.filters if f.name == "roundtrip"), None),
                   "filters": state.names, "llm_ctx": ctx, "llm_threads": settings.llm_threads}
 
@@ -575,7 +611,7 @@ def synthesize_file(
                     doc, endpoints_pool, files=files, state=state, prompts=prompts, hints=hints, per_doc=per_doc,
                     per_call=per_call, window_chars=window_chars, seed=seed, temperature=temperature, stats=stats,
                     evidence_enum=evidence_enum, request_extra=request_extra, gen_name=gen_name,
-                    prompt_versions=prompt_versions)
+                    prompt_versions=prompt_versions, anchored=anchored)
 
             def postfix() -> dict[str, Any]:
                 minutes = max(stats.elapsed(), 1e-6) / 60
@@ -597,7 +633,7 @@ async def _synthesize_document(doc: Document, endpoints: EndpointPool, *, files:
                                prompts: dict[str, Any], hints: dict[str, Hints], per_doc: int, per_call: int,
                                window_chars: int, seed: int, temperature: float, stats: RunStats,
                                evidence_enum: bool, request_extra: dict[str, Any] | None, gen_name: str,
-                               prompt_versions: dict[str, str]) -> Appends:
+                               prompt_versions: dict[str, str], anchored: bool = False) -> Appends:
     """One document's calls, one after the other (each call's quotes leave the next call's enum), then
     its filtered rows; an LLMError after the client's retries leaves the document to the next run."""
     t0 = time.monotonic()
@@ -608,7 +644,8 @@ async def _synthesize_document(doc: Document, endpoints: EndpointPool, *, files:
     window = window_chars
     try:
         while True:
-            calls = plan_calls(doc, per_doc=per_doc, per_call=per_call, window_chars=window, seed=seed)
+            calls = plan_calls(doc, per_doc=per_doc, per_call=per_call, window_chars=window, seed=seed,
+                               anchored=anchored)
             try:
                 for call in calls:  # sequential within a document; documents run in parallel
                     got, cut = await _run_call(call, endpoints, prompts=prompts, hints=hints,
@@ -711,6 +748,8 @@ def main(argv: list[str] | None = None) -> int:
                     help='JSON object merged into every request, e.g. \'{"presence_penalty": 0.5}\'')
     ap.add_argument("--strict-answers", action="store_true",
                     help="drop answers not supported by the evidence quote itself (for reference-answer sets)")
+    ap.add_argument("--anchored", action="store_true",
+                    help="pick the note's specific passages first, one short call per passage (finetune.anchors)")
     ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default CRAG_LLM_THREADS=1)")
     ap.add_argument("--no-progress", action="store_true")
     add_engine_arguments(ap)
@@ -736,7 +775,7 @@ def main(argv: list[str] | None = None) -> int:
                 temperature=args.temperature, window_chars=args.window_chars, roundtrip=args.roundtrip,
                 roundtrip_k=args.roundtrip_k, skip_filters=args.skip_filter, evidence_enum=not args.free_evidence,
                 interleave_patients=args.interleave_patients, request_extra=args.request_extra,
-                strict_answers=args.strict_answers)
+                strict_answers=args.strict_answers, anchored=args.anchored)
     except (SynthesisError, LLMError, EngineError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

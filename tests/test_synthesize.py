@@ -293,3 +293,65 @@ def test_embedded_server_generates_grounded_pairs(tmp_path, settings):
         assert r["evidence"] in text[r["doc_id"]]  # the enum schema makes every quote verbatim
     for r in _lines(out):
         assert r["verdicts"]["evidence_score"] == 100.0 and r["generator"] == "smollm2-135m-instruct"
+
+
+# --------------------------------------------------------------------------------------------
+# anchored synthesis (finetune.anchors): the passage first, one short call per passage
+
+
+def test_anchors_are_the_specific_passages_in_note_order():
+    from finetune.anchors import pick_anchors, rare_terms
+
+    note = ("Patient resting comfortably in bed. Vancomycin trough 15.2 this morning. Spoke with Harold about "
+            "the plan. Wound vac dressing changed, no drainage. Patient resting comfortably in bed, family in.")
+    anchors = pick_anchors(note, 5)
+    assert anchors == ["Vancomycin trough 15.2 this morning.", "Wound vac dressing changed, no drainage."]
+    assert pick_anchors(note, 1) == ["Vancomycin trough 15.2 this morning."]  # most new rare words first
+    assert "harold" not in rare_terms("Spoke with Harold about the plan.")  # a Title-case name is no anchor
+    assert "vancomycin" in rare_terms("VANCOMYCIN TROUGH 15.2")  # capitals (nursing notes) are words
+    german = "Patientin wach und orientiert. Heparin-Perfusor mit 1000 IE pro Stunde, PTT 62 Sekunden. Alles gut."
+    assert pick_anchors(german, 3, "de") == ["Heparin-Perfusor mit 1000 IE pro Stunde, PTT 62 Sekunden."]
+
+
+ANCHORED_REPLY = json.dumps({"items": [
+    {"question_type": "medication", "question": "ceftriaxone dose for pneumonia",
+     "answer": "Ceftriaxone 2 g daily was started for pneumonia."}]})
+
+
+def test_anchored_run_asks_one_question_per_passage_and_keeps_the_passage_as_evidence(notes_file, tmp_path,
+                                                                                        settings):
+    from finetune.anchors import pick_anchors
+
+    out = tmp_path / "anchored" / "qa.jsonl"
+    with OpenAIDouble(text=ANCHORED_REPLY) as double:
+        m = synthesize_file(notes_file, out, per_doc=2, endpoints=[double.base_url], model="double", concurrency=2,
+                            settings=_settings(settings), progress=False, roundtrip="none",
+                            skip_filters=["duplicate", "near_duplicate"], anchored=True)
+        bodies = [q["body"] for q in double.chat_requests]
+    expected = {n.doc_id: pick_anchors(n.text, 2) for n in NOTES}
+    assert len(bodies) == sum(len(a) for a in expected.values()) == m["this_run"]["calls"]
+    for body in bodies:
+        prompt = body["messages"][-1]["content"]
+        assert any(prompt.endswith("Passage: " + a) for a in sum(expected.values(), []))  # rules first, passage last
+        assert body["max_tokens"] <= 100
+        item = body["response_format"]["json_schema"]["schema"]["properties"]["items"]
+        assert item["maxItems"] == 1 and "evidence" not in item["items"]["properties"]
+    rows = _lines(out)
+    assert rows and all(r["evidence"] in expected[r["doc_id"]] for r in rows)
+    assert {r["prompt_version"] for r in rows} == {"qa-anchor-en-2+qa-hints-en-1"}
+    assert all(r["focus"] == "anchor" for r in rows) and m["parameters"]["anchored"] is True
+
+
+@pytest.mark.slow
+def test_embedded_server_answers_anchored_calls(tmp_path, settings):
+    doc = Document("a1", "pa", "Resp care: patient intubated for airway protection. Vancomycin trough 15.2 this "
+                   "morning, dose held. Wound vac dressing changed, no drainage.", language="en")
+    path = tmp_path / "docs.jsonl"
+    write_jsonl([doc], path)
+    out = tmp_path / "qa.jsonl"
+    m = synthesize_file(path, out, per_doc=2, generator="smollm2", concurrency=1, settings=settings.replace(
+        llm_threads=1, llm_ctx=2048), progress=False, roundtrip="none", skip_filters=["answer", "length", "language"],
+        anchored=True)
+    assert m["this_run"]["calls"] == 2 and m["this_run"]["completion_tokens"] > 0
+    produced = _lines(out) + [r for r in _lines(OutputFiles.for_output(out).rejected) if r["drop_reason"] != "truncated"]
+    assert produced and all(r["evidence"] in doc.text and r["question"] for r in produced)
