@@ -123,7 +123,8 @@ class Candidate:
 
     @property
     def qa_id(self) -> str:
-        return f"{self.doc_id}#q{self.call_index:02d}{self.item_index:02d}"
+        kind = "a" if self.focus == "anchor" else "q"  # anchored calls number their own questions
+        return f"{self.doc_id}#{kind}{self.call_index:02d}{self.item_index:02d}"
 
 
 @dataclass

@@ -510,18 +510,15 @@ def synthesize_file(
     old_manifest = json.loads(files.manifest.read_text(encoding="utf-8")) if files.manifest.is_file() else {}
 
     ctx = int(settings.llm_ctx)
-    max_out = TOKENS_PER_ITEM * per_call + 60
+    max_out = ANCHORED_MAX_TOKENS if anchored else TOKENS_PER_ITEM * per_call + 60
     if window_chars is None:
         window_chars = max(1000, int((ctx - max_out - PROMPT_OVERHEAD_TOKENS) * CHARS_PER_TOKEN))
 
     languages = sorted({doc_language(d) for d in selected} | {"en"})
     prompts = {lang: load_prompt(PROMPT_NAME, lang) for lang in languages}
     hints = {lang: load_hints(lang) for lang in languages}
-    if anchored:
-        prompt_versions = {lang: f"{load_prompt(ANCHOR_PROMPT_NAME, lang).version}+{hints[lang].version}"
-                           for lang in languages}
-    else:
-        prompt_versions = {lang: f"{prompts[lang].version}+{hints[lang].version}" for lang in languages}
+    prompt_name = ANCHOR_PROMPT_NAME if anchored else PROMPT_NAME
+    prompt_versions = {lang: f"{load_prompt(prompt_name, lang).version}+{hints[lang].version}" for lang in languages}
 
     # filters: the reference retriever covers every input document
     patient_of = {d.doc_id: d.patient_id for d in all_docs}

@@ -340,6 +340,7 @@ def test_anchored_run_asks_one_question_per_passage_and_keeps_the_passage_as_evi
     assert rows and all(r["evidence"] in expected[r["doc_id"]] for r in rows)
     assert {r["prompt_version"] for r in rows} == {"qa-anchor-en-2+qa-hints-en-1"}
     assert all(r["focus"] == "anchor" for r in rows) and m["parameters"]["anchored"] is True
+    assert all(r["qa_id"].startswith(r["doc_id"] + "#a") for r in rows)  # never the id of a whole-note question
 
 
 @pytest.mark.slow
