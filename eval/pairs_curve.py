@@ -13,9 +13,8 @@ the recipe that wins here.
         --sizes 0,500,all --key-file KEY --out var/eval/pairs_curve
 
 Each size is its own pipeline run folder under ``<out>/runs/<size>`` (resumable: a finished size
-is not trained again). The largest size uses ``--extra`` itself, so once a preset adopts that file,
-``python -m eval.pipeline --run-dir <out>/runs/<all rows>`` finds the build stages complete and only
-evaluates. Writes ``results.json``, ``results.md`` and ``pairs_curve.png``.
+is not trained again) and its own model, ``<preset's model name>-pairs<size>`` in the trained-models
+folder: the curve never overwrites the ``domain`` model the app serves. Writes ``results.json``, ``results.md`` and ``pairs_curve.png``.
 """
 from __future__ import annotations
 
@@ -106,13 +105,14 @@ def run(extra: Path, sizes_text: str, out: Path, *, preset_name: str, key_file: 
     rows = []
     for n in sizes:
         files = tuple(preset.qa_files)
-        if n == len(lines):  # the file itself: a preset that adopts it finds this run's stages complete
+        if n == len(lines):
             files += (str(extra.resolve()),)
         elif n:
             files += (str(prefix_file(extra, lines, n, out / "extra" / str(n))),)
         run_dir = out / "runs" / str(n)
         log.info("size %d: %d QA files -> %s", n, len(files), run_dir)
-        run_pipeline(preset.with_overrides(qa_files=files), settings, root=run_dir, key_file=key_file,
+        sized = preset.with_overrides(qa_files=files, train_name=f"{preset.train.name}-pairs{n}")
+        run_pipeline(sized, settings, root=run_dir, key_file=key_file,
                      stages=["pseudonymize", "synthesize", "split", "mine", "train"], progress=progress)
         rows.append(point(n, run_dir))
         write_json({"extra": str(extra), "preset": preset_name, "rows": rows}, out / "results.json")
