@@ -15,11 +15,9 @@ cannot, and the round-trip filter drops them. Title-case words inside a sentence
 from __future__ import annotations
 
 import re
-from functools import lru_cache
-
-from wordfreq import zipf_frequency
 
 from finetune.qa_schema import evidence_options
+from rag.language import word_zipf
 
 #: Words rarer than this (wordfreq Zipf) make a passage specific; "vancomycin" 2.3, "trough" 2.9,
 #: "dressing" 3.6, "pressure" 4.6, "patient" 4.9.
@@ -27,11 +25,6 @@ RARE_ZIPF = 3.5
 #: A passage shorter than this (words) rarely holds a fact with its subject.
 MIN_WORDS = 4
 _WORD = re.compile(r"[^\W\d_][^\W\d_'-]{2,}")
-
-
-@lru_cache(maxsize=200_000)
-def _zipf(word: str, language: str) -> float:
-    return zipf_frequency(word, language)
 
 
 def rare_terms(passage: str, language: str = "en") -> set[str]:
@@ -43,7 +36,7 @@ def rare_terms(passage: str, language: str = "en") -> set[str]:
         if i > 0 and word[0].isupper() and word[1:].islower():
             continue
         low = word.lower()
-        if _zipf(low, language) < RARE_ZIPF:
+        if word_zipf(low, language) < RARE_ZIPF:
             out.add(low)
     return out
 

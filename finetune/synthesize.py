@@ -394,11 +394,12 @@ async def _run_call(call: Call, endpoints: EndpointPool, *, prompts: dict[str, A
 
     ``used_evidence``: quotes earlier calls on this document already asked about; they leave the
     enum, so each call has to ground its questions somewhere new (small models otherwise return the
-    same item again and again)."""
+    same item again and again). ``prompts``: the run's template per language (``qa_anchor`` for
+    anchored calls, else ``qa_generate``)."""
     hint = hints[call.language]
     lang_name = LANGUAGE_NAMES[call.language][call.language]
     if call.anchor is not None:  # the rules first and the passage last: the server caches the rules
-        messages = load_prompt(ANCHOR_PROMPT_NAME, call.language).messages(
+        messages = prompts[call.language].messages(
             passage=call.anchor, style=hint.style[call.style], lang_name=lang_name)
         schema = generation_schema(1, with_evidence=False)
         max_tokens = ANCHORED_MAX_TOKENS
@@ -515,10 +516,9 @@ def synthesize_file(
         window_chars = max(1000, int((ctx - max_out - PROMPT_OVERHEAD_TOKENS) * CHARS_PER_TOKEN))
 
     languages = sorted({doc_language(d) for d in selected} | {"en"})
-    prompts = {lang: load_prompt(PROMPT_NAME, lang) for lang in languages}
+    prompts = {lang: load_prompt(ANCHOR_PROMPT_NAME if anchored else PROMPT_NAME, lang) for lang in languages}
     hints = {lang: load_hints(lang) for lang in languages}
-    prompt_name = ANCHOR_PROMPT_NAME if anchored else PROMPT_NAME
-    prompt_versions = {lang: f"{load_prompt(prompt_name, lang).version}+{hints[lang].version}" for lang in languages}
+    prompt_versions = {lang: f"{prompts[lang].version}+{hints[lang].version}" for lang in languages}
 
     # filters: the reference retriever covers every input document
     patient_of = {d.doc_id: d.patient_id for d in all_docs}

@@ -33,7 +33,8 @@ def _detector():
 
 
 @lru_cache(maxsize=65536)
-def _zipf(word: str, language: str) -> float:
+def word_zipf(word: str, language: str) -> float:
+    """wordfreq's Zipf frequency of ``word`` (cached; the word lists load on first use)."""
     from wordfreq import zipf_frequency
 
     return zipf_frequency(word, language)
@@ -43,7 +44,7 @@ def _german_compound(word: str) -> bool:
     """Two German words run together ("kaliumsubstitution", "sputumkultur"); asked only of words
     that neither frequency list knows."""
     for i in range(3, len(word) - 2):
-        head, tail = _zipf(word[:i], "de"), _zipf(word[i:], "de")
+        head, tail = word_zipf(word[:i], "de"), word_zipf(word[i:], "de")
         if min(head, tail) >= 1.0 and head + tail >= 3.5:
             return True
     return False
@@ -57,7 +58,7 @@ def word_evidence(text: str) -> float:
         if re.search(r"[äöüß]", low):
             score -= 4.0
             continue
-        en, de = _zipf(low, "en"), _zipf(low, "de")
+        en, de = word_zipf(low, "en"), word_zipf(low, "de")
         if en == 0 and de == 0 and len(low) >= 8 and _german_compound(low):
             de = 3.0
         score += en - de
