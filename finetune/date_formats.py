@@ -82,7 +82,8 @@ FORMATS: list[DateFormat] = [
     # month names
     _fmt("en_mon_d_y", rf"{_MB}{MON}\.?\s{_D}{_ORD}?,?\s{_Y}(?!\d)", "en"),
     _fmt("en_d_mon_y", rf"(?:\b|(?<=[a-z])){_D}{_ORD}?\s(?:of\s)?{MON}\.?,?\s{_Y}(?!\d)", "en"),  # also "labs on6 Sep 2034"
-    _fmt("en_mon_d", rf"{_MB}{MON}\.?\s{_D}{_ORD}?(?![\d:])", "en"),
+    # a colon after the day is a heading ("Dec 5: stable"), a colon and digits a clock time ("Dec 5:30")
+    _fmt("en_mon_d", rf"{_MB}{MON}\.?\s{_D}{_ORD}?(?!\d|:\d|[a-z])", "en"),
     _fmt("en_d_mon", rf"\b{_D}{_ORD}?\s(?:of\s)?{MON}\b\.?", "en"),
     _fmt("mon_y", rf"\b{MON}\.?,?\s(?:of\s)?{_Y4}(?!\d)"),
     _fmt("mon_y_short", rf"\b{MON}\.?\s'(?P<y>\d{{2}})(?!\d)"),
@@ -98,12 +99,8 @@ def find_dates(text: str, language: str) -> Iterator[tuple[int, int, str]]:
     """Every date-like span (start, end, format name); overlaps are left to the caller's resolution."""
     for fmt in formats_for(language):
         for match in fmt.pattern.finditer(text):
-            if fmt.name in ("en_mon_d", "en_d_mon") and match.group("mon").lower() in _AMBIGUOUS_EN:
-                # "may 2", "march 3": plausible dates; "Mar" alone is too, but "may" next to a
-                # number without year is common English ("may 2 days"): require a capital or an ordinal.
-                if not (match.group("mon")[0].isupper() or match.groupdict().get("ord")
-                        or _DATE_PREPOSITION.search(text[max(0, match.start() - 12): match.start()])):
-                    continue
+            if fmt.name in ("en_mon_d", "en_d_mon") and _ambiguous_month(text, match):
+                continue
             if (fmt.name in ("en_md", "en_mdy") or fmt.name == "my_slash" and len(match.group("y")) == 2
                     and language == "en") and _not_a_date(text, match):
                 continue
@@ -159,9 +156,32 @@ _SAMPLE_BEFORE = re.compile(
     r"|\bto\s+(?:the\s+)?(?:floor|or|ccu|icu|micu|sicu|csru|cath\s+lab)\s*$"  # "transferred to the floor 1/5"
     r"|\d\s?(?:am|pm)\s*$")  # "until 2am 2/3"
 _LINE_START = re.compile(r"(?:^|\n)[ \t]*$")
-_AMBIGUOUS_EN = {"may", "march", "mar", "jun", "jan", "dec", "sep", "sept", "aug"}
+#: Month names that are also English words ("may 2 days", "MAR" = the medication administration record).
+_AMBIGUOUS_EN = {"may", "mar"}
+#: Abbreviations that are also clinical shorthand ("dec" = decreased, "aug" = Augmentin, "sep" = separate)
+#: and "march", a verb seldom followed by a number;
+#: a lower-case note writes its dates "dec 27" too, so they count unless a unit or a count follows.
+_SHORTHAND_EN = {"march", "jun", "jan", "dec", "sep", "sept", "aug"}
+_UNIT_AFTER = re.compile(r"(?i)\s*(?:mg|mcg|ug|ml|cc|l\b|liters?|units?|u\b|%|x\b|times|days?|d\b|hrs?|hours?|h\b|"
+                         r"min|minutes?|mm|cm|mmhg|bpm|beats|breaths|pts?|points?|kg|lbs?|meq|mmol|degrees?|to\s+\d)")
 #: A lower-case "may 15" is a date after these ("last used in may 15", "since march 3").
 _DATE_PREPOSITION = re.compile(r"(?i)\b(?:in|on|since|until|till|from|early|mid|late|before|after|around|last)\s+$")
+
+
+def _ambiguous_month(text: str, match: re.Match[str]) -> bool:
+    """A lower-case month word next to a number that is more likely English or shorthand than a date.
+
+    "may 2", "mar 3": plausible dates, but "may" next to a number is common English ("may 2 days"):
+    these need a capital, an ordinal or a date preposition. Shorthand abbreviations ("dec 27") and
+    "march" only need no unit or count after the number ("dec 20 mg", "aug 3 days").
+    """
+    mon = match.group("mon")
+    low = mon.lower()
+    if mon[0].isupper() or match.groupdict().get("ord") or low not in _AMBIGUOUS_EN | _SHORTHAND_EN:
+        return False
+    if _DATE_PREPOSITION.search(text[max(0, match.start() - 12): match.start()]):
+        return False
+    return low in _AMBIGUOUS_EN or bool(_UNIT_AFTER.match(text, match.end()))
 
 
 # --------------------------------------------------------------------------------------------

@@ -159,13 +159,21 @@ def test_a_nursing_home_without_a_name_stays(detector: PhiDetector) -> None:
     ("PT HAD A CT SCAN 1/4 AS WELL", "1/4"),
     ("WAS TRANSFERRED TO THE FLOOR 1/5. SINCE", "1/5"),
     ("CARDIOVERSION FRIDAY 3/3.", "3/3"),
+    # a heading colon after the day; lower-case notes write month abbreviations in lower case
+    ("Dec 27: pt stable overnight.", "Dec 27"),
+    ("december 27: pt stable overnight.", "december 27"),
+    ("labs from dec 27 reviewed", "dec 27"),
+    ("cxr aug 3 showed improvement", "aug 3"),
+    ("s/p cabg march 4, ef 30%", "march 4"),
 ])
 def test_more_date_formats(detector: PhiDetector, text: str, value: str) -> None:
     assert _masked(detector, text, "en").get(value) is PhiType.DATE, _masked(detector, text, "en")
 
 
 @pytest.mark.parametrize("text", ["pt c/o CP, 5/10, ECG done", "on PSV 12/10, Vt 450", "1/2 NS at 75", "motor 5/5",
-                                  "drank 2/3 of the shake", "pain 3/10 at 2am", "on PS 5/5 overnight"])
+                                  "drank 2/3 of the shake", "pain 3/10 at 2am", "on PS 5/5 overnight",
+                                  "uo dec 20 cc/hr", "bp dec 30 points", "aug 2 days left", "pt may 2 units",
+                                  "seen Dec 5:30 pm"])
 def test_scores_and_settings_are_not_dates(detector: PhiDetector, text: str) -> None:
     assert not [s for s in detector.detect(text, "en") if s.label is PhiType.DATE]
 
