@@ -9,10 +9,14 @@ set of a hundred questions smaller differences are noise, and plain RRF is the c
 
     python -m eval.fusion --qa-split dev --embedder me5-small
     python -m eval.fusion --qa-split dev --embedder var/models/domain --write   # fusion.json into the model folder
+    python -m eval.fusion --qa-split dev --qa-language de --embedder var/models/domain --write   # German questions
     python -m eval.fusion --corpus C.jsonl --queries Q.jsonl --qrels R.tsv --embedder PATH
 
 The dev split must not be the set results are reported on: with ``--qa-split dev`` the weights are
 chosen on questions about the dev patients of ``physionet_deid_dev``, and the test split reports.
+With ``--qa-language de`` the same split's questions in German (``qa.de.jsonl``, translated by
+``finetune.translate --questions``) choose the weights German questions get; ``--write`` adds them
+to the model's fusion under ``languages`` and keeps its other weights.
 """
 from __future__ import annotations
 
@@ -30,11 +34,13 @@ from finetune.split import write_qa_split
 from rag.beir import BeirSet, load_beir, load_named_set
 from rag.config import REPO_ROOT, Settings, load_settings
 from rag.embedders import get_embedder
-from rag.fusion import Fusion, FusionWeights, write_fusion
+from rag.fusion import Fusion, FusionWeights, fusion_for, write_fusion
 
 log = logging.getLogger(__name__)
 
 QA_FILE = REPO_ROOT / "data" / "qa" / "physionet_deid_dev" / "qa.jsonl"
+#: The same questions per language: English as generated, German translated (finetune.translate --questions).
+QA_FILES = {"en": QA_FILE, "de": QA_FILE.with_name("qa.de.jsonl")}
 QA_CORPUS = "physionet_deid_dev"
 QA_FRACTIONS = (0.7, 0.1, 0.2)  # the cpu-demo preset's split, so "dev" names the same patients
 GRID = tuple(round(i / 10, 1) for i in range(11))  # the dense share; BM25 gets the rest
@@ -43,10 +49,12 @@ GRID = tuple(round(i / 10, 1) for i in range(11))  # the dense share; BM25 gets 
 MIN_GAIN = 0.01
 
 
-def qa_split_set(split: str, out: Path, settings: Settings) -> BeirSet:
-    """The committed QA pairs of one patient split of physionet_deid_dev as a retrieval set."""
-    beir, _ = write_qa_split(QA_FILE, QA_CORPUS, split, out / f"qa_{split}_beir", fractions=QA_FRACTIONS,
-                             settings=settings)
+def qa_split_set(split: str, out: Path, settings: Settings, language: str = "en") -> BeirSet:
+    """The committed QA pairs of one patient split of physionet_deid_dev as a retrieval set, with the
+    questions in ``language``."""
+    suffix = "" if language == "en" else f"_{language}"
+    beir, _ = write_qa_split(QA_FILES[language], QA_CORPUS, split, out / f"qa_{split}{suffix}_beir",
+                             fractions=QA_FRACTIONS, settings=settings)
     return beir
 
 
@@ -109,6 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.fusion", description=__doc__.split("\n")[0])
     src = parser.add_argument_group("dev set (one of)")
     src.add_argument("--qa-split", choices=["dev", "test"], help="committed QA pairs of this physionet_deid_dev split")
+    parser.add_argument("--qa-language", choices=sorted(QA_FILES), default="en",
+                        help="the questions' language with --qa-split; other than en, the weights chosen are "
+                             "those for questions in that language")
     src.add_argument("--set", dest="set_name", help="a named set (rag.beir.NAMED_SETS)")
     src.add_argument("--corpus")
     src.add_argument("--queries")
@@ -121,11 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.WARNING)
     settings = load_settings()
-    out = Path(args.out) if args.out else Path(settings.home) / "eval" / "fusion" / (args.qa_split or args.set_name or "set")
+    language = args.qa_language if args.qa_split else "en"
+    name = (f"{args.qa_split}{'' if language == 'en' else '-' + language}" if args.qa_split else args.set_name) or "set"
+    out = Path(args.out) if args.out else Path(settings.home) / "eval" / "fusion" / name
     out.mkdir(parents=True, exist_ok=True)
     try:
         if args.qa_split:
-            beir = qa_split_set(args.qa_split, out, settings)
+            beir = qa_split_set(args.qa_split, out, settings, language)
         elif args.set_name:
             beir = load_named_set(args.set_name, settings)
         elif args.corpus and args.queries and args.qrels:
@@ -138,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     fusion = fusion_from(result)
+    if language != "en":  # weights for questions in this language, next to the embedder's own
+        fusion = fusion_for(get_embedder(args.embedder, settings=settings)).with_language(language, fusion)
     result["fusion"] = fusion.to_json()
     write_json(result, out / "fusion_results.json")
     rows = [{"dense share": w, **{s: result["curve"][s][w] for s in scopes}} for w in result["curve"][scopes[0]]]

@@ -3,9 +3,11 @@
     python -m eval.pipeline --preset cpu-demo [--stages ...] [--force evaluate]
 
 Runs the build stages of ``finetune.pipeline`` (pseudonymize, synthesize, split, mine, train; see
-there) and then ``evaluate``: ``eval.ir`` on the held-out test split (both scopes, baselines,
-hybrid) and on sets our generator did not make (synthea-conditions, pubmedqa), plus a summary
-against the targets (``evaluate/summary.{json,md}``, ``summary_map100.png``). One run folder and
+there), then ``fuse`` (hybrid weights per scope chosen on the dev split, and per question language
+where the preset has translated questions) and ``evaluate``: ``eval.ir`` on the held-out test split
+(both scopes, baselines, hybrid; English and each translation) and on sets our generator did not
+make (synthea-conditions, pubmedqa), plus a summary against the targets
+(``evaluate/summary.{json,md}``, ``summary_map100.png``). One run folder and
 one chain of stage keys serve both commands: a model built by ``finetune.pipeline`` is evaluated
 here without being rebuilt.
 """
@@ -23,7 +25,7 @@ from eval.fusion import GRID as FUSION_GRID
 from eval.fusion import fusion_from
 from eval.fusion import tune as tune_fusion
 from eval.ir import evaluate
-from eval.report import bar_chart, write_json, write_markdown_table
+from eval.report import bar_chart, sha256_file, write_json, write_markdown_table
 from finetune.pipeline import (
     BUILD_STAGES,
     PipelineError,
@@ -37,24 +39,43 @@ from finetune.pipeline import (
     subsample,
 )
 from finetune.pipeline import STAGES as BUILD_STAGE_NAMES
-from rag.beir import load_beir, load_named_set
+from finetune.split import write_qa_split
+from rag.beir import BeirSet, load_beir, load_named_set
 from rag.embedders import trained_models_dir
 from rag.fusion import write_fusion
 
 log = logging.getLogger("eval.pipeline")
 
 
+def translated_split(run: Run, language: str, split: str, out_dir: Path) -> BeirSet | None:
+    """One patient split of the preset's questions in ``language`` (same patients as the English
+    split, from the run's ``splits.json``), or None when the preset has no such file."""
+    path = run.preset.question_translations.get(language)
+    if not path or not Path(path).is_file():
+        log.warning("no %s questions (%s) - %s questions are not evaluated", language, path, language)
+        return None
+    beir, _ = write_qa_split(path, run.preset.qa_corpus, split, out_dir, assignment=run.dir("split") / "splits.json",
+                             settings=run.settings)
+    return beir
+
+
 def _evaluate(run: Run) -> tuple[list[Path], dict]:
     preset = run.preset
     out_dir = run.dir("evaluate")
     models = [m if m != "domain" else f"domain={preset.train.name}" for m in preset.eval_models]
-    results = {}
+    sets = {}
     for key, folder in (("test", "test_beir"), ("test-cloze", "test_cloze")):
         d = run.dir("split") / folder
-        test = load_beir(d / "corpus.jsonl", d / "queries.jsonl", d / "qrels.tsv",
-                         name=f"{corpus_slug(preset.qa_corpus)}-{key}")
+        sets[key] = load_beir(d / "corpus.jsonl", d / "queries.jsonl", d / "qrels.tsv",
+                              name=f"{corpus_slug(preset.qa_corpus)}-{key}")
+    for language in preset.question_translations:
+        translated = translated_split(run, language, "test", out_dir / f"test_{language}_beir")
+        if translated is not None:
+            sets[f"test-{language}"] = translated
+    results = {}
+    for key, test in sets.items():
         if not test.queries:
-            log.warning("%s: no queries (no QA pairs of held-out patients?) - not evaluated", folder)
+            log.warning("%s: no queries (no QA pairs of held-out patients?) - not evaluated", key)
             continue
         results[key] = evaluate(test, models, scope=preset.eval_scope, settings=run.settings,
                                 out_dir=out_dir / key, progress=run.progress, base=preset.train.base)
@@ -95,13 +116,18 @@ def summarize(results: dict[str, dict], base: str = "me5-small") -> dict[str, An
                 table.setdefault(set_name, {}).setdefault(model, {})[scope] = entry.get("mean")
                 cis.setdefault(set_name, {}).setdefault(model, {})[scope] = entry.get("ci95")
     checks: dict[str, Any] = {}
-    for set_name in ("test", "test-cloze"):
+    for set_name in [s for s in table if s == "test" or s.startswith("test-")]:
         test = table.get(set_name, {})
         if not test:
             continue
 
         def get(model: str, scope: str) -> float | None:
             return test.get(model, {}).get(scope)
+
+        for scope in ("cross", "patient"):
+            hybrid, parts = get("hybrid:domain", scope), [get("bm25", scope), get("domain", scope)]
+            if hybrid is not None and None not in parts:
+                checks[f"{set_name}: {scope} hybrid:domain >= max(bm25, domain)"] = hybrid >= max(parts)
 
         dom_c, base_c = get("domain", "cross"), get(base, "cross")
         if dom_c is not None and base_c:
@@ -153,9 +179,15 @@ def _write_summary(summary: dict, out_dir: Path) -> None:
                   title=f"Held-out patients ({chart_set}): MAP@100 with 95% bootstrap CI")
 
 
+def _translations(run: Run) -> dict[str, str | None]:
+    """The translated question files with their content hashes (a new translation reruns the stage)."""
+    return {lang: sha256_file(Path(path)) if Path(path).is_file() else None
+            for lang, path in sorted(run.preset.question_translations.items())}
+
+
 def _evaluate_params(run: Run) -> dict[str, Any]:
     p = run.preset
-    return {"models": p.eval_models, "scope": p.eval_scope, "general": p.general_sets,
+    return {"models": p.eval_models, "scope": p.eval_scope, "translations": _translations(run), "general": p.general_sets,
             "general_models": p.general_models, "limit": p.general_query_limit, "max_docs": p.general_max_docs,
             "guards": p.guard_sets, "guard_queries": p.guard_queries, "guard_docs": p.guard_max_docs}
 
@@ -171,11 +203,21 @@ def _fuse(run: Run) -> tuple[list[Path], dict]:
         return [], {"fusion": None}
     result = tune_fusion(dev, str(folder), settings=run.settings, out=run.dir("fuse"), progress=run.progress)
     fusion = fusion_from(result)
-    return [write_fusion(folder, fusion)], {"fusion": fusion.to_json(), "curve": result["curve"]}
+    curves = {"en": result["curve"]}
+    for language in preset.question_translations:
+        translated = translated_split(run, language, "dev", run.dir("fuse") / f"dev_{language}_beir")
+        if translated is None or not translated.queries:
+            continue
+        result = tune_fusion(translated, str(folder), settings=run.settings, out=run.dir("fuse") / language,
+                             progress=run.progress)
+        fusion = fusion.with_language(language, fusion_from(result))
+        curves[language] = result["curve"]
+    return [write_fusion(folder, fusion)], {"fusion": fusion.to_json(), "curve": curves}
 
 
 STAGES = (*BUILD_STAGE_NAMES, "fuse", "evaluate")
-ALL_STAGES: dict[str, Stage] = {**BUILD_STAGES, "fuse": Stage("fuse", _fuse, lambda run: {"grid": list(FUSION_GRID)}),
+ALL_STAGES: dict[str, Stage] = {**BUILD_STAGES, "fuse": Stage("fuse", _fuse, lambda run: {
+                                    "grid": list(FUSION_GRID), "translations": _translations(run)}),
                                 "evaluate": Stage("evaluate", _evaluate, _evaluate_params)}
 
 

@@ -1,7 +1,19 @@
-"""German -> English translation of clinical documents through the generator client (optional stage).
+"""Translation through the generator client: German documents into English (optional stage), and
+English search questions into German (German query sets over the same notes).
 
     python -m finetune.translate --in grascco_phi --out var/translate/grascco_en.jsonl --endpoint http://gpu:8000/v1
     python -m finetune.translate --in pseudo_de.jsonl --out en.jsonl --generator qwen2.5-coder-0.5b --limit 5
+    python -m finetune.translate --questions data/qa/physionet_deid_dev/qa.jsonl --out qa.de.jsonl --generator qwen2.5-coder-1.5b
+
+Questions: each QA row's ``question`` is translated alone (``prompts/translate_question.<source>.txt``,
+examples first so the server's prompt cache keeps them); the row keeps its document, patient and
+answer, gets ``qa_id`` ``<qa_id>@<target>``, ``language`` = target and ``translation`` (source
+question, prompt version, model). A reply that is empty, copies the source, is not detected as the
+target language, or fails the round trip is dropped and counted, never kept; resumable like documents.
+The round trip: embedded with a multilingual model (me5-small), the translation's own source must be
+among its ``ROUND_TRIP_TOP`` nearest source questions (not only the nearest: generic questions such
+as "What is the patient's diagnosis?" have near-twins); a small generator that swaps "oxygen
+saturation" for "blood pressure" writes a fluent question about something else, which this catches.
 
 Why optional: no translation model ships with the project. The CPU generators (SmolLM2-135M,
 Qwen2.5-Coder-0.5B) translate clinical German poorly, so on CPU this stage
@@ -30,6 +42,7 @@ import logging
 import re
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +50,7 @@ from typing import Any
 
 from finetune.llm_jobs import Appends, EndpointPool, JobStopped, ResumableJob, input_info, open_generator, versions
 from rag.config import Settings, load_settings
-from rag.corpus import Document, load_corpus
+from rag.corpus import CorpusError, Document, load_corpus
 from rag.jsonl_log import read_rows
 from rag.llm import LLMError
 from rag.manifest import write_json
@@ -46,6 +59,8 @@ from rag.prompts import load_prompt
 log = logging.getLogger(__name__)
 
 PROMPT_NAME = "translate"
+QUESTION_PROMPT = "translate_question"
+ROUND_TRIP_TOP = 3
 TARGET_NAMES = {"en": "English", "de": "German"}
 _BLANK = re.compile(r"\n[ \t]*\n+")
 _KEEP = re.compile(r"\S*\d\S*")
@@ -204,12 +219,125 @@ def translate_file(in_path: str | Path, out_path: str | Path, *, source: str = "
     return manifest
 
 
+def _question_reply(reply: str) -> str:
+    """The first non-empty line of the reply, without a 'German:' label, quotes or fences."""
+    lines = [line.strip() for line in reply.strip().strip("`").splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    text = re.sub(r"^(?:german|deutsch|translation|übersetzung)\s*:\s*", "", text, flags=re.IGNORECASE)
+    return text.strip().strip('"“”„').strip()
+
+
+class RoundTrip:
+    """Is a translation near (cosine, multilingual embedder) its own source, among all sources?"""
+
+    def __init__(self, sources: dict[str, str], embedder: str, settings: Settings) -> None:
+        import numpy as np
+
+        from rag.embedders import get_embedder
+
+        self.embedder = get_embedder(embedder, settings)
+        self.ids = list(sources)
+        self.vectors = np.asarray(self.embedder.embed_queries([sources[i] for i in self.ids]))
+
+    def nearest(self, translation: str, n: int = ROUND_TRIP_TOP) -> list[str]:
+        import numpy as np
+
+        vector = np.asarray(self.embedder.embed_queries([translation]))[0]
+        return [self.ids[i] for i in np.argsort(-(self.vectors @ vector))[:n]]
+
+
+def question_problem(source: str, translation: str, target: str) -> str | None:
+    """Why a translated question is not kept ('empty', 'copied', 'language'), or None."""
+    from rag.language import detect_language
+
+    if len(translation) < 3:
+        return "empty"
+    if translation.casefold() == source.casefold():
+        return "copied"
+    if detect_language(translation, default=target) != target:
+        return "language"
+    return None
+
+
+def translate_questions(qa_path: str | Path, out_path: str | Path, *, source: str = "en", target: str = "de",
+                        endpoints: list[str] | None = None, generator: str | None = None, model: str | None = None,
+                        concurrency: int = 1, limit: int | None = None, round_trip: str | None = "me5-small",
+                        settings: Settings | None = None, progress: bool = True) -> dict[str, Any]:
+    """Translate the ``source``-language questions of a QA file not yet in ``out_path`` (or in its
+    ``.dropped.jsonl`` log); returns the manifest, written as ``<out stem>.manifest.json``.
+    ``round_trip``: the embedder of the round-trip check (None: no check)."""
+    from finetune.qa_schema import read_qa
+
+    settings = settings or load_settings()
+    out = Path(out_path)
+    dropped = out.with_suffix(".dropped.jsonl")
+    rows, _ = read_qa(qa_path, required=("qa_id", "doc_id", "question"))
+    chosen = [r for r in rows if (r.get("language") or source) == source]
+    chosen = chosen[:limit] if limit is not None else chosen
+    job: ResumableJob[dict[str, Any]] = ResumableJob([out, dropped], id_of=lambda r: r["qa_id"], id_field="source_qa_id",
+                                                     label="translate questions", unit="q", noun="question",
+                                                     concurrency=concurrency, progress=progress)
+    todo = job.pending(chosen)
+    prompt = load_prompt(QUESTION_PROMPT, source)
+    if prompt.language != source:
+        raise ValueError(f"no prompt prompts/{QUESTION_PROMPT}.{source}.txt for source language {source!r}")
+    gen: dict[str, Any] = {}
+    stopped: JobStopped | None = None
+    started = time.monotonic()
+    if todo:
+        checker = RoundTrip({r["qa_id"]: r["question"] for r in rows if (r.get("language") or source) == source},
+                            round_trip, settings) if round_trip else None
+        with open_generator(endpoints, settings=settings, model=model, generator=generator,
+                            concurrency=concurrency) as pool:
+            gen = {k: pool.info[k] for k in ("kind", "endpoints", "model", "label") if k in pool.info}
+
+            async def work(row: dict[str, Any]) -> Appends:
+                messages = prompt.messages(text=row["question"], target_name=TARGET_NAMES[target])
+                result = await pool.acomplete(messages, max_tokens=int(len(row["question"]) / 2) + 32,
+                                              temperature=0.0, seed=0)
+                text = _question_reply(result.text)
+                info = {"from": source, "to": target, "source_question": row["question"],
+                        "prompt_version": prompt.version, "model": pool.model}
+                problem = question_problem(row["question"], text, target)
+                if problem is None and checker is not None and row["qa_id"] not in checker.nearest(text):
+                    problem = "round_trip"
+                if problem is not None:
+                    return [(dropped, [{"source_qa_id": row["qa_id"], "reason": problem, "reply": result.text[:300]}])]
+                return [(out, [{**row, "qa_id": f"{row['qa_id']}@{target}", "source_qa_id": row["qa_id"],
+                                "question": text, "language": target, "translation": info}])]
+
+            try:
+                job.run(todo, work, pool=pool)
+            except JobStopped as exc:
+                stopped = exc
+    kept, lost = read_rows(out), read_rows(dropped)
+    manifest = {
+        "stage": "finetune.translate --questions", "output": str(out),
+        "input": {"path": str(qa_path), "questions": len(rows), "selected": len(chosen)},
+        "parameters": {"source": source, "target": target, "concurrency": concurrency, "limit": limit,
+                       "temperature": 0.0, "round_trip": round_trip},
+        "generator": gen, "prompt_version": prompt.version, "versions": versions(),
+        "totals": {"kept": len(kept), "dropped": dict(sorted(Counter(r.get("reason") for r in lost).items()))},
+        "this_run": {"questions": job.counts.done, "failed": job.counts.failed,
+                     "wall_s": round(time.monotonic() - started, 1), "skipped_as_done": len(chosen) - len(todo)},
+    }
+    if stopped is not None:
+        manifest["this_run"]["stopped"] = str(stopped)
+    write_json(manifest, out.with_name(out.stem + ".manifest.json"))
+    if stopped is not None:
+        raise stopped
+    return manifest
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m finetune.translate", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--in", dest="inp", required=True, help="documents.jsonl or a named corpus (e.g. grascco_phi)")
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--in", dest="inp", help="documents.jsonl or a named corpus (e.g. grascco_phi)")
+    what.add_argument("--questions", help="a QA file (qa.jsonl): translate its questions (default en -> de)")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--source", default="de")
-    ap.add_argument("--target", default="en", choices=sorted(TARGET_NAMES))
+    ap.add_argument("--source", default=None, help="source language (default: de for documents, en for questions)")
+    ap.add_argument("--target", default=None, choices=sorted(TARGET_NAMES),
+                    help="target language (default: en for documents, de for questions)")
     ap.add_argument("--endpoint", action="append", default=None, help="OpenAI-compatible /v1 URL (repeatable)")
     ap.add_argument("--model", default=None)
     ap.add_argument("--generator", default=None, help="embedded server: smollm2, qwen2.5-coder-0.5b or a GGUF path")
@@ -220,11 +348,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    common: dict[str, Any] = {"endpoints": args.endpoint, "generator": args.generator, "model": args.model,
+                              "concurrency": args.concurrency, "limit": args.limit, "progress": not args.no_progress}
     try:
-        m = translate_file(args.inp, args.out, source=args.source, target=args.target, endpoints=args.endpoint,
-                           generator=args.generator, model=args.model, concurrency=args.concurrency,
-                           limit=args.limit, piece_chars=args.piece_chars, progress=not args.no_progress)
-    except (LLMError, ValueError, FileNotFoundError) as exc:
+        if args.questions:
+            m = translate_questions(args.questions, args.out, source=args.source or "en", target=args.target or "de",
+                                    **common)
+        else:
+            m = translate_file(args.inp, args.out, source=args.source or "de", target=args.target or "en",
+                               piece_chars=args.piece_chars, **common)
+    except (LLMError, ValueError, FileNotFoundError, CorpusError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({"totals": m["totals"], "this_run": m["this_run"]}, indent=2))

@@ -9,12 +9,18 @@ chosen fusion is never below either of them on dev) and stored where the embedde
 
 * a trained model carries its own ``fusion.json`` in its folder (written by ``eval.fusion --write``
   or the ``fuse`` stage of ``eval.pipeline``);
+
+and per query language where it matters: a German question over English notes shares few words
+with them (drug names and abbreviations only), so BM25 deserves less say than for an English one.
+Weights chosen on German dev questions live under ``languages``; the hybrid retriever detects the
+question's language (``rag.language``) and uses them, and every other language gets the main weights;
 * registry embedders use :data:`TUNED` below, committed with the command that produced it;
 * anything else gets equal weights, i.e. classic RRF.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,25 +46,41 @@ class FusionWeights:
 
 @dataclass(frozen=True)
 class Fusion:
-    """Weights for cross-patient and for patient-scoped queries, and where they came from."""
+    """Weights for cross-patient and for patient-scoped queries, and where they came from;
+    ``languages`` maps a query language to its own weights (no deeper nesting)."""
 
     cross: FusionWeights = field(default_factory=FusionWeights)
     patient: FusionWeights = field(default_factory=FusionWeights)
     source: str = "equal weights (plain RRF)"
+    languages: Mapping[str, "Fusion"] = field(default_factory=dict)
 
-    def for_scope(self, cross_patient: bool) -> FusionWeights:
-        return self.cross if cross_patient else self.patient
+    def for_scope(self, cross_patient: bool, language: str | None = None) -> FusionWeights:
+        chosen = self.languages.get(language, self) if language else self
+        return chosen.cross if cross_patient else chosen.patient
 
-    def describe(self) -> str:
+    def with_language(self, language: str, fusion: "Fusion") -> "Fusion":
+        """These weights, with ``fusion``'s for questions in ``language``."""
+        plain = Fusion(fusion.cross, fusion.patient, fusion.source)
+        return Fusion(self.cross, self.patient, self.source, {**self.languages, language: plain})
+
+    def _describe_own(self) -> str:
         return (f"dense:bm25 {self.cross.dense:.2f}:{self.cross.bm25:.2f} cross, "
                 f"{self.patient.dense:.2f}:{self.patient.bm25:.2f} patient ({self.source})")
 
+    def describe(self) -> str:
+        return "; ".join([self._describe_own(), *(f"{lang} questions: {f._describe_own()}"
+                                                  for lang, f in sorted(self.languages.items()))])
+
     def to_json(self) -> dict[str, Any]:
-        return {"cross": asdict(self.cross), "patient": asdict(self.patient), "source": self.source}
+        data: dict[str, Any] = {"cross": asdict(self.cross), "patient": asdict(self.patient), "source": self.source}
+        if self.languages:
+            data["languages"] = {lang: f.to_json() for lang, f in sorted(self.languages.items())}
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Fusion":
-        return cls(FusionWeights(**data["cross"]), FusionWeights(**data["patient"]), data.get("source", ""))
+        languages = {lang: cls.from_json({**f, "languages": {}}) for lang, f in (data.get("languages") or {}).items()}
+        return cls(FusionWeights(**data["cross"]), FusionWeights(**data["patient"]), data.get("source", ""), languages)
 
 
 EQUAL = Fusion()

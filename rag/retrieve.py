@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from rag.fusion import RRF_K, Fusion, fusion_for
+from rag.language import detect_language
 
 if TYPE_CHECKING:
     from rag.index import ChunkIndex
@@ -247,7 +248,8 @@ class BM25Retriever:
 
 class HybridRetriever:
     """Weighted reciprocal-rank fusion of dense and BM25, each already scoped; the weights depend on
-    whether the query crosses patients (see :mod:`rag.fusion`)."""
+    whether the query crosses patients and, where the fusion has weights per language, on the
+    question's language (see :mod:`rag.fusion`)."""
 
     name = "hybrid"
 
@@ -258,7 +260,8 @@ class HybridRetriever:
 
     def retrieve(self, query: str, scope: Scope, k: int = 10) -> list[Hit]:
         n = max(self.candidates, 4 * k)
-        weights = self.fusion.for_scope(scope.is_all)
+        language = detect_language(query) if self.fusion.languages else None
+        weights = self.fusion.for_scope(scope.is_all, language)
         fused: dict[str, tuple[float, Hit]] = {}
         for weight, hits in ((weights.dense, self.dense.retrieve(query, scope, n)),
                              (weights.bm25, self.bm25.retrieve(query, scope, n))):

@@ -103,3 +103,19 @@ def test_choose_prefers_plain_rrf_within_noise_but_never_goes_below_a_component(
     assert choose(dense_wins) in (0.8, 1.0)  # 0.5 would be below dense alone
     clear = {0.0: 0.20, 0.2: 0.45, 0.5: 0.40, 1.0: 0.30}
     assert choose(clear) == 0.2
+
+
+def test_german_questions_get_their_own_weights(index):
+    dense, bm25 = DenseRetriever(index), BM25Retriever(index)
+    english = Fusion(FusionWeights(0.0, 1.0), FusionWeights(0.0, 1.0), source="en dev")
+    fusion = english.with_language("de", Fusion(FusionWeights(1.0, 0.0), FusionWeights(1.0, 0.0), source="de dev"))
+    hybrid = HybridRetriever(dense, bm25, fusion=fusion)
+    german = "Welche Medikamente bekommt die Patientin gegen den Blutdruck?"
+    assert _ids(hybrid.retrieve(german, Scope.all(), 5)) == _ids(dense.retrieve(german, Scope.all(), 5))
+    english_q = "which medications does the patient take for blood pressure"
+    b = bm25.retrieve(english_q, Scope.all(), 5)
+    assert _ids(hybrid.retrieve(english_q, Scope.all(), 5))[: len(b)] == _ids(b)
+    assert fusion.for_scope(True, "fr") == english.cross  # a language without weights gets the main ones
+    assert Fusion.from_json(json.loads(json.dumps(fusion.to_json()))) == fusion
+    assert "de questions: dense:bm25 1.00:0.00" in fusion.describe()
+    assert "languages" not in english.to_json()  # files written before languages existed still read the same

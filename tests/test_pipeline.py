@@ -40,6 +40,9 @@ def write_inputs(tmp: Path) -> tuple[Path, Path]:
     qa_path.parent.mkdir(parents=True)
     write_rows(docs_path, docs)
     write_rows(qa_path, qa)
+    german = [{**row, "qa_id": row["qa_id"] + "@de", "question": f"Welcher Patient bekommt {row['answer']}?",
+               "language": "de"} for row in qa]
+    write_rows(qa_path.with_name("qa.de.jsonl"), german)
     (qa_path.parent / "manifest.json").write_text(json.dumps({"stage": "test fixture"}))
     return docs_path, qa_path
 
@@ -50,6 +53,7 @@ def tiny_preset(tmp_path: Path, docs: Path, qa: Path):
     base = build_tiny_st(tmp_path / "tiny", corpus=texts, dim=32, prompts={"query": "query: ", "passage": "passage: "})
     return dataclasses.replace(
         CPU_DEMO, name="tiny", qa_corpus=str(docs), pseudonymize=False, qa_files=(str(qa),),
+        question_translations={"de": str(qa.with_name("qa.de.jsonl"))},
         split_fractions=(0.6, 0.2, 0.2), ict_per_chunk=1, mine=4, keep_negatives=1, dev_queries=6,
         description_corpora={str(tmp_path / "described.jsonl"): 8},
         train=dataclasses.replace(CPU_DEMO.train, base=str(base), name="tiny-domain", max_steps=2, batch_size=6,
@@ -99,6 +103,11 @@ def test_pipeline_runs_end_to_end_and_resumes(tmp_path: Path, settings) -> None:
     # the fuse stage chose the hybrid's weights on the dev split and left them with the model
     fusion = json.loads((settings.home / "models" / "tiny-domain" / "fusion.json").read_text())
     assert {"cross", "patient"} <= set(fusion) and "-dev" in fusion["source"]
+    assert "-dev" in fusion["languages"]["de"]["source"]  # German questions: weights of their own, on dev
+    de_queries = read_rows(root / "evaluate" / "test_de_beir" / "queries.jsonl")
+    assert de_queries and {splits[q["patient_id"]] for q in de_queries} == {"test"}  # the English test patients
+    assert set(summary["map@100"]["test-de"]) >= {"domain", "bm25", "hybrid:domain"}
+    assert "test-de: cross hybrid:domain >= max(bm25, domain)" in summary["checks"]
     hybrid_info = json.loads((root / "evaluate" / "test" / "results.json").read_text())["models"]["hybrid:domain"]
     assert "weighted reciprocal rank fusion" in hybrid_info["description"] and "-dev" in hybrid_info["description"]
 

@@ -1,5 +1,6 @@
-"""German -> English translation stage: layout kept by construction, surrogate/number preservation
-measured, resumable; against the loopback double and (slow) the real embedded generator."""
+"""Translation: German documents into English (layout kept by construction, surrogate/number preservation
+measured, resumable) and English questions into German (round trip checked); against the loopback
+double and (slow) the real embedded generator."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from finetune.translate import keep_tokens, preserved_share, split_pieces, translate_file
+from finetune.translate import (
+    keep_tokens,
+    preserved_share,
+    question_problem,
+    split_pieces,
+    translate_file,
+    translate_questions,
+)
 from rag.corpus import Document, write_jsonl
 from tests.openai_double import OpenAIDouble
 
@@ -96,3 +104,49 @@ def test_embedded_generator_translates_keeping_the_layout(tmp_path, settings):
     assert m["generator"]["model"] == "smollm2-135m-instruct"
     assert row["text"].count("\n\n") == 1 and all(part.strip() for part in row["text"].split("\n\n"))
     assert row["extra"]["translation"]["keep_tokens"] == 1  # "6"
+
+
+# --- questions (English -> German query sets) ---------------------------------------------------
+
+QUESTIONS = ["Which antiemetic was given for nausea?", "What was the blood pressure in the cath lab?",
+             "How is the sacral wound healing?", "When was the chest tube removed?",
+             "What insulin dose is on the sliding scale?", "Who is the health care proxy?",
+             "What did the head CT show?"]
+
+
+@pytest.fixture
+def qa_file(tmp_path: Path) -> Path:
+    path = tmp_path / "qa.jsonl"
+    rows = [{"qa_id": f"d{i}#q0", "doc_id": f"d{i}", "patient_id": f"p{i}", "question": q, "answer": "a",
+             "language": "en"} for i, q in enumerate(QUESTIONS)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_questions_are_translated_checked_by_round_trip_and_resumable(qa_file, tmp_path, settings):
+    out = tmp_path / "qa.de.jsonl"
+    # the double answers every question with the same German question about nausea: only where the
+    # source is about nausea (or one of its nearest sources) does the round trip keep it
+    with OpenAIDouble(text="German: Welches Antiemetikum wurde gegen die Übelkeit gegeben?") as double:
+        m = translate_questions(qa_file, out, endpoints=[double.base_url], model="double", settings=settings,
+                                progress=False)
+        kept = _rows(out)
+        assert "d0#q0@de" in {r["qa_id"] for r in kept}
+        assert len(kept) <= 3 and m["totals"]["dropped"] == {"round_trip": len(QUESTIONS) - len(kept)}
+        row = next(r for r in kept if r["qa_id"] == "d0#q0@de")
+        assert row["question"] == "Welches Antiemetikum wurde gegen die Übelkeit gegeben?"  # label stripped
+        assert row["language"] == "de" and row["source_qa_id"] == "d0#q0" and row["doc_id"] == "d0"
+        assert row["translation"]["source_question"] == QUESTIONS[0]
+        assert row["translation"]["prompt_version"].startswith("translate-question-en")
+        assert "<<<\n" + QUESTIONS[0] in double.chat_requests[0]["body"]["messages"][1]["content"]
+        double.reset()
+        again = translate_questions(qa_file, out, endpoints=[double.base_url], model="double", settings=settings,
+                                    progress=False)
+        assert double.count == 0 and again["this_run"]["skipped_as_done"] == len(QUESTIONS)  # dropped ones too
+
+
+def test_question_problems():
+    assert question_problem("What is the INR?", "Wie hoch ist der INR heute?", "de") is None
+    assert question_problem("What is the INR?", "What is the INR?", "de") == "copied"
+    assert question_problem("What is the INR?", "What is the INR today?", "de") == "language"
+    assert question_problem("What is the INR?", "", "de") == "empty"
