@@ -14,6 +14,7 @@ here without being rebuilt.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -56,7 +57,7 @@ def translated_split(run: Run, language: str, split: str, out_dir: Path) -> Beir
         return None
     beir, _ = write_qa_split(path, run.preset.qa_corpus, split, out_dir, assignment=run.dir("split") / "splits.json",
                              settings=run.settings)
-    return beir
+    return dataclasses.replace(beir, name=f"{corpus_slug(run.preset.qa_corpus)}-{split}-{language}")
 
 
 def _evaluate(run: Run) -> tuple[list[Path], dict]:

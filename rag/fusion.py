@@ -9,13 +9,13 @@ chosen fusion is never below either of them on dev) and stored where the embedde
 
 * a trained model carries its own ``fusion.json`` in its folder (written by ``eval.fusion --write``
   or the ``fuse`` stage of ``eval.pipeline``);
-
-and per query language where it matters: a German question over English notes shares few words
-with them (drug names and abbreviations only), so BM25 deserves less say than for an English one.
-Weights chosen on German dev questions live under ``languages``; the hybrid retriever detects the
-question's language (``rag.language``) and uses them, and every other language gets the main weights;
 * registry embedders use :data:`TUNED` below, committed with the command that produced it;
 * anything else gets equal weights, i.e. classic RRF.
+
+And per question language where it matters: a German question over English notes shares few words
+with them (drug names and abbreviations), so BM25 may deserve less say than for an English one.
+Weights chosen on German dev questions live under ``languages``; the hybrid retriever detects the
+question's language (``rag.language``) and uses them, and every other language gets the main ones.
 """
 from __future__ import annotations
 
