@@ -41,6 +41,8 @@ RUN_TOGETHER_MIN_ZIPF = 3.5
 #: Stems of inflected words ("secretions" -> "secretion") must be at least this common or clinical; the
 #: dictionaries and Philter's list hold fragments ("thisn") that would make "Thisnes" a plural.
 STEM_MIN_ZIPF = 2.5
+#: Letters a writer of the language does not type by mistake: a word with one is a foreign name, not a typo.
+FOREIGN_LETTER = {"en": re.compile(r"[^\x00-\x7f]"), "de": re.compile(r"[^\x00-\x7fäöüß]")}
 #: Misspelling check: only against safe words of this length or more (short words are too close to names).
 TYPO_MIN_LENGTH = 5
 #: German word forms from wordfreq down to this Zipf frequency (lower is mostly names and typos).
@@ -124,9 +126,10 @@ class Vocabulary:
     def misspelling_of(self, word: str) -> str | None:
         """The safe word this one misspells: one edit (insertion, deletion, substitution, swap) from a
         word of >= 5 letters, or two from one of >= 8 letters with the same first letter
-        ("exterbation", "maintainace"); None when it resembles nothing."""
+        ("exterbation", "maintainace"); None when it resembles nothing, or when it has a letter the
+        language's keyboard does not ("Støvring", "Imeľ" in an English note: nobody types ø by mistake)."""
         low = word.lower()
-        if len(low) < TYPO_MIN_LENGTH:
+        if len(low) < TYPO_MIN_LENGTH or FOREIGN_LETTER[self.language].search(low):
             return None
         for i in range(-1, len(low)):
             variant = low if i < 0 else low[:i] + low[i + 1:]

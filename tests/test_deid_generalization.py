@@ -45,6 +45,7 @@ def test_vocabulary_knows_words_typos_shorthand_and_names() -> None:
     assert en.misspelling_of("secretionns") and en.misspelling_of("hydralazien")  # typos of clinical words
     assert en.misspelling_of("eyees") == "eyes"  # a doubled letter in a short word
     assert en.misspelling_of("mitei") is None  # but "mite" + a letter is not a typo
+    assert en.misspelling_of("Støvring") is None  # a letter English keyboards lack: a foreign name ("staring")
     assert en.is_run_together("fromsuture") and en.is_run_together("tubefeeds")
     assert en.is_name("swackhamer") and not en.is_safe("swackhamer")
     assert en.is_safe("hill") and en.is_name("hill")  # an ordinary word first: context decides
@@ -52,6 +53,7 @@ def test_vocabulary_knows_words_typos_shorthand_and_names() -> None:
     assert de.is_safe("Wiedervorstellung") and de.is_safe("Thoraxdrainage")  # compounds of safe words
     assert de.is_safe("Sigmoideostomie") and de.is_safe("perihilär")  # medical endings
     assert not de.is_safe("Kipkosgei")
+    assert de.misspelling_of("Ñoquera") is None and de.misspelling_of("Überwachnug") == "überwachung"  # umlauts are German
 
 
 def test_name_shape_tells_names_from_mangled_words() -> None:
