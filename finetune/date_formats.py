@@ -158,9 +158,9 @@ _SAMPLE_BEFORE = re.compile(
 _LINE_START = re.compile(r"(?:^|\n)[ \t]*$")
 #: Month names that are also English words ("may 2 days", "MAR" = the medication administration record).
 _AMBIGUOUS_EN = {"may", "mar"}
-#: Abbreviations that are also clinical shorthand ("dec" = decreased, "aug" = Augmentin, "sep" = separate)
-#: and "march", a verb seldom followed by a number;
-#: a lower-case note writes its dates "dec 27" too, so they count unless a unit or a count follows.
+#: Abbreviations that are also clinical shorthand ("dec" = decreased, "aug" = Augmentin, "sep" = separate),
+#: and "march", a verb seldom followed by a number: a lower-case note writes its dates "dec 27" too, so
+#: these count as dates unless a unit or a count follows.
 _SHORTHAND_EN = {"march", "jun", "jan", "dec", "sep", "sept", "aug"}
 _UNIT_AFTER = re.compile(r"(?i)\s*(?:mg|mcg|ug|ml|cc|l\b|liters?|units?|u\b|%|x\b|times|days?|d\b|hrs?|hours?|h\b|"
                          r"min|minutes?|mm|cm|mmhg|bpm|beats|breaths|pts?|points?|kg|lbs?|meq|mmol|degrees?|to\s+\d)")

@@ -6,7 +6,7 @@ English search questions into German (German query sets over the same notes).
     python -m finetune.translate --questions data/qa/physionet_deid_dev/qa.jsonl --out qa.de.jsonl --generator qwen2.5-coder-1.5b
 
 Questions: each QA row's ``question`` is translated alone (``prompts/translate_question.<source>.txt``,
-examples first so the server's prompt cache keeps them); the row keeps its document, patient and
+rules first and the question last, so the server's prompt cache keeps the rules); the row keeps its document, patient and
 answer, gets ``qa_id`` ``<qa_id>@<target>``, ``language`` = target and ``translation`` (source
 question, prompt version, model). A reply that is empty, copies the source, is not detected as the
 target language, or fails the round trip is dropped and counted, never kept; resumable like documents.
