@@ -29,7 +29,9 @@ from typing import Any
 from eval.report import write_json, write_markdown_table
 from finetune.pipeline import PipelineError, run_pipeline
 from finetune.presets import get_preset
+from finetune.qa_schema import read_qa
 from rag.config import Settings, load_settings
+from rag.corpus import CorpusError
 from rag.manifest import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -94,12 +96,8 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
 
 def run(extra: Path, sizes_text: str, out: Path, *, preset_name: str, key_file: Path | None,
         settings: Settings, progress: bool = True) -> list[dict[str, Any]]:
+    read_qa(extra, required=("doc_id", "question"))  # a bad row names file and line before any training
     lines = [line for line in extra.read_text(encoding="utf-8").splitlines() if line.strip()]
-    for no, line in enumerate(lines, start=1):
-        try:
-            json.loads(line)
-        except ValueError as exc:
-            raise ValueError(f"{extra}:{no}: not a JSON object ({exc})") from None
     sizes = parse_sizes(sizes_text, len(lines))
     preset = get_preset(preset_name)
     rows = []
@@ -134,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = run(args.extra, args.sizes, out, preset_name=args.preset, key_file=args.key_file, settings=settings,
                    progress=not args.quiet)
-    except (FileNotFoundError, ValueError, PipelineError) as exc:
+    except (FileNotFoundError, ValueError, PipelineError, CorpusError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     table = write_markdown_table(rows, COLUMNS, out / "results.md", title=f"Dev MAP@100 by training pairs ({args.preset})",

@@ -48,10 +48,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from finetune.llm_jobs import Appends, EndpointPool, JobStopped, ResumableJob, input_info, open_generator, versions
+from finetune.qa_schema import read_qa
 from rag.config import Settings, load_settings
 from rag.corpus import CorpusError, Document, load_corpus
 from rag.jsonl_log import read_rows
+from rag.language import detect_language
 from rag.llm import LLMError
 from rag.manifest import write_json
 from rag.prompts import load_prompt
@@ -231,25 +235,19 @@ class RoundTrip:
     """Is a translation near (cosine, multilingual embedder) its own source, among all sources?"""
 
     def __init__(self, sources: dict[str, str], embedder: str, settings: Settings) -> None:
-        import numpy as np
-
-        from rag.embedders import get_embedder
+        from rag.embedders import get_embedder  # torch: only when a run checks round trips
 
         self.embedder = get_embedder(embedder, settings)
         self.ids = list(sources)
         self.vectors = np.asarray(self.embedder.embed_queries([sources[i] for i in self.ids]))
 
     def nearest(self, translation: str, n: int = ROUND_TRIP_TOP) -> list[str]:
-        import numpy as np
-
         vector = np.asarray(self.embedder.embed_queries([translation]))[0]
         return [self.ids[i] for i in np.argsort(-(self.vectors @ vector))[:n]]
 
 
 def question_problem(source: str, translation: str, target: str) -> str | None:
     """Why a translated question is not kept ('empty', 'copied', 'language'), or None."""
-    from rag.language import detect_language
-
     if len(translation) < 3:
         return "empty"
     if translation.casefold() == source.casefold():
@@ -266,14 +264,12 @@ def translate_questions(qa_path: str | Path, out_path: str | Path, *, source: st
     """Translate the ``source``-language questions of a QA file not yet in ``out_path`` (or in its
     ``.dropped.jsonl`` log); returns the manifest, written as ``<out stem>.manifest.json``.
     ``round_trip``: the embedder of the round-trip check (None: no check)."""
-    from finetune.qa_schema import read_qa
-
     settings = settings or load_settings()
     out = Path(out_path)
     dropped = out.with_suffix(".dropped.jsonl")
     rows, _ = read_qa(qa_path, required=("qa_id", "doc_id", "question"))
-    chosen = [r for r in rows if (r.get("language") or source) == source]
-    chosen = chosen[:limit] if limit is not None else chosen
+    in_source = [r for r in rows if (r.get("language") or source) == source]
+    chosen = in_source[:limit] if limit is not None else in_source
     job: ResumableJob[dict[str, Any]] = ResumableJob([out, dropped], id_of=lambda r: r["qa_id"], id_field="source_qa_id",
                                                      label="translate questions", unit="q", noun="question",
                                                      concurrency=concurrency, progress=progress)
@@ -285,8 +281,7 @@ def translate_questions(qa_path: str | Path, out_path: str | Path, *, source: st
     stopped: JobStopped | None = None
     started = time.monotonic()
     if todo:
-        checker = RoundTrip({r["qa_id"]: r["question"] for r in rows if (r.get("language") or source) == source},
-                            round_trip, settings) if round_trip else None
+        checker = RoundTrip({r["qa_id"]: r["question"] for r in in_source}, round_trip, settings) if round_trip else None
         with open_generator(endpoints, settings=settings, model=model, generator=generator,
                             concurrency=concurrency) as pool:
             gen = {k: pool.info[k] for k in ("kind", "endpoints", "model", "label") if k in pool.info}
