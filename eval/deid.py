@@ -297,11 +297,12 @@ def comparison_table(summary: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.deid", description=__doc__.split("\n")[0])
-    parser.add_argument("--data", required=True, help="JSONL with gold 'phi' spans")
+    parser.add_argument("--data", required=True,
+                        help="JSONL with gold 'phi' spans, or presidio-research's synthetic JSON list")
     parser.add_argument("--out", default=None, help="output folder (default: var/eval/deid/<data name>[-part][-detector])")
     parser.add_argument("--language", choices=["en", "de"], default=None,
                         help="force a language (default: per document, given or detected)")
-    parser.add_argument("--scheme", choices=["physionet", "grascco", "own"], default=None,
+    parser.add_argument("--scheme", choices=["physionet", "grascco", "presidio", "own"], default=None,
                         help="gold label set (default: looked up in all known sets)")
     parser.add_argument("--part", choices=PARTS, default="all",
                         help="'dev': the patients rules may be written against; 'unread': the seeded third nobody "

@@ -19,7 +19,16 @@ from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
 from presidio_analyzer.nlp_engine import NerModelConfiguration, NlpArtifacts, SpacyNlpEngine
 
 from finetune.phi_gazetteers import load_gazetteers
-from finetune.phi_recognizers import RULES, RuleRecognizer, allowed, context_vetoed, propagate, resolve_overlaps
+from finetune.phi_recognizers import (
+    RULES,
+    RuleRecognizer,
+    allowed,
+    context_vetoed,
+    coordinated_names,
+    propagate,
+    resolve_overlaps,
+    view_for,
+)
 from finetune.phi_text import PhiSpan
 from finetune.phi_types import PRESIDIO_ENTITIES
 
@@ -147,6 +156,7 @@ class PhiDetector:
                 "recognizer_name", "presidio")), bool(meta.get("phi_strong", True))))
         spans = [s for s in spans if not allowed(s, text, self.gaz) and not context_vetoed(s, text)]
         spans = resolve_overlaps(spans)
+        spans = coordinated_names(spans, text, self.gaz, view_for(text, language).case)
         spans = propagate(spans, text, self.gaz)
         spans = [s for s in spans if not context_vetoed(s, text)]
         return resolve_overlaps(spans)

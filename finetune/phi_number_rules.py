@@ -112,8 +112,18 @@ ID_TRIGGER = re.compile(
     r"versichertennummer|versicherten-?nr\.?|versicherungsnummer|auftragsnummer|auftrags-?nr\.?|labor-?nr\.?|"
     r"labornummer|befund-?nr\.?|eingangs-?nr\.?|order(?:\s(?:number|no\.?|#))|specimen(?:\s(?:number|no\.?|#))?|"
     r"kennziffer|krankenkassen-?nr\.?|ik-?nr\.?|lanr|bsnr|patient\snumber|record\snumber|fallzahl|fall(?=\s*:)|"
-    r"sv[- ]?nr\.?|sv(?=\s*:)|sozialversicherungs-?nr\.?|sozialversicherungsnummer|histologie|histo-?nr\.?))"
-    r"\s*[:#.]?\s*(?:Nr\.?\s*[:.]?\s*)?(?P<id>[A-Z]{0,4}[-/ ]?\d[\dA-Za-z]*(?:[-/.][\dA-Za-z]+)*)")
+    r"sv[- ]?nr\.?|sv(?=\s*:)|sozialversicherungs-?nr\.?|sozialversicherungsnummer|histologie|histo-?nr\.?|"
+    r"(?:credit\s|debit\s|insurance\s|medicaid\s|medicare\s)?card(?:\s(?:number|no\.?|#))?|"
+    r"(?:driver'?s\s)?licen[cs]e(?:\s(?:number|no\.?|#))?|passport(?:\s(?:number|no\.?|#))?|iban|member\sid|policy(?:\s(?:number|no\.?|#))))"
+    r"\s*[:#.]?\s*(?:(?i:is|was|=)\s+)?(?:Nr\.?\s*[:.]?\s*)?(?P<id>[A-Z]{0,4}[-/ ]?\d[\dA-Za-z]*(?:[-/.][\dA-Za-z]+)*)")
+#: Identifier shapes that mean the same in any context: a US social security number, a run of 12 or
+#: more digits (card, account, insurance numbers; no dose or lab value has that many), card numbers
+#: in groups of four, an IPv4 address.
+ID_SHAPE = re.compile(
+    r"(?<![\d\-/.])\d{3}-\d{2}-\d{4}(?![\d\-/])"
+    r"|(?<![\d.,/\-])\d{12,19}(?![\d\-/]|[.,]\d)"
+    r"|(?<![\d.,/\-])\d{4}(?P<sep>[ \-])\d{4}(?P=sep)\d{4}(?P=sep)\d{1,7}(?![\d\-/])"
+    r"|(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.]|\.\d)")
 ROOM_TRIGGER = re.compile(
     r"(?:\b|(?<=-))(?:Station|Stat\.|Ambulanz|Zimmer|Zi\.?|Raum|Bett|OP|Intensiv|Room|Rm\.?|Bed(?!\.)|Ward|Intensivstation|"
     r"Onkologie|Chirurgie|Kardiologie|Neurologie|Psychiatrie|Pädiatrie|Urologie|Gynäkologie|Dermatologie)"
@@ -124,7 +134,8 @@ WARD_CODE_DE = re.compile(r"\b(?:auf|zur|nach)\s+(?:der\s+)?(?P<id>[A-Z]{1,5}-?\
 
 
 def identifiers(view: TextView) -> Iterator[PhiSpan]:
-    """Record/case/accession numbers after a trigger word, and named wards/rooms/beds."""
+    """Record/case/accession/card/licence numbers after a trigger word, identifier shapes, and named
+    wards/rooms/beds."""
     if view.language == "de":
         for m in WARD_CODE_DE.finditer(view.text):  # "auf PSY13", "zuvor auf KJPP-2"
             yield PhiSpan(m.start("id"), m.end("id"), PhiType.ID, 0.6, "room", True)
@@ -135,6 +146,8 @@ def identifiers(view: TextView) -> Iterator[PhiSpan]:
                 yield PhiSpan(m.start("id"), m.end("id"), PhiType.ID, 0.9, "id", True)
     for m in ROOM_TRIGGER.finditer(view.text):
         yield PhiSpan(m.start("id"), m.end("id"), PhiType.ID, 0.6, "room", True)
+    for m in ID_SHAPE.finditer(view.text):
+        yield PhiSpan(m.start(), m.end(), PhiType.ID, 0.8, "id_shape", True)
 
 
 PHONE_TRIGGER = re.compile(
@@ -147,8 +160,12 @@ PHONE_US = re.compile(r"(?<![\d/.-])(?:\+1[\s.-]?)?(?:\(\d{3}\)\s?|\b\d{3}[\s./-
 #: "x2216", "ext 13027", "ext. 23" right after a phone number
 PHONE_EXTENSION = re.compile(r"\s*(?:x|ext\.?|extension)\s*\d{1,6}\b", re.I)
 #: "call family at 74169", "reached at beeper number 55037", "page him at 3310771659"
-CALL_AT = re.compile(r"(?i)\b(?:call|calls|called|calling|reach|reached|contact|contacted|page|paged|beep|beeped)\b"
-                     r"[^\n.;]{0,30}?(?:\bat|@|#)\s*(?P<phone>\+?\(?\d[\d()\s/.\-]{2,}\d)(?![\d/:])")
+CALL_AT = re.compile(r"(?i)\b(?:call|calls|called|calling|reach|reached|contact|contacted|page|paged|beep|beeped|"
+                     r"answer|answering|answered|text|texted|ring|rang|dial|dialed|dialled|phone|phoned)\b"
+                     r"[^\n.;]{0,30}?(?:\bat|\bon|@|#)\s*(?P<phone>\+?\(?\d[\d()\s/.\-]{2,}\d)(?![\d/:])")
+#: A number labelled after it: "617 555 1234 (cell)", "082 490 1693-Office", "+41 69 979 80 58 - fax".
+PHONE_LABEL_AFTER = re.compile(r"(?<![\d/.])(?P<phone>\+{0,2}\(?\d[\d()\s/.\-]{5,}\d)\s?(?:-\s?|\()"
+                               r"(?i:office|fax|cell|mobile|home|work|pager|tel|phone)\b")
 #: "(Irene Sherwood, 202232-4455)", "(daughter, 55037)": a number after a name inside parentheses
 PARENTHESISED_CONTACT = re.compile(r"\((?P<who>[^()\n\d]{2,40}),\s*(?P<phone>\+?\d[\d\s/.\-]{3,}\d)\s*\)")
 PHONE_DE = re.compile(
@@ -175,7 +192,7 @@ def phones(view: TextView) -> Iterator[PhiSpan]:
                 continue  # "900-1300": a time range
             if sum(c.isdigit() for c in m.group()) >= 7:
                 yield _with_extension(view.text, PhiSpan(m.start(), m.end(), PhiType.PHONE, 0.7, "phone_shape", True))
-    for regex, minimum in ((CALL_AT, 4), (PARENTHESISED_CONTACT, 5)):
+    for regex, minimum in ((CALL_AT, 4), (PARENTHESISED_CONTACT, 5), (PHONE_LABEL_AFTER, 7)):
         for m in regex.finditer(view.text):
             value = m.group("phone").rstrip(" -/.")
             if sum(c.isdigit() for c in value) >= minimum and not re.fullmatch(r"\d{1,2}[/.]\d{1,2}(?:[/.]\d{2,4})?", value):

@@ -221,3 +221,48 @@ def propagate(spans: list[PhiSpan], text: str, gaz: Gazetteers) -> list[PhiSpan]
             continue
         extra.append(PhiSpan(m.start(), m.end(), words[m.group(1).lower()], 0.5, "repeat", False))
     return sorted(spans + extra, key=lambda s: s.start)
+
+
+#: A name's neighbour in a list: "Graves and Reed", "Monjeau, Graves", "Smith & Jones".
+_LIST_LINK = r"\s*(?:,\s*(?:and\s+|&\s*)?|\s+(?:and|&|or|und|oder)\s+)"
+_NEXT_IN_LIST = re.compile(rf"^{_LIST_LINK}(?P<w>[{LETTER}][{LETTER}'’\-]+)")
+_PREVIOUS_IN_LIST = re.compile(rf"(?P<w>[{LETTER}][{LETTER}'’\-]+){_LIST_LINK}$")
+_CALENDAR_WORDS = {"january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+                   "november", "december", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
+                   "sunday"}
+
+
+def coordinated_names(spans: list[PhiSpan], text: str, gaz: Gazetteers, case: str) -> list[PhiSpan]:
+    """Names listed next to a found name ("Monjeau, Graves and Reed", "daughters Mary and Rose").
+
+    A surname that is also an English word ("Graves", "Reed") has no evidence of its own; in a list
+    whose other member is a person it does. Only capitalised words on a name list join, and only
+    where capitals carry information (``case`` "mixed": in an upper-case ICU note "RFEM & ALINE" is
+    shorthand), never eponyms or calendar words ("Graves and Hashimoto", "Smith and June"). Lists
+    grow from both ends until nothing joins.
+    """
+    if case != "mixed":
+        return spans
+    found = [s for s in spans if s.label is PhiType.NAME]
+    covered = [(s.start, s.end) for s in spans]
+    extra: list[PhiSpan] = []
+    while found:
+        grown: list[PhiSpan] = []
+        for span in found:
+            for m, offset in ((_NEXT_IN_LIST.match(text[span.end: span.end + 40]), span.end),
+                              (_PREVIOUS_IN_LIST.search(text[max(0, span.start - 40): span.start]),
+                               max(0, span.start - 40))):
+                if m is None:
+                    continue
+                word = m.group("w")
+                start, end = offset + m.start("w"), offset + m.end("w")
+                low = word.lower()
+                if not word[0].isupper() or not gaz.is_name_word(word) or low in _CALENDAR_WORDS \
+                        or low in gaz.allow_terms or low in TITLE_CHAIN or any(s < end and start < e for s, e in covered):
+                    continue
+                new = PhiSpan(start, end, PhiType.NAME, 0.5, "name_list", True)
+                covered.append((start, end))
+                grown.append(new)
+        extra += grown
+        found = grown
+    return sorted(spans + extra, key=lambda s: s.start) if extra else spans

@@ -112,12 +112,35 @@ GRASCCO_LABELS: dict[str, PhiType | None] = {
     "OTHER": PhiType.OTHER,
 }
 
+#: presidio-research's synthetic PII sentences (presidio_synth_pii): general text, not clinical; an
+#: outside check of names, places, dates and numbers in contexts no rule was written for.
+PRESIDIO_LABELS: dict[str, PhiType | None] = {
+    "PERSON": PhiType.NAME,
+    "GPE": PhiType.LOCATION,
+    "STREET_ADDRESS": PhiType.ADDRESS,
+    "ZIP_CODE": PhiType.ADDRESS,
+    "DATE_TIME": PhiType.DATE,
+    "PHONE_NUMBER": PhiType.PHONE,
+    "EMAIL_ADDRESS": PhiType.EMAIL,
+    "DOMAIN_NAME": PhiType.URL,
+    "IP_ADDRESS": PhiType.ID,
+    "CREDIT_CARD": PhiType.ID,
+    "IBAN_CODE": PhiType.ID,
+    "US_SSN": PhiType.ID,
+    "US_DRIVER_LICENSE": PhiType.ID,
+    "AGE": PhiType.AGE,
+    "ORGANIZATION": PhiType.ORGANIZATION,
+    "TITLE": None,  # "Mr.", "Dr.": kept on purpose, as GraSCCo's NAME_TITLE
+    "NRP": None,  # nationality, religion, politics: not a HIPAA identifier
+}
+
 #: Our own span output (and any corpus already in our vocabulary) reads back unchanged.
 OWN_LABELS: dict[str, PhiType | None] = {t.value: t for t in PhiType}
 
 GOLD_SCHEMES: dict[str, dict[str, PhiType | None]] = {
     "physionet": PHYSIONET_LABELS,
     "grascco": GRASCCO_LABELS,
+    "presidio": PRESIDIO_LABELS,
     "own": OWN_LABELS,
 }
 
@@ -152,6 +175,8 @@ def gold_type(label: str, text: str = "", scheme: str | None = None) -> PhiType 
 
 def excluded_reason(label: str, text: str = "") -> str:
     """Why a gold span does not count (shown in the eval report next to the count)."""
-    if label == "NAME_TITLE":
+    if label in ("NAME_TITLE", "TITLE"):
         return "titles are kept on purpose"
+    if label == "NRP":
+        return "nationality, religion and politics are not HIPAA identifiers"
     return "ages up to 89 are not PHI (HIPAA Safe Harbor)"

@@ -2,6 +2,7 @@
 classifier, the new context, date and phone rules, and the stress test that measures them (EN + DE)."""
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from finetune.phi_detector import PhiDetector
 from finetune.phi_name_shape import load_name_shape
 from finetune.phi_types import PhiType, gold_type
 from finetune.phi_vocabulary import load_vocabulary
-from rag.corpus import Document
+from rag.corpus import CorpusError, Document
 from tests.conftest import SHARED_DATA, needs_shared
 
 
@@ -192,6 +193,57 @@ def test_more_phone_formats(detector: PhiDetector, text: str, value: str) -> Non
     assert _covered(detector, text, value, language), _masked(detector, text, language)
 
 
+@pytest.mark.parametrize("text,value", [
+    ("Can someone call me on 9472 7916? I have questions", "9472 7916"),
+    ("They're not answering at 78 651 450", "78 651 450"),
+    ("daughter: 082 490 1693-Office, 617 555 0199 (cell)", "082 490 1693"),
+    ("daughter: 082 490 1693-Office, 617 555 0199 (cell)", "617 555 0199"),
+])
+def test_phones_by_contact_words(detector: PhiDetector, text: str, value: str) -> None:
+    assert _covered(detector, text, value, "en"), _masked(detector, text, "en")
+
+
+@pytest.mark.parametrize("text,value,language", [
+    ("His social security number is 853-37-1694", "853-37-1694", "en"),
+    ("ssn 853-37-1694 on file", "853-37-1694", "en"),
+    ("insurance card 4131034282458809939 is expiring", "4131034282458809939", "en"),
+    ("billed to 4007 0707 5369 0781 last month", "4007 0707 5369 0781", "en"),
+    ("My driver's license number is 6940579", "6940579", "en"),
+    ("login from 106.31.73.20 blocked", "106.31.73.20", "en"),
+    ("Versichertenkarte 4131034282458809 liegt vor", "4131034282458809", "de"),
+])
+def test_identifier_shapes_and_triggers(detector: PhiDetector, text: str, value: str, language: str) -> None:
+    spans = [s for s in detector.detect(text, language) if s.label is PhiType.ID]
+    assert spans and _covered(detector, text, value, language), _masked(detector, text, language)
+
+
+@pytest.mark.parametrize("text", [
+    "ABG 7.35/45/80/24, BP 120/80, HR 88, temp 98.6, lactate 1.2",
+    "Vent settings 500x14x5x40%, UOP 1200 cc since 0700, K 3.9 repleted",
+])
+def test_clinical_numbers_are_not_identifiers(detector: PhiDetector, text: str) -> None:
+    assert not [s for s in detector.detect(text, "en") if s.label in (PhiType.ID, PhiType.PHONE)]
+
+
+@pytest.mark.parametrize("text,value,language", [
+    ("Our 3 founders: Monjeau, Hill and Reed. The idea", "Hill", "en"),
+    ("Our 3 founders: Monjeau, Hill and Reed. The idea", "Reed", "en"),
+    ("Besuch der Töchter Kipkosgei und Rose am Nachmittag.", "Rose", "de"),
+])
+def test_names_listed_next_to_a_name(detector: PhiDetector, text: str, value: str, language: str) -> None:
+    assert _covered(detector, text, value, language), _masked(detector, text, language)
+
+
+@pytest.mark.parametrize("text", [
+    "Hx of Graves and Hashimoto, on synthroid.",
+    "PA LINE RFEM & ALINE L-RAD. ADEQ SEDATION.",
+    "Seen by Dr. Monjeau and June follow up planned.",
+])
+def test_lists_do_not_make_eponyms_shorthand_or_months_names(detector: PhiDetector, text: str) -> None:
+    masked = _masked(detector, text, "en")
+    assert not [w for w in ("Graves", "Hashimoto", "ALINE", "June") if masked.get(w) is PhiType.NAME], masked
+
+
 # --- German -----------------------------------------------------------------------------------
 
 
@@ -265,6 +317,26 @@ def test_parts_are_disjoint_by_patient_and_stable() -> None:
     assert not {g.document.patient_id for g in dev} & {g.document.patient_id for g in unread}
     assert [g.document.doc_id for g in select_part(list(reversed(docs)), "unread")] == \
         [g.document.doc_id for g in reversed(unread)]
+
+
+def test_presidio_synthetic_set_reads_as_gold_split_by_template(tmp_path: Path) -> None:
+    data = tmp_path / "synth.json"
+    data.write_text(json.dumps([
+        {"full_text": "His social security number is 853-37-1694", "template_id": 3,
+         "spans": [{"entity_type": "US_SSN", "entity_value": "853-37-1694", "start_position": 30, "end_position": 41}]},
+        {"full_text": "Mr. Ryan moved here from Assen", "template_id": 7,
+         "spans": [{"entity_type": "TITLE", "start_position": 0, "end_position": 3},
+                   {"entity_type": "PERSON", "start_position": 4, "end_position": 8},
+                   {"entity_type": "GPE", "start_position": 25, "end_position": 30}]},
+    ]), encoding="utf-8")
+    docs = load_gold(data)
+    assert [g.document.patient_id for g in docs] == ["template-3", "template-7"]
+    assert [(g.label, g.kind) for g in docs[1].gold] == [("TITLE", None), ("PERSON", PhiType.NAME),
+                                                         ("GPE", PhiType.LOCATION)]
+    assert docs[0].gold[0].kind is PhiType.ID and docs[0].document.text[30:41] == "853-37-1694"
+    data.write_text('[{"full_text": "x", "spans": [{"entity_type": "GPE"}]}]', encoding="utf-8")
+    with pytest.raises(CorpusError, match="item 1"):
+        load_gold(data)
 
 
 def test_unread_part_cannot_show_its_misses(tmp_path: Path) -> None:
