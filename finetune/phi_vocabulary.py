@@ -120,9 +120,6 @@ class Vocabulary:
         low = re.sub(r"['’]s$", "", word.lower().strip(".'’-"))
         return low in self.common_names
 
-    def looks_misspelt(self, word: str) -> bool:
-        return self.misspelling_of(word) is not None
-
     def misspelling_of(self, word: str) -> str | None:
         """The safe word this one misspells: one edit (insertion, deletion, substitution, swap) from a
         word of >= 5 letters, or two from one of >= 8 letters with the same first letter
@@ -308,17 +305,3 @@ def load_vocabulary(language: str) -> Vocabulary:
     return Vocabulary(language, frozenset(safe), frozenset(names), _typo_index(typo_source), _long_words(core | common),
                       frozenset(common_names), frozenset(frequent), frozenset(project), frozenset(stems),
                       frozenset(drugs - core))
-
-
-def vocabulary_versions() -> dict[str, str]:
-    """Which packages the word lists came from (for manifests)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for package in ("philter-lite", "english-words", "wordfreq", "names", "faker"):
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            out[package] = "not installed"
-    return out
-

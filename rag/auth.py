@@ -84,10 +84,6 @@ def load_users(path: str | Path) -> dict[str, dict]:
     return users
 
 
-def has_users(path: str | Path | None) -> bool:
-    return bool(path) and bool(load_users(path))  # type: ignore[arg-type]
-
-
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """An exclusive lock on ``<users file>.lock`` so two ``add-user`` runs cannot lose an update."""
