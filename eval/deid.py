@@ -250,11 +250,12 @@ def evaluate_docs(docs: list[GoldDoc], detector: Detector, *, language: str | No
 
 def evaluate(data: Path, *, key: bytes = EVAL_KEY, language: str | None = None, scheme: str | None = None,
              limit: int | None = None, keep_examples: bool = False, batch_size: int = 32, part: str = "all",
-             stress: int = 0, seed: int = 0, detector: str = "ours", progress: bool = False) -> dict[str, Any]:
+             stress: int = 0, seed: int = 0, detector: str = "ours", progress: bool = False,
+             tagger: str | Path | None = None) -> dict[str, Any]:
     """Scores on a set (or its dev/unread part); with ``stress`` > 0 also on that many surrogate
     re-injected variants of every document (``eval.deid_stress``) and the difference."""
     docs = select_part(load_gold(data, scheme), part)[:limit]
-    engine = make_detector(detector, key, batch_size)
+    engine = make_detector(detector, key, batch_size, tagger)
     summary = evaluate_docs(docs, engine, language=language, keep_examples=keep_examples, batch_size=batch_size,
                             progress="original" if progress else None)
     summary["run"]["part"] = part
@@ -312,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the stress variants")
     parser.add_argument("--detector", choices=list(DETECTORS), default="ours",
                         help="'ours' (finetune.pseudonymize) or 'philter' (philter-lite, for comparison)")
+    parser.add_argument("--tagger", default=None,
+                        help="a finetune.phi_tagger folder added to our rules (default: the phi_tagger setting)")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--show-misses", action="store_true",
                         help="also write missed gold spans and false alarms (contains PHI strings!)")
@@ -321,14 +324,15 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(args.data)
     name = data.parent.name if data.name in ("notes.jsonl", "documents.jsonl") else data.stem
 
-    suffix = ("" if args.part == "all" else f"-{args.part}") + ("" if args.detector == "ours" else f"-{args.detector}")
+    suffix = ("" if args.part == "all" else f"-{args.part}") + ("" if args.detector == "ours" else f"-{args.detector}") \
+        + ("-tagger" if args.tagger else "")
     out = Path(args.out) if args.out else load_settings().home / "eval" / "deid" / f"{name}{suffix}"
     out.mkdir(parents=True, exist_ok=True)
     try:
         summary = evaluate(data, language=args.language, scheme=args.scheme, limit=args.limit,
                            keep_examples=args.show_misses, part=args.part, stress=args.stress, seed=args.seed,
-                           detector=args.detector, progress=True)
-    except (CorpusError, FileNotFoundError, DetectorUnavailable) as exc:
+                           detector=args.detector, progress=True, tagger=args.tagger)
+    except (CorpusError, FileNotFoundError, DetectorUnavailable, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     part = "" if args.part == "all" else f", {args.part} part"
@@ -347,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         "parameters": {"coverage_found": COVERAGE_FOUND, "precision_inside": PRECISION_INSIDE,
                        "language": args.language or "per document", "scheme": args.scheme or "auto",
                        "part": args.part, "unread_seed": UNREAD_SEED, "stress_variants": args.stress,
-                       "stress_seed": args.seed, "detector": args.detector,
+                       "stress_seed": args.seed, "detector": args.detector, "tagger": args.tagger,
                        "limit": args.limit, "key": "fixed public evaluation key (outputs discarded)"},
         "models": summary["run"]["models"], "timing_seconds": summary["run"]["seconds"],
         "stress_pools": summary.get("stress", {}).get("run", {}).get("pools"),

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from finetune.phi_detector import PhiDetector
 from finetune.phi_text import PhiSpan
 from finetune.phi_types import PhiType
 from finetune.pseudonymize import Pseudonymizer
@@ -53,8 +54,9 @@ class OurPseudonymizer:
 
     name = "clinical-rag"
 
-    def __init__(self, key: bytes, batch_size: int = 32) -> None:
-        self.engine = Pseudonymizer(key, batch_size=batch_size)
+    def __init__(self, key: bytes, batch_size: int = 32, tagger: str | Path | None = None) -> None:
+        detector = PhiDetector(batch_size=batch_size, tagger=tagger) if tagger else None
+        self.engine = Pseudonymizer(key, batch_size=batch_size, detector=detector)
 
     @property
     def model_versions(self) -> dict[str, str]:
@@ -146,7 +148,10 @@ def _runs(masked: list[bool], types: list[PhiType]) -> list[PhiSpan]:
 DETECTORS = {"ours": OurPseudonymizer, "philter": PhilterLite}
 
 
-def make_detector(name: str, key: bytes, batch_size: int = 32) -> Detector:
+def make_detector(name: str, key: bytes, batch_size: int = 32, tagger: str | Path | None = None) -> Detector:
+    """``tagger`` (ours only): a ``finetune.phi_tagger`` folder added to the rules."""
     if name not in DETECTORS:
         raise ValueError(f"unknown detector {name!r}; choose one of {sorted(DETECTORS)}")
-    return DETECTORS[name](key, batch_size)
+    if tagger and name != "ours":
+        raise ValueError("--tagger adds to our detector only")
+    return OurPseudonymizer(key, batch_size, tagger) if tagger else DETECTORS[name](key, batch_size)

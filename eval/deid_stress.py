@@ -19,13 +19,17 @@ recorded (``pool_summary``) so two runs can be compared.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
 import random
 import re
 import string
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from pathlib import Path
 
 from eval.deid_gold import GoldDoc, GoldSpan
 from finetune.date_formats import MONTHS_DE, MONTHS_EN
@@ -414,3 +418,55 @@ def stress_variants(docs: Sequence, variants: int = 3, seed: int = 0, pools: Str
             stressed.document = replace(stressed.document, doc_id=f"{gd.document.doc_id}~s{k}")
             out.append(stressed)
     return out
+
+
+@lru_cache(maxsize=1)
+def training_pools() -> StressPools:
+    """Values to train a learned layer with (``finetune.phi_tagger``): the detector's own gazetteer
+    names and cities, so no value the stress variants draw (``build_pools`` excludes everything the
+    detector knows) is ever seen in training; no English-word surnames (the stress test's hard case)."""
+    gaz = load_gazetteers()
+    first = sorted({n.capitalize() for n in gaz.first_male | gaz.first_female if n.isalpha() and len(n) >= 3})
+    last = sorted({n.capitalize() for n in gaz.last_names if n.isalpha() and len(n) >= 3})
+    places = sorted({c.title() for c in gaz.cities if re.fullmatch(r"[a-zäöüß ]{4,}", c)})
+    return StressPools(tuple(first), tuple(last), (), tuple(places), tuple(last))
+
+
+def write_training_set(docs: Sequence[GoldDoc], out: Path, variants: int, seed: int) -> int:
+    """The documents and ``variants`` re-injected copies each (training pools) as annotated JSONL
+    with our own labels; returns the number of rows."""
+    rows = list(docs) + stress_variants(docs, variants, seed, training_pools())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as handle:
+        for gd in rows:
+            phi = [{"start": g.start, "end": g.end, "label": g.kind.value} for g in gd.gold if g.kind is not None]
+            handle.write(json.dumps({"doc_id": gd.document.doc_id, "patient_id": gd.document.patient_id,
+                                     "text": gd.document.text, "language": gd.document.language,
+                                     "phi": phi}, ensure_ascii=False) + "\n")
+    return len(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write a training set for ``finetune.phi_tagger`` (the dev part only: the unread part stays unread)."""
+    from eval.deid import select_part
+    from eval.deid_gold import load_gold
+    from rag.corpus import CorpusError
+
+    parser = argparse.ArgumentParser(prog="python -m eval.deid_stress", description=main.__doc__)
+    parser.add_argument("--data", action="append", required=True, type=Path, help="annotated set; repeatable")
+    parser.add_argument("--out", required=True, type=Path, help="annotated JSONL to write")
+    parser.add_argument("--variants", type=int, default=6, help="re-injected copies per document")
+    parser.add_argument("--seed", type=int, default=1001)
+    args = parser.parse_args(argv)
+    try:
+        docs = [gd for path in args.data for gd in select_part(load_gold(path), "dev")]
+    except (CorpusError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rows = write_training_set(docs, args.out, args.variants, args.seed)
+    print(f"{rows} annotated documents ({len(docs)} dev documents + {args.variants} variants each) -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import spacy
 from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
@@ -31,6 +32,7 @@ from finetune.phi_recognizers import (
 )
 from finetune.phi_text import PhiSpan
 from finetune.phi_types import PRESIDIO_ENTITIES
+from rag.config import load_settings
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +101,10 @@ class NerOnlyNlpEngine(SpacyNlpEngine):
 class PhiDetector:
     """Finds PHI spans in English and German text; build once per process, reuse for many texts."""
 
-    def __init__(self, ner_models: dict[str, str | None] | None = None, *, batch_size: int = 16) -> None:
+    def __init__(self, ner_models: dict[str, str | None] | None = None, *, batch_size: int = 16,
+                 tagger: str | Path | None = None) -> None:
+        """``tagger``: a ``finetune.phi_tagger`` folder whose spans are added to the rules' (default:
+        the ``phi_tagger`` setting, ``CRAG_PHI_TAGGER``; none = rules only)."""
         _offline_tldextract()
         from presidio_analyzer.predefined_recognizers import EmailRecognizer, IbanRecognizer
 
@@ -119,10 +124,19 @@ class PhiDetector:
         self.analyzer = AnalyzerEngine(registry=registry, nlp_engine=self.nlp_engine,
                                        supported_languages=list(self.languages))
         self.gaz = load_gazetteers()
+        folder = tagger if tagger is not None else load_settings().phi_tagger
+        self.tagger = None
+        if folder:
+            from finetune.phi_tagger import PhiTagger
+
+            self.tagger = PhiTagger(folder)
 
     @property
     def model_versions(self) -> dict[str, str]:
-        return dict(self.nlp_engine.model_versions)
+        versions = dict(self.nlp_engine.model_versions)
+        if self.tagger is not None:
+            versions["tagger"] = self.tagger.version
+        return versions
 
     def detect(self, text: str, language: str) -> list[PhiSpan]:
         return self.detect_many([text], [language])[0]
@@ -138,10 +152,12 @@ class PhiDetector:
             docs = nlp.pipe((texts[i] for i in idx), batch_size=self.batch_size)
             for i, doc in zip(idx, docs):
                 artifacts = self.nlp_engine._doc_to_nlp_artifact(doc, lang)
-                out[i] = self._analyze(texts[i], lang, artifacts)
+                learned = self.tagger.spans(texts[i], lang) if self.tagger is not None else []
+                out[i] = self._analyze(texts[i], lang, artifacts, learned)
         return [spans or [] for spans in out]
 
-    def _analyze(self, text: str, language: str, artifacts: NlpArtifacts) -> list[PhiSpan]:
+    def _analyze(self, text: str, language: str, artifacts: NlpArtifacts,
+                 learned: Sequence[PhiSpan] = ()) -> list[PhiSpan]:
         if not text.strip():
             return []
         results = self.analyzer.analyze(text=text, language=language, nlp_artifacts=artifacts,
@@ -154,6 +170,8 @@ class PhiDetector:
                 continue
             spans.append(PhiSpan(r.start, r.end, label, r.score, meta.get("phi_source", meta.get(
                 "recognizer_name", "presidio")), bool(meta.get("phi_strong", True))))
+        # the tagger only adds where no rule spoke; its spans are weak, so the allow-list applies
+        spans += [t for t in learned if not any(s.start < t.end and t.start < s.end for s in spans)]
         spans = [s for s in spans if not allowed(s, text, self.gaz) and not context_vetoed(s, text)]
         spans = resolve_overlaps(spans)
         spans = coordinated_names(spans, text, self.gaz, view_for(text, language).case)

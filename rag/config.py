@@ -70,6 +70,7 @@ class Settings:
     llm_max_tokens: int = 384
     # privacy and access
     privacy_key_file: Path | None = None
+    phi_tagger: Path | None = None  # a finetune.phi_tagger folder added to the de-id rules (opt-in)
     users_file: Path | None = None  # default: <home>/users.json
     audit_log: Path | None = None  # default: <home>/audit/audit.jsonl
     audit_include_text: bool = False

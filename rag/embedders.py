@@ -352,6 +352,16 @@ def _locate(spec: EmbedderSpec, settings: Settings, *, build: bool) -> Path | st
 # Fingerprints
 
 
+def model_folder(name_or_path: str | os.PathLike[str], settings: Settings | None = None) -> Path:
+    """The local folder an embedder loads from (converted on first use), for code that needs its
+    transformer, not its sentence embeddings (``finetune.phi_tagger`` starts from me5-small's layers)."""
+    settings = settings or load_settings()
+    source = _locate(resolve_spec(name_or_path, settings), settings, build=True)
+    if not isinstance(source, Path):
+        raise EmbedderUnavailable(f"embedder {name_or_path!r} has no local folder (hub id {source})")
+    return source
+
+
 def _folder_stats(path: Path) -> list[tuple[str, int, int]]:
     stats = []
     for f in sorted(path.rglob("*")):
