@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from finetune.phi_types import PhiType, gold_type
+from finetune.phi_types import PhiType, gold_spans
 from rag.corpus import CorpusError, Document, Problem, read_jsonl_objects
 
 
@@ -71,18 +71,8 @@ def load_gold(path: Path, scheme: str | None = None) -> list[GoldDoc]:
         if not isinstance(phi, list):
             problems.append(Problem(str(path), number, "missing_field", "needs a 'phi' list of gold spans"))
             continue
-        gold = []
-        for item in phi:
-            try:
-                start, end, label = int(item["start"]), int(item["end"]), str(item["label"])
-            except (KeyError, TypeError, ValueError):
-                problems.append(Problem(str(path), number, "malformed", f"bad gold span {item!r:.80}"))
-                continue
-            if not 0 <= start < end <= len(text):
-                problems.append(Problem(str(path), number, "malformed",
-                                        f"gold span {start}-{end} outside the text (length {len(text)})"))
-                continue
-            gold.append(GoldSpan(start, end, label, gold_type(label, text[start:end], scheme)))
+        gold = [GoldSpan(*span) for span in gold_spans(
+            phi, text, lambda kind, detail, n=number: problems.append(Problem(str(path), n, kind, detail)), scheme)]
         # a corpus without patients (grascco) is scoped per document, as rag.corpus loads it
         doc = Document(doc_id=str(row["doc_id"]), patient_id=str(row.get("patient_id") or row["doc_id"]), text=text,
                        date=row.get("date"), language=row.get("language"))

@@ -35,7 +35,7 @@ import numpy as np
 
 import rag  # noqa: F401  (offline environment first)
 from finetune.phi_text import PhiSpan
-from finetune.phi_types import PhiType, gold_type
+from finetune.phi_types import PhiType, gold_spans
 from rag.corpus import CorpusError, Problem, read_jsonl_objects
 from rag.embedders import model_folder
 from rag.manifest import sha256_file, write_json
@@ -74,16 +74,10 @@ def read_annotated(paths: Sequence[Path]) -> list[Annotated]:
             if not isinstance(text, str) or not isinstance(phi, list):
                 problems.append(Problem(str(path), number, "missing_field", "needs a string 'text' and a 'phi' list"))
                 continue
-            spans = []
-            for item in phi:
-                try:
-                    start, end, label = int(item["start"]), int(item["end"]), str(item["label"])
-                except (KeyError, TypeError, ValueError):
-                    problems.append(Problem(str(path), number, "malformed", f"bad PHI span {item!r:.80}"))
-                    continue
-                kind = gold_type(label, text[start:end])
-                if kind is not None and 0 <= start < end <= len(text):
-                    spans.append((start, end, kind))
+            def report(kind: str, detail: str, n: int = number, p: Path = path) -> None:
+                problems.append(Problem(str(p), n, kind, detail))
+
+            spans = [(start, end, kind) for start, end, _, kind in gold_spans(phi, text, report) if kind is not None]
             out.append(Annotated(text, spans, str(row.get("language") or "en")))
     if problems:
         raise CorpusError(problems, ", ".join(map(str, paths)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Callable
 from enum import Enum
 
 
@@ -171,6 +172,24 @@ def gold_type(label: str, text: str = "", scheme: str | None = None) -> PhiType 
         if number is None or int(number.group()) <= 89:
             return None
     return kind
+
+
+def gold_spans(phi: list, text: str, report: Callable[[str, str], None],
+               scheme: str | None = None) -> list[tuple[int, int, str, PhiType | None]]:
+    """``(start, end, label, our type)`` of an annotated row's ``phi`` list; a bad span is passed to
+    ``report(kind, detail)`` and skipped, so a reader can name file and line for all of them."""
+    out = []
+    for item in phi:
+        try:
+            start, end, label = int(item["start"]), int(item["end"]), str(item["label"])
+        except (KeyError, TypeError, ValueError):
+            report("malformed", f"bad gold span {item!r:.80}")
+            continue
+        if not 0 <= start < end <= len(text):
+            report("malformed", f"gold span {start}-{end} outside the text (length {len(text)})")
+            continue
+        out.append((start, end, label, gold_type(label, text[start:end], scheme)))
+    return out
 
 
 def excluded_reason(label: str, text: str = "") -> str:
