@@ -113,8 +113,9 @@ ID_TRIGGER = re.compile(
     r"labornummer|befund-?nr\.?|eingangs-?nr\.?|order(?:\s(?:number|no\.?|#))|specimen(?:\s(?:number|no\.?|#))?|"
     r"kennziffer|krankenkassen-?nr\.?|ik-?nr\.?|lanr|bsnr|patient\snumber|record\snumber|fallzahl|fall(?=\s*:)|"
     r"sv[- ]?nr\.?|sv(?=\s*:)|sozialversicherungs-?nr\.?|sozialversicherungsnummer|histologie|histo-?nr\.?|"
-    r"(?:credit\s|debit\s|insurance\s|medicaid\s|medicare\s)?card(?:\s(?:number|no\.?|#))?|"
-    r"(?:driver'?s\s)?licen[cs]e(?:\s(?:number|no\.?|#))?|passport(?:\s(?:number|no\.?|#))?|iban|member\sid|policy(?:\s(?:number|no\.?|#))))"
+    r"(?:credit\s|debit\s|insurance\s|medicaid\s|medicare\s)?card(?![a-z])(?:\s(?:number|no\.?|#))?|"
+    r"(?:driver'?s\s)?licen[cs]e(?![a-z])(?:\s(?:number|no\.?|#))?|passport(?:\s(?:number|no\.?|#))?|"
+    r"iban(?![a-z])|member\sid|policy(?:\s(?:number|no\.?|#))))"
     r"\s*[:#.]?\s*(?:(?i:is|was|=)\s+)?(?:Nr\.?\s*[:.]?\s*)?(?P<id>[A-Z]{0,4}[-/ ]?\d[\dA-Za-z]*(?:[-/.][\dA-Za-z]+)*)")
 #: Identifier shapes that mean the same in any context: a US social security number, a run of 12 or
 #: more digits (card, account, insurance numbers; no dose or lab value has that many), card numbers

@@ -220,6 +220,7 @@ def test_identifier_shapes_and_triggers(detector: PhiDetector, text: str, value:
 @pytest.mark.parametrize("text", [
     "ABG 7.35/45/80/24, BP 120/80, HR 88, temp 98.6, lactate 1.2",
     "Vent settings 500x14x5x40%, UOP 1200 cc since 0700, K 3.9 repleted",
+    "CARDIAC 2 ENZYMES NEG. CARDS 1 FOLLOWING. POLICY 2 RESTRAINTS RENEWED.",
 ])
 def test_clinical_numbers_are_not_identifiers(detector: PhiDetector, text: str) -> None:
     assert not [s for s in detector.detect(text, "en") if s.label in (PhiType.ID, PhiType.PHONE)]
