@@ -205,15 +205,21 @@ class PhiTagger:
         probs = np.zeros((n, len(CLASSES)), dtype=np.float32)
         counts = np.zeros(n, dtype=np.float32)
         offsets: list[tuple[int, int]] = [(0, 0)] * n
+        pieces = [piece for piece in pieces if piece[0]]
+        if not pieces:
+            return probs, offsets
+        width = max(len(ids) for ids, _, _ in pieces) + 2
+        x = torch.full((len(pieces), width), self.tokenizer.pad_token_id)
+        mask = torch.zeros((len(pieces), width), dtype=torch.long)
+        for k, (ids, _, _) in enumerate(pieces):  # all windows of a text in one forward pass
+            x[k, :len(ids) + 2] = torch.tensor([self.tokenizer.cls_token_id, *ids, self.tokenizer.sep_token_id])
+            mask[k, :len(ids) + 2] = 1
         with torch.inference_mode():
-            for ids, offs, first in pieces:
-                if not ids:
-                    continue
-                x = torch.tensor([[self.tokenizer.cls_token_id, *ids, self.tokenizer.sep_token_id]])
-                p = torch.softmax(self.model(input_ids=x).logits[0, 1:-1], -1).numpy()
-                probs[first:first + len(ids)] += p
-                counts[first:first + len(ids)] += 1
-                offsets[first:first + len(ids)] = offs
+            batch = torch.softmax(self.model(input_ids=x, attention_mask=mask).logits, -1).numpy()
+        for k, (ids, offs, first) in enumerate(pieces):
+            probs[first:first + len(ids)] += batch[k, 1:len(ids) + 1]
+            counts[first:first + len(ids)] += 1
+            offsets[first:first + len(ids)] = offs
         return probs / np.maximum(counts, 1)[:, None], offsets
 
     def spans(self, text: str, language: str) -> list[PhiSpan]:
