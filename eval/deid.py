@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     name = data.parent.name if data.name in ("notes.jsonl", "documents.jsonl") else data.stem
 
     suffix = ("" if args.part == "all" else f"-{args.part}") + ("" if args.detector == "ours" else f"-{args.detector}") \
-        + ("-tagger" if args.tagger else "")
+        + ("-tagger" if args.tagger or (args.detector == "ours" and load_settings().phi_tagger) else "")
     out = Path(args.out) if args.out else load_settings().home / "eval" / "deid" / f"{name}{suffix}"
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -351,7 +351,9 @@ def main(argv: list[str] | None = None) -> int:
         "parameters": {"coverage_found": COVERAGE_FOUND, "precision_inside": PRECISION_INSIDE,
                        "language": args.language or "per document", "scheme": args.scheme or "auto",
                        "part": args.part, "unread_seed": UNREAD_SEED, "stress_variants": args.stress,
-                       "stress_seed": args.seed, "detector": args.detector, "tagger": args.tagger,
+                       "stress_seed": args.seed, "detector": args.detector,
+                       "tagger": (str(args.tagger or load_settings().phi_tagger or "") or None)
+                       if args.detector == "ours" else None,
                        "limit": args.limit, "key": "fixed public evaluation key (outputs discarded)"},
         "models": summary["run"]["models"], "timing_seconds": summary["run"]["seconds"],
         "stress_pools": summary.get("stress", {}).get("run", {}).get("pools"),
