@@ -324,9 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(args.data)
     name = data.parent.name if data.name in ("notes.jsonl", "documents.jsonl") else data.stem
 
+    settings = load_settings()
+    # the tagger our detector really uses: the flag, else the setting PhiDetector reads
+    tagger = (str(args.tagger or settings.phi_tagger or "") or None) if args.detector == "ours" else None
     suffix = ("" if args.part == "all" else f"-{args.part}") + ("" if args.detector == "ours" else f"-{args.detector}") \
-        + ("-tagger" if args.tagger or (args.detector == "ours" and load_settings().phi_tagger) else "")
-    out = Path(args.out) if args.out else load_settings().home / "eval" / "deid" / f"{name}{suffix}"
+        + ("-tagger" if tagger else "")
+    out = Path(args.out) if args.out else settings.home / "eval" / "deid" / f"{name}{suffix}"
     out.mkdir(parents=True, exist_ok=True)
     try:
         summary = evaluate(data, language=args.language, scheme=args.scheme, limit=args.limit,
@@ -352,8 +355,7 @@ def main(argv: list[str] | None = None) -> int:
                        "language": args.language or "per document", "scheme": args.scheme or "auto",
                        "part": args.part, "unread_seed": UNREAD_SEED, "stress_variants": args.stress,
                        "stress_seed": args.seed, "detector": args.detector,
-                       "tagger": (str(args.tagger or load_settings().phi_tagger or "") or None)
-                       if args.detector == "ours" else None,
+                       "tagger": tagger,
                        "limit": args.limit, "key": "fixed public evaluation key (outputs discarded)"},
         "models": summary["run"]["models"], "timing_seconds": summary["run"]["seconds"],
         "stress_pools": summary.get("stress", {}).get("run", {}).get("pools"),

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from presidio_analyzer import EntityRecognizer, RecognizerResult
 
+from finetune.date_formats import MONTHS_EN
 from finetune.phi_gazetteers import Gazetteers, load_gazetteers
 from finetune.phi_name_rules import (
     birth_names,
@@ -227,9 +228,7 @@ def propagate(spans: list[PhiSpan], text: str, gaz: Gazetteers) -> list[PhiSpan]
 _LIST_LINK = r"\s*(?:,\s*(?:and\s+|&\s*)?|\s+(?:and|&|or|und|oder)\s+)"
 _NEXT_IN_LIST = re.compile(rf"^{_LIST_LINK}(?P<w>[{LETTER}][{LETTER}'’\-]+)")
 _PREVIOUS_IN_LIST = re.compile(rf"(?P<w>[{LETTER}][{LETTER}'’\-]+){_LIST_LINK}$")
-_CALENDAR_WORDS = {"january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
-                   "november", "december", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
-                   "sunday"}
+_CALENDAR_WORDS = {*MONTHS_EN, "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"}
 
 
 def coordinated_names(spans: list[PhiSpan], text: str, gaz: Gazetteers, case: str) -> list[PhiSpan]:

@@ -425,8 +425,9 @@ def pseudonymize_file(in_path: str | Path, out_path: str | Path, key: bytes, *, 
             pool = None
         else:
             model_versions = {k: str(v or f"blank:{k}") for k, v in {**DEFAULT_NER_MODELS, **(ner_models or {})}.items()}
-            if load_settings().phi_tagger:  # each worker's PhiDetector reads the same setting
-                model_versions["tagger"] = str(load_settings().phi_tagger)
+            tagger = load_settings().phi_tagger  # each worker's PhiDetector reads the same setting
+            if tagger:
+                model_versions["tagger"] = str(tagger)
             pool = mp.get_context("fork").Pool(workers, initializer=_init_worker,
                                                initargs=(key, ner_models, batch_size))
             results = pool.imap(_work, _batches(todo, max(1, min(batch_size, len(todo) // (workers * 2) or 1)), language))
