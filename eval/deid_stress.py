@@ -432,10 +432,12 @@ def training_pools() -> StressPools:
     return StressPools(tuple(first), tuple(last), (), tuple(places), tuple(last))
 
 
-def write_training_set(docs: Sequence[GoldDoc], out: Path, variants: int, seed: int) -> int:
+def write_training_set(docs: Sequence[GoldDoc], out: Path, variants: int, seed: int,
+                       copies_only: bool = False) -> int:
     """The documents and ``variants`` re-injected copies each (training pools) as annotated JSONL
-    with our own labels; returns the number of rows."""
-    rows = list(docs) + stress_variants(docs, variants, seed, training_pools())
+    with our own labels; returns the number of rows. ``copies_only`` leaves the documents out: a
+    synthetic set's own values (presidio's come from Faker) could meet the stress pools."""
+    rows = ([] if copies_only else list(docs)) + stress_variants(docs, variants, seed, training_pools())
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as handle:
         for gd in rows:
@@ -457,14 +459,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="annotated JSONL to write")
     parser.add_argument("--variants", type=int, default=6, help="re-injected copies per document")
     parser.add_argument("--seed", type=int, default=1001)
+    parser.add_argument("--copies-only", action="store_true",
+                        help="write only the re-injected copies, not the documents themselves")
     args = parser.parse_args(argv)
     try:
         docs = [gd for path in args.data for gd in select_part(load_gold(path), "dev")]
     except (CorpusError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    rows = write_training_set(docs, args.out, args.variants, args.seed)
-    print(f"{rows} annotated documents ({len(docs)} dev documents + {args.variants} variants each) -> {args.out}")
+    rows = write_training_set(docs, args.out, args.variants, args.seed, args.copies_only)
+    what = (f"{args.variants} re-injected copies of each of {len(docs)} dev documents" if args.copies_only
+            else f"{len(docs)} dev documents + {args.variants} variants each")
+    print(f"{rows} annotated documents ({what}) -> {args.out}")
     return 0
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from finetune.date_formats import find_dates
-from finetune.phi_text import PhiSpan, TextView
+from finetune.date_formats import MONTHS_EN, find_dates
+from finetune.phi_text import STOP_WORDS, PhiSpan, TextView
 from finetune.phi_types import PhiType
 
 # --------------------------------------------------------------------------------------------
@@ -25,12 +25,16 @@ YEAR_NOT_TIME = re.compile(r"(?<![\d.,:/])\b(?P<y>19[6-9]\d|20[6-9]\d)\b(?![\d:/
 YEAR_APOSTROPHE = re.compile(r"(?<![\w'’])['’](?P<y>\d{2})\b(?!['’\d])|\b(?P<y2>\d{2})['’](?=[\s.,;)]|$)(?!\d)")
 ORDINAL_DAY = re.compile(r"(?i:\b(?:the|on|am|vom|bis|zum)\s+)(?P<d>(?:[12]?\d|3[01])(?:st|nd|rd|th))\b"
                          r"(?=\s*(?:[.,;:)\n]|$|at\b|in the\b|of\s+[A-Za-z]+\b))", re.I)
-#: A day as an ordinal after a date preposition ("since the 24th", "on 3rd"), unless a noun follows that
-#: makes it a rank ("on 4th floor", "the 3rd day", "2nd ICS").
+#: A day as an ordinal after a date preposition ("since the 24th", "on 3rd"), unless what follows makes
+#: it a rank: a noun ("on 4th floor", DAY_ORDINAL_FOLLOWERS in ``dates``) or "of the month".
 ORDINAL_AFTER_PREPOSITION = re.compile(
     r"(?i)\b(?:on|since|until|till|by|from|before|after|through|thru)\s+(?:the\s+)?(?P<d>(?:[12]?\d|3[01])(?:st|nd|rd|th))\b"
-    r"(?!\s*(?:floor|fl\b|grade|degree|day|days|time|times|week|weeks|rib|ics|intercostal|toe|finger|digit|cranial|"
-    r"nerve|percentile|line|dose|attempt|try|episode|unit|round|cycle|generation|order|of\s+(?:the\s+)?(?:month|week)))")
+    r"(?!\s*of\s+(?:the\s+)?(?:month|week))")
+#: What may follow a day written as an ordinal after a preposition ("since the 24th pt has been", "on
+#: 3rd at 10", "on the 3rd June"): a function word, the patient, a month. Any other word makes the
+#: ordinal a rank ("placed on 1st step", "after 2nd cath"), whatever the noun.
+DAY_ORDINAL_FOLLOWERS = STOP_WORDS | {"pt", "pts", "patient", "pm", "sept"} | set(MONTHS_EN) | {m[:3] for m in MONTHS_EN}
+NEXT_WORD = re.compile(r"[ \t]+(?P<w>[A-Za-z]+)")
 #: A month name alone after a date preposition ("in aug", "since March", "early sept"); "may" only
 #: where the verb cannot stand ("in may", "since may", "early may").
 MONTH_AFTER_PREPOSITION = re.compile(
@@ -78,6 +82,9 @@ def dates(view: TextView) -> Iterator[PhiSpan]:
         yield PhiSpan(m.start(group), m.end(group), PhiType.DATE, 0.6, "year", True)
     for regex in (ORDINAL_DAY, ORDINAL_AFTER_PREPOSITION) if view.language == "en" else (ORDINAL_DAY,):
         for m in regex.finditer(view.text):
+            after = NEXT_WORD.match(view.text, m.end("d"))
+            if regex is ORDINAL_AFTER_PREPOSITION and after and after.group("w").lower() not in DAY_ORDINAL_FOLLOWERS:
+                continue
             yield PhiSpan(m.start("d"), m.end("d"), PhiType.DATE, 0.6, "day", True)
     for m in MONTH_AFTER_PREPOSITION.finditer(view.text) if view.language == "en" else ():
         if m.group("mon").lower() == "may" and m.group("prep").lower() not in MAY_PREPOSITIONS:

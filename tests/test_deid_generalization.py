@@ -153,6 +153,8 @@ def test_a_nursing_home_without_a_name_stays(detector: PhiDetector) -> None:
     ("wean off vent, family meeting 12/5/2029", "12/5/2029"),
     ("CABG 01/01, EF 30%", "01/01"),
     ("seen since the 24th by renal", "24th"),
+    ("since 24th pt has been afebrile", "24th"),  # a day before a function word or "pt"
+    ("admitted on the 3rd June with sob", "3rd June"),
     ("pt was admitted in aug for a fall", "aug"),
     ("last cx 5/5 in am, no growth", "5/5"),  # when a culture was sent
     ("BC 1/5 Pending.", "1/5"),
@@ -176,7 +178,8 @@ def test_more_date_formats(detector: PhiDetector, text: str, value: str) -> None
 @pytest.mark.parametrize("text", ["pt c/o CP, 5/10, ECG done", "on PSV 12/10, Vt 450", "1/2 NS at 75", "motor 5/5",
                                   "drank 2/3 of the shake", "pain 3/10 at 2am", "on PS 5/5 overnight",
                                   "uo dec 20 cc/hr", "bp dec 30 points", "aug 2 days left", "pt may 2 units",
-                                  "seen Dec 5:30 pm"])
+                                  "seen Dec 5:30 pm", "PT PLACED ON 1ST STEP BED", "went home after 2nd cath",
+                                  "again on 2nd cpap trial", "on 4th floor now"])  # ordinals before a noun: ranks
 def test_scores_and_settings_are_not_dates(detector: PhiDetector, text: str) -> None:
     assert not [s for s in detector.detect(text, "en") if s.label is PhiType.DATE]
 

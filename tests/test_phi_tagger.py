@@ -104,6 +104,10 @@ def test_training_set_writer_and_eval_with_the_tagger(tmp_path: Path, tagger_dir
     dev = len(written) // 3
     assert 0 < dev < 12 and len(written) == 3 * dev  # the dev part only, plus two variants each
     assert all(len(a.spans) == 2 for a in written)
+    copies = tmp_path / "copies.jsonl"
+    assert stress_main(["--data", str(gold), "--out", str(copies), "--variants", "2", "--copies-only"]) == 0
+    copied = copies.read_text(encoding="utf-8").splitlines()
+    assert copied == out.read_text(encoding="utf-8").splitlines()[dev:]  # the same copies, no originals
     assert deid_main(["--data", str(gold), "--tagger", str(tagger_dir), "--out", str(tmp_path / "eval")]) == 0
     manifest = json.loads((tmp_path / "eval" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["parameters"]["tagger"] == str(tagger_dir) and "tagger" in manifest["models"]
