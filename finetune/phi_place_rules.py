@@ -74,8 +74,8 @@ def hospitals(view: TextView) -> Iterator[PhiSpan]:
                 i + 1 < len(toks) and toks[i + 1].low in {"hospital", "hosp"} | CENTRE_WORDS) and low != "house" \
                 and not (low == "home" and i > 0 and toks[i - 1].low == "nursing"):  # "Wanlin Nursing Home"
             continue
-        if low in {"house", "home"} and i > 0 and re.search(r"['’]s$", toks[i - 1].core):
-            continue  # "Anne's house", "gwen smith's house": a person's home (possessive_homes)
+        if low in {"house", "home"} and re.search(r"['’]\s?s\s*$", view.text[max(0, tok.start - 6):tok.start]):
+            continue  # "Anne's house", "gwen smith 's house": a person's home (possessive_homes)
         nursing_home = low == "home" and i > 0 and toks[i - 1].low == "nursing"
         k, first = (i - 2 if nursing_home else i - 1), None
         while k >= 0 and i - k <= 3 + nursing_home and toks[k].line == tok.line and toks[k].is_word \

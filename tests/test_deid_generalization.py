@@ -385,3 +385,9 @@ def test_day_month_dates_after_on_call_outs_and_misspelt_hospitals(detector: Phi
         assert not any(label is PhiType.DATE for label in _masked(detector, not_a_date, "en").values()), not_a_date
     assert _covered(detector, "Plan: c/o to varvaresso if stable overnight.", "varvaresso", "en")
     assert _covered(detector, "Bed offered at rehab (TOLVANEN REGIONNAL) for tomorrow.", "TOLVANEN REGIONNAL", "en")
+
+
+def test_a_possessive_home_is_no_hospital_even_with_a_space_before_the_s(detector: PhiDetector) -> None:
+    text = 'he was stating, "at rifair \'s house." in addition'
+    spans = {text[s.start:s.end]: s.label for s in detector.detect(text, "en")}
+    assert "rifair" in spans and not [v for v in spans if "house" in v], spans
