@@ -269,6 +269,24 @@ def test_pseudonymize_file_resumes_and_reports_without_phi(tmp_path: Path, engin
         pseudonymize_file(src, out, b"another-key-0123456789abcdef", progress=False)
 
 
+def test_a_resumed_run_refuses_another_learned_layer(tmp_path: Path, engine: Pseudonymizer,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """One output file, one detector: resuming with CRAG_PHI_TAGGER changed would mix two."""
+    import finetune.pseudonymize as module
+
+    monkeypatch.setattr(module, "Pseudonymizer", lambda key, **kw: Pseudonymizer(key, detector=engine.detector))
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_rows(src, ROWS[:2], ensure_ascii=False)
+    monkeypatch.delenv("CRAG_PHI_TAGGER", raising=False)
+    pseudonymize_file(src, out, KEY, progress=False)
+    assert json.loads(manifest_path(out).read_text(encoding="utf-8"))["parameters"]["phi_tagger"] is None
+    write_rows(src, ROWS, ensure_ascii=False)
+    monkeypatch.setenv("CRAG_PHI_TAGGER", str(tmp_path / "tagger"))
+    with pytest.raises(ValueError, match="phi_tagger=None"):
+        pseudonymize_file(src, out, KEY, progress=False)
+    assert len(read_rows(out)) == 2  # nothing written, nothing lost
+
+
 def test_bad_input_names_file_and_line(tmp_path: Path) -> None:
     src = tmp_path / "bad.jsonl"
     src.write_text('{"doc_id": "a", "patient_id": "P", "text": "ok"}\n{not json\n{"doc_id": "b", "text": 3}\n',
