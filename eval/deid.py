@@ -37,6 +37,7 @@ from eval.deid_detectors import DETECTORS, Detector, DetectorUnavailable, make_d
 from eval.deid_gold import GoldDoc, load_gold
 from eval.deid_stress import build_pools, stress_variants
 from eval.report import sha256_file, write_json
+from finetune.phi_detector import tagger_folder
 from finetune.phi_types import PhiType, excluded_reason
 from finetune.split import UNREAD_SEED, unread_patients
 from rag.config import load_settings
@@ -325,8 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     name = data.parent.name if data.name in ("notes.jsonl", "documents.jsonl") else data.stem
 
     settings = load_settings()
-    # the tagger our detector really uses: the flag, else the setting PhiDetector reads
-    tagger = (str(args.tagger or settings.phi_tagger or "") or None) if args.detector == "ours" else None
+    tagger = tagger_folder(args.tagger or None) if args.detector == "ours" else None  # the one PhiDetector uses
     suffix = ("" if args.part == "all" else f"-{args.part}") + ("" if args.detector == "ours" else f"-{args.detector}") \
         + ("-tagger" if tagger else "")
     out = Path(args.out) if args.out else settings.home / "eval" / "deid" / f"{name}{suffix}"

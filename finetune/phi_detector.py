@@ -98,6 +98,13 @@ class NerOnlyNlpEngine(SpacyNlpEngine):
         return bool(self.nlp) and "ner" in self.nlp[language].pipe_names
 
 
+def tagger_folder(tagger: str | Path | None = None) -> str | None:
+    """The learned layer a detector uses: ``tagger`` when given ("" = none), else the ``phi_tagger``
+    setting (``CRAG_PHI_TAGGER``). One resolution for the detector, its manifests and the eval."""
+    folder = tagger if tagger is not None else load_settings().phi_tagger
+    return str(folder) if folder else None
+
+
 class PhiDetector:
     """Finds PHI spans in English and German text; build once per process, reuse for many texts."""
 
@@ -124,7 +131,7 @@ class PhiDetector:
         self.analyzer = AnalyzerEngine(registry=registry, nlp_engine=self.nlp_engine,
                                        supported_languages=list(self.languages))
         self.gaz = load_gazetteers()
-        folder = tagger if tagger is not None else load_settings().phi_tagger
+        folder = tagger_folder(tagger)
         self.tagger = None
         if folder:
             from finetune.phi_tagger import PhiTagger

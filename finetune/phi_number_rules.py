@@ -82,9 +82,9 @@ def dates(view: TextView) -> Iterator[PhiSpan]:
         yield PhiSpan(m.start(group), m.end(group), PhiType.DATE, 0.6, "year", True)
     for regex in (ORDINAL_DAY, ORDINAL_AFTER_PREPOSITION) if view.language == "en" else (ORDINAL_DAY,):
         for m in regex.finditer(view.text):
-            after = NEXT_WORD.match(view.text, m.end("d"))
-            if regex is ORDINAL_AFTER_PREPOSITION and after and after.group("w").lower() not in DAY_ORDINAL_FOLLOWERS:
-                continue
+            if regex is ORDINAL_AFTER_PREPOSITION and (after := NEXT_WORD.match(view.text, m.end("d"))) \
+                    and after.group("w").lower() not in DAY_ORDINAL_FOLLOWERS:
+                continue  # a rank, not a day
             yield PhiSpan(m.start("d"), m.end("d"), PhiType.DATE, 0.6, "day", True)
     for m in MONTH_AFTER_PREPOSITION.finditer(view.text) if view.language == "en" else ():
         if m.group("mon").lower() == "may" and m.group("prep").lower() not in MAY_PREPOSITIONS:

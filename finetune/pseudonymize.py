@@ -51,7 +51,7 @@ from finetune.engine import (
     private_scratch,
     run_parts,
 )
-from finetune.phi_detector import DEFAULT_NER_MODELS, PhiDetector
+from finetune.phi_detector import DEFAULT_NER_MODELS, PhiDetector, tagger_folder
 from finetune.phi_types import PhiType
 from finetune.surrogates import Surrogates
 from rag.config import load_settings
@@ -352,22 +352,17 @@ def _open_run(in_path: Path, out_path: Path, key: bytes,
         if out_path.is_file() and previous.get("key_fingerprint") not in (None, fingerprint):
             raise KeyFileError(f"{out_path} was written with a different key (fingerprint "
                                f"{previous.get('key_fingerprint')}); resume with that key or write elsewhere")
-        earlier = previous.get("parameters", {}).get("phi_tagger", _tagger_setting())
-        if out_path.is_file() and earlier != _tagger_setting():
+        current = tagger_folder()
+        earlier = previous.get("parameters", {}).get("phi_tagger", current)
+        if out_path.is_file() and earlier != current:
             # one output file, one detector: a resumed run must not mix rules-only and tagger output
-            raise ValueError(f"{out_path} was written with phi_tagger={earlier!r}, now {_tagger_setting()!r}; "
+            raise ValueError(f"{out_path} was written with phi_tagger={earlier!r}, now {current!r}; "
                              "set CRAG_PHI_TAGGER as before to resume, or write elsewhere")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if missing_patient:
         log.warning("%d document(s) have no patient id: their surrogates are consistent per document only",
                     missing_patient)
     return docs, missing_patient, previous, _done_ids(out_path)
-
-
-def _tagger_setting() -> str | None:
-    """The learned de-id layer every detector of this process uses (``PhiDetector`` reads the same)."""
-    folder = load_settings().phi_tagger
-    return str(folder) if folder else None
 
 
 def _file_manifest(in_path: Path, out_path: Path, key: bytes, *, docs: Sequence[Document], todo: Sequence[Document],
@@ -381,7 +376,7 @@ def _file_manifest(in_path: Path, out_path: Path, key: bytes, *, docs: Sequence[
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "input": {"path": str(in_path), "sha256": sha256_file(in_path), "documents": len(docs)},
         "output": {"path": str(out_path), "documents": len(done) + len(todo)},
-        "parameters": {**parameters, "phi_tagger": _tagger_setting(),
+        "parameters": {**parameters, "phi_tagger": tagger_folder(),
                        "date_offset": "per patient, whole weeks in [-52, 51] \\ {0}",
                        "surrogates": "HMAC-SHA256(key, patient, kind, value) -> Faker en_US/de_DE lists"},
         "key_fingerprint": key_fingerprint(key),
@@ -437,7 +432,7 @@ def pseudonymize_file(in_path: str | Path, out_path: str | Path, key: bytes, *, 
             pool = None
         else:
             model_versions = {k: str(v or f"blank:{k}") for k, v in {**DEFAULT_NER_MODELS, **(ner_models or {})}.items()}
-            tagger = _tagger_setting()  # each worker's PhiDetector reads the same setting
+            tagger = tagger_folder()  # each worker's PhiDetector reads the same setting
             if tagger:
                 model_versions["tagger"] = tagger
             pool = mp.get_context("fork").Pool(workers, initializer=_init_worker,
