@@ -141,12 +141,19 @@ ROOM_TRIGGER = re.compile(
 WARD_CODE_DE = re.compile(r"\b(?:auf|zur|nach)\s+(?:der\s+)?(?P<id>[A-Z]{1,5}-?\d{1,3}[a-z]?)\b(?![.,]\d)")
 
 
+#: German specimen and case numbers written as number/year-ish ("(47833/0377: tumorfrei)"): five or
+#: more digits before the slash is no date, dose or ratio.
+SLASHED_NUMBER_DE = re.compile(r"(?<![\d/.,\-])\d{5,8}/\d{2,5}(?![\d/]|[.,]\d|\s?(?:mg|µg|ug|ml|IE|i\.\s?E|E\b))")
+
+
 def identifiers(view: TextView) -> Iterator[PhiSpan]:
     """Record/case/accession/card/licence numbers after a trigger word, identifier shapes, and named
     wards/rooms/beds."""
     if view.language == "de":
         for m in WARD_CODE_DE.finditer(view.text):  # "auf PSY13", "zuvor auf KJPP-2"
             yield PhiSpan(m.start("id"), m.end("id"), PhiType.ID, 0.6, "room", True)
+        for m in SLASHED_NUMBER_DE.finditer(view.text):
+            yield PhiSpan(m.start(), m.end(), PhiType.ID, 0.6, "slashed_number", True)
     for m in ID_TRIGGER.finditer(view.text):
         value = m.group("id")
         if sum(c.isdigit() for c in value) >= 3 or re.search(r"[A-Za-z]", value):

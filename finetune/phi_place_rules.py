@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+from finetune.date_formats import MONTHS_DE, MONTHS_EN
 from finetune.phi_text import (
     DE_HOSPITAL,
     DRUG_SUFFIX,
@@ -265,12 +266,16 @@ def places(view: TextView) -> Iterator[PhiSpan]:
         if view.common_word(city.split()[0]) or (not m.group("comma") and city.lower() not in gaz.cities) \
                 or GERMAN_NOUN_SUFFIX.search(city.lower()):
             continue
+        if (city[0].islower() or m.group("month_year")) and city.lower() not in gaz.cities \
+                and load_vocabulary("de").is_safe(city.split()[0]):
+            continue  # "isokyrö, am 28.08.71", "lirone, 04/2025": any case, but no German word
         yield PhiSpan(m.start("city"), m.end("city"), PhiType.LOCATION, 0.8, "letter_date", True)
 
 
 LETTER_PLACE_DATE = re.compile(
-    rf"(?m)^[ \t]*(?P<city>[{L_UP}][{LETTER}\-]+(?:[ \-][{L_UP}][{LETTER}]+)?)(?:\s*\([A-Z]{{2}}\))?(?P<comma>,?)\s+"
-    rf"(?:den|am)?\s*\d{{1,2}}\.\s?(?:\d{{1,2}}\.\s?\d{{2,4}}|[{L_UP}][{L_LOW}]+\.?\s\d{{4}})")
+    rf"(?m)^[ \t]*(?P<city>[{LETTER}][{LETTER}\-]+(?:[ \-][{L_UP}][{LETTER}]+)?)(?:\s*\([A-Z]{{2}}\))?(?P<comma>,?)\s+"
+    rf"(?:den|am)?\s*(?:\d{{1,2}}\.\s?(?:\d{{1,2}}\.\s?\d{{2,4}}|[{L_UP}][{L_LOW}]+\.?\s\d{{4}})"
+    rf"|(?P<month_year>(?:{'|'.join(m.capitalize() for m in MONTHS_DE + MONTHS_EN)})\s\d{{4}}|\d{{1,2}}/\d{{4}})(?=[ \t]*$))")
 
 #: Endings of German common nouns that place names do not have ("Anlage", "Untersuchung", "Thrombose").
 GERMAN_NOUN_SUFFIX = re.compile(r"(?:ung|ungen|ion|ie|ik|ose|ium|tät|ektomie|tomie|graphie|anlage|ismus|heit|keit)$")
@@ -283,6 +288,11 @@ STREET_DE = re.compile(
 STREET_DE_PREP = re.compile(  # "Am Waldsaum 21" at a line start or after a comma
     rf"(?m)(?:^|(?<=, ))[ \t]*(?:Am|An der|Im|In der|Auf der|Zum|Zur|Unter den)\s[{L_UP}][{L_LOW}]+\s\d{{1,3}}\s?[a-z]?\b(?!\s*[A-Z]{{2}})")
 STREET_DE_BARE = re.compile(rf"(?<![{LETTER}\-])(?:[{L_UP}][{LETTER}]*-)*[{L_UP}][{L_LOW}]*(?:straße|strasse|gasse|allee)(?=\s*,)")
+#: After a street and house number: the town, alone on the rest of the line or before a comma
+#: ("Rožmberská-Allee 129,  pergusa", "Bispegasse 105  CHANLY", "Slavínstr. 98, wetsens behandelt").
+TOWN_AFTER_STREET = re.compile(
+    rf"[ \t]*(?:,[ \t]*|[ \t]{{2,}}|[ \t]+(?=[{L_UP}]{{2,}}\b))(?P<town>[{LETTER}][{LETTER}'\-]{{2,}}(?:[ \t][{L_UP}][{LETTER}'\-]+)?)"
+    rf"(?=[ \t]*(?:$|\n|,|\.|[ \t]+[{L_LOW}]))")
 STREET_EN = re.compile(
     rf"\b\d{{1,5}}[ \t]+(?:[{L_UP}][{L_LOW}]+[ \t]+){{1,2}}(?:St|Street|Ave|Avenue|Rd|Road|Blvd|Boulevard|Lane|Ln|Drive|Dr|Way|Court|Ct|Place|Pl|Terrace|Circle)\b\.?")
 ZIP_CITY = re.compile(
@@ -303,8 +313,10 @@ def addresses(view: TextView) -> Iterator[PhiSpan]:
     if view.language == "de":
         for m in STREET_DE.finditer(text):
             yield PhiSpan(m.start(), m.end(), PhiType.ADDRESS, 0.85, "street", True)
+            yield from _town_after_street(view, m.end())
         for m in STREET_DE_PREP.finditer(text):
             yield PhiSpan(m.start(), m.end(), PhiType.ADDRESS, 0.7, "street", True)
+            yield from _town_after_street(view, m.end())
         for m in STREET_DE_BARE.finditer(text):
             yield PhiSpan(m.start(), m.end(), PhiType.ADDRESS, 0.7, "street", True)
     for m in STREET_EN.finditer(text) if view.language == "en" else ():
@@ -316,11 +328,13 @@ def addresses(view: TextView) -> Iterator[PhiSpan]:
         plain4 = re.fullmatch(r"\d{4}", zip_code) is not None
         context = re.search(r"(^|\n|,|:|in|wohnhaft|\d[a-z]?)\s*$", before) is not None or before == ""
         city_known = city.split()[0].lower() in view.gaz.cities
-        if not city[0].isupper() and not (context and (len(zip_code) >= 5 or "-" in zip_code)):
-            continue  # a lower-case town only after a full postcode where an address stands
+        strong = re.search(r"(?::|\bin|\bwh\.?:?|wohnhaft)\s*$", before) is not None
+        if not city[0].isupper() and not (context and (len(zip_code) >= 5 or "-" in zip_code)) \
+                and not (strong and not load_vocabulary("de").is_safe(city.split()[0])):
+            continue  # a lower-case town only after a full postcode where an address stands, or after "wh.:"
         if view.common_word(city.split()[0]) and not city_known and len(city.split()) == 1:
             continue
-        if plain4 and not (city_known or re.search(r"(?::|\bin|\bwh\.?:?)\s*$", before)):
+        if plain4 and not (city_known or strong):
             continue
         if GERMAN_NOUN_SUFFIX.search(city.split()[0].lower()):
             continue  # "2044 TIPS-Anlage", "1990 Tonsillektomie": a year before a noun
@@ -335,6 +349,39 @@ def addresses(view: TextView) -> Iterator[PhiSpan]:
     for m in US_STATE_ZIP.finditer(text):
         yield PhiSpan(m.start(), m.end(), PhiType.ADDRESS, 0.7, "us_zip", True)
 
+
+
+#: A letter's address block: a line of two or three words right above a street line.
+ADDRESSEE_ABOVE_STREET = re.compile(
+    rf"(?m)^[ \t]*(?P<name>[{LETTER}][{LETTER}'\-]+(?:[ \t][{LETTER}][{LETTER}'\-]+){{1,2}})[ \t]*\n(?=[ \t]*(?:{STREET_DE.pattern}))")
+
+
+def addressees(view: TextView) -> Iterator[PhiSpan]:
+    """"Līga Abuga / Grønløkkeweg 48": the line above a street is its resident, when one of its words
+    is on no German word list or is a first name ("Klinik für Innere Medizin" stays)."""
+    vocab = load_vocabulary("de")
+    for m in ADDRESSEE_ABOVE_STREET.finditer(view.text):
+        words = m.group("name").split()
+        if any(w.lower() in STOP_WORDS or w.lower() in TITLE_CHAIN or DE_HOSPITAL.search(w)
+               or GERMAN_NOUN_SUFFIX.search(w.lower()) for w in words):
+            continue
+        if all(vocab.is_safe(w) for w in words) and not view.gaz.is_any_first(words[0]):
+            continue
+        yield PhiSpan(m.start("name"), m.end("name"), PhiType.NAME, 0.75, "addressee", True)
+
+
+def _town_after_street(view: TextView, end: int) -> Iterator[PhiSpan]:
+    """The town written after an address's house number, in any case; never an ordinary word
+    ("Hauptstr. 5, Erdgeschoss") unless the town list knows it."""
+    m = TOWN_AFTER_STREET.match(view.text, end)
+    if m is None:
+        return
+    town = m.group("town")
+    first = town.split()[0].lower()
+    if (load_vocabulary(view.language).is_safe(first) or GERMAN_NOUN_SUFFIX.search(first)) \
+            and first not in view.gaz.cities:
+        return
+    yield PhiSpan(m.start("town"), m.end("town"), PhiType.LOCATION, 0.75, "town_after_street", True)
 
 
 EMPLOYER = re.compile(

@@ -42,7 +42,15 @@ from finetune.phi_name_rules import (
     titled_words,
 )
 from finetune.phi_number_rules import ages, dates, identifiers, phones, urls
-from finetune.phi_place_rules import addresses, employers, german_hospital_forms, hospitals, places, saints_and_wards
+from finetune.phi_place_rules import (
+    addressees,
+    addresses,
+    employers,
+    german_hospital_forms,
+    hospitals,
+    places,
+    saints_and_wards,
+)
 from finetune.phi_text import LETTER, ORDINARY_SUFFIX, TITLE_CHAIN, PhiSpan, TextView
 from finetune.phi_types import PRIORITY, PhiType
 from finetune.phi_unknown_rules import unknown_words
@@ -61,6 +69,7 @@ RULES: dict[str, tuple[Rule, frozenset[str]]] = {
     "phones": (phones, frozenset({"en", "de"})),
     "urls": (urls, frozenset({"en", "de"})),
     "addresses": (addresses, frozenset({"en", "de"})),
+    "addressees": (addressees, frozenset({"de"})),
     "hospitals": (hospitals, frozenset({"en", "de"})),
     "german_hospital_forms": (german_hospital_forms, frozenset({"de"})),
     "saints_and_wards": (saints_and_wards, frozenset({"en", "de"})),

@@ -17,9 +17,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from finetune.phi_name_rules import CREDENTIALS, RELATIONS
+from finetune.phi_name_rules import CREDENTIALS, DOTTED_TITLES, RELATIONS
 from finetune.phi_name_shape import load_name_shape
-from finetune.phi_text import STOP_WORDS, TITLE_CHAIN, PhiSpan, TextView, Token
+from finetune.phi_text import STOP_WORDS, TITLE_CHAIN, TITLES, PhiSpan, TextView, Token
 from finetune.phi_types import PhiType
 from finetune.phi_vocabulary import load_vocabulary
 
@@ -61,7 +61,16 @@ NAME_PHRASE_BEFORE = re.compile(
     r"\b(?:house\s+officer|case\s+manager|social\s+worker|sw|slp|rrt|chaplain|covering|attending|"
     r"intern|resident|fellow|nurse\s+practitioner|dietitian|nutritionist|pharmacist)|"
     r"\b(?:signed|sign|handed)\s+(?:out|over)\s+to|\b(?:page|call|message|msg|phone\s+call)\s+(?:from|to|for)|"
-    r"\b(?:message|msg|voicemail|vm)\s+(?:left\s+)?(?:for|with))\s*[:.,]?\s*$")
+    r"\b(?:message|msg|voicemail|vm)\s+(?:left\s+)?(?:for|with)|"
+    # German sign-off lines: "Geschrieben von", "diktiert durch OA", "Befund freigegeben von"
+    r"\b(?:geschrieben|diktiert|freigegeben|vidiert|erstellt|unterschrieben|unterzeichnet|gezeichnet)\s+(?:von|durch)"
+    r"(?:\s+(?:OA|OÄ|FA|FÄ|CA|Dr\.?|Prof\.?))?)\s*[:.,]?\s*$")
+#: After a name: a birth date ("etibar kähkönen, * 12.06.32", "Weil, geb. 16.01.1993").
+BIRTH_AFTER = re.compile(r"(?i)[ \t]*,?[ \t]*(?:\*|geb\.|geboren|born|dob)[ \t]*:?[ \t]*\d")
+#: After a name: its bearer's age as an apposition ("Lasmono, eine knapp 16-jährige Patientin",
+#: "Kipkosgei, a 54 year old man").
+AGE_APPOSITION_AFTER = re.compile(
+    r"(?i)\s*,\s*(?:ein|eine|einen|einer|der|die|a|an)\s+(?:[^\W\d]+\s+){0,2}\d{1,3}\s?-?\s?(?:jährig|j\.|year|yo\b|y/o|y\.o)")
 #: Plain prepositions and verbs: context only for words on no list ("by Mitei", "Dockx visited").
 WEAK_BEFORE = {"by"}
 WEAK_AFTER = {"will", "would", "following", "follows", "evaluated", "saw", "sees", "recommends", "recommended",
@@ -71,7 +80,8 @@ WEAK_AFTER = {"will", "would", "following", "follows", "evaluated", "saw", "sees
               "ist", "war", "wurde", "würde", "wird", "hat", "habe", "hatte", "sei", "erhielt", "erhält", "zeigte",
               "zeigt", "berichtet", "berichtete", "kam", "klagt", "klagte", "entwickelte", "befindet", "befand",
               "konnte", "kann", "soll", "sollte", "möchte", "gibt", "gab", "lebt", "wohnt", "erscheint", "stellte",
-              "besucht", "besuchte", "nimmt", "nahm", "geht", "ging", "spielt", "isst", "trinkt", "schläft"}
+              "besucht", "besuchte", "nimmt", "nahm", "geht", "ging", "spielt", "isst", "trinkt", "schläft",
+              "scheint", "schien", "fühlt", "fühlte", "wirkt", "wirkte", "profitiert", "profitierte"}
 #: "to" counts after a transfer verb ("transferred to tch", "admitted to pomc", "d/c to Farini").
 TRANSFER_TO = re.compile(r"(?i)\b(?:transferred|transfered|transfer|tx|sent|admitted|adm|brought|back|returned|return|"
                          r"discharged?|d/c'?d?|dc'?d?|moved|move|going|go|went|taken|came|drove|flown|flew|referred|"
@@ -134,8 +144,13 @@ def _context(view: TextView, toks: list[Token], i: int) -> str | None:
     after = toks[i + 1] if i + 1 < len(toks) and toks[i + 1].line == tok.line else None
     if after is not None and after.text == "," and i + 2 < len(toks) and toks[i + 2].line == tok.line:
         after = toks[i + 2]  # "Snell, RN"
-    if before is not None and before.low in NAME_BEFORE or after is not None and after.low in NAME_AFTER \
-            or NAME_PHRASE_BEFORE.search(view.text[max(0, tok.start - 24): tok.start]):
+    if before is not None and before.text == ":" and i > 1 and toks[i - 2].line == tok.line:
+        before = toks[i - 2]  # "Orthoptistin: Yachana", "Patient: majani"
+    if before is not None and (before.low in NAME_BEFORE or before.low in DOTTED_TITLES and before.text.endswith(".")
+                               and before.is_title_case) \
+            or after is not None and after.low in NAME_AFTER or BIRTH_AFTER.match(view.text, tok.core_end) \
+            or NAME_PHRASE_BEFORE.search(view.text[max(0, tok.start - 24): tok.start]) \
+            or _after_title_chain(toks, i) or AGE_APPOSITION_AFTER.match(view.text, tok.core_end, tok.core_end + 60):
         return "person"
     if before is not None and (before.low in PLACE_BEFORE or before.low in HOSPITAL_BEFORE) \
             or after is not None and after.low in HOSPITAL_AFTER:
@@ -146,6 +161,26 @@ def _context(view: TextView, toks: list[Token], i: int) -> str | None:
     if before is not None and before.low in WEAK_BEFORE or after is not None and after.low in WEAK_AFTER:
         return "weak"
     return None
+
+
+def _after_title_chain(toks: list[Token], i: int) -> bool:
+    """"Dr. med. arnas", "Prof. Dr. med. u. mdletshe", "Patientin p. laoidh": a title chain or a person
+    trigger, then perhaps an initial, on one line.
+
+    The chain's last word ("med", "habil") is no person trigger of its own; what opened it is.
+    """
+    k = i - 1
+    if k >= 0 and toks[k].is_initial and len(toks[k].core) == 1 and toks[k].line == toks[i].line:
+        k -= 1  # "u. mdletshe": the first name's initial
+        if k >= 0 and toks[k].line == toks[i].line and toks[k].low in NAME_BEFORE:
+            return True  # "Patientin p. laoidh"
+    chain = 0
+    while k >= 0 and toks[k].line == toks[i].line and (toks[k].low in TITLE_CHAIN or toks[k].text == "."):
+        chain += toks[k].text != "."
+        if toks[k].low in TITLES:
+            return chain >= 2 or k < i - 1  # a bare "Dr" before the word itself is NAME_BEFORE's case
+        k -= 1
+    return False
 
 
 def _decide(view: TextView, toks: list[Token], i: int, kind: str | None) -> str | None:
@@ -222,9 +257,19 @@ def unknown_words(view: TextView) -> Iterator[PhiSpan]:
         while first > 0 and _joins(view, toks[first - 1], toks[first]) and (
                 kinds[first - 1] is not None or _belongs(view, toks[first - 1], toks[i], vocab)):
             first -= 1
-        while last + 1 < len(toks) and _joins(view, toks[last], toks[last + 1]) and (
-                kinds[last + 1] is not None or _belongs(view, toks[last + 1], toks[i], vocab)):
-            last += 1
+        if first > 0 and toks[first - 1].is_initial and len(toks[first - 1].core) == 1 \
+                and _joins(view, toks[first - 1], toks[first]):
+            first -= 1  # "p. laoidh": the first name's initial belongs to the name
+        while last + 1 < len(toks) and _joins(view, toks[last], toks[last + 1]):
+            if kinds[last + 1] is not None or _belongs(view, toks[last + 1], toks[i], vocab):
+                last += 1
+            elif _initial_between(view, toks, last, kinds):
+                last += 2  # "majani f. mbuli": a middle initial between two unlisted words
+            else:
+                break
+        if last + 1 < len(toks) and toks[last + 1].is_initial and toks[last + 1].core.isupper() \
+                and len(toks[last + 1].core) == 1 and _joins(view, toks[last], toks[last + 1]):
+            last += 1  # "Yachana F. MBA": a trailing initial, as sign-off lines write it
         label = PhiType.NAME
         while last + 1 < len(toks) and toks[last + 1].line == toks[last].line and toks[last + 1].low in HOSPITAL_AFTER \
                 and view.text[toks[last].end:toks[last + 1].start].strip() == "" \
@@ -243,6 +288,12 @@ def unknown_words(view: TextView) -> Iterator[PhiSpan]:
             span.end = min(span.end, toks[last].start + len(_word(toks[last])))
         yield span
         i = last + 1
+
+
+def _initial_between(view: TextView, toks: list[Token], k: int, kinds: list[str | None]) -> bool:
+    mid = k + 1
+    return mid + 1 < len(toks) and toks[mid].is_initial and len(toks[mid].core) == 1 \
+        and _joins(view, toks[mid], toks[mid + 1]) and kinds[mid + 1] is not None
 
 
 def _belongs(view: TextView, tok: Token, anchor: Token, vocab) -> bool:

@@ -265,6 +265,51 @@ def test_german_layers(detector: PhiDetector, text: str, value: str) -> None:
     assert _covered(detector, text, value, "de"), _masked(detector, text, "de")
 
 
+@pytest.mark.parametrize("text,value", [
+    # a letter's structure: the town after the street, the addressee above it, the date line's town
+    ("wohnhaft Tobrakaweg 129,  perguvo\n\nWerte Frau Kollegin,", "perguvo"),
+    ("in der Neurologie, Slavínstr. 98, wetsonk behandelt", "wetsonk"),
+    ("Olvira Abugande\nGrønlekkeweg 48\nA-6310 Lindt", "Olvira Abugande"),
+    ("Abteilung für Onkologie\nisokyrvo, am 28.08.71\n\nSehr geehrte Frau Kollegin", "isokyrvo"),
+    ("Abteilung für Onkologie\nmonttegabbione, am Dezember 1984\n", "monttegabbione"),
+    ("geb: 20. März 1950 wh.: 8616 batignelo, Žejeweg 180", "8616 batignelo"),
+    # names in any case after a title chain, a person word and a colon, an initial, or before a birth date
+    ("Mit kollegialen Grüßen\nDr. med. arnastu kcákov", "arnastu kcákov"),
+    ("Assistenzarzt Dr. med. u. mdletshe OA", "u. mdletshe"),
+    ("Patient: majanu f. mbulika * 27.04.2014", "majanu f. mbulika"),
+    ("über unsere gemeinsame Patientin p. laoidhe. Stationär", "p. laoidhe"),
+    ("Orthoptistin: Yachanu F. MBA", "Yachanu F"),
+    ("am 08.05.2033 wurde Hr. qanivu zur Anschlussheilbehandlung", "qanivu"),
+    ("etibor kähkönu, * 12.06.32, wohnhaft in Lindau", "etibor kähkönu"),
+    ("Geschrieben von pünhane goldu", "pünhane goldu"),
+    ("Zusammenfassung: priitu, ein knapp 16-jähriges Mädchen", "priitu"),
+    # a specimen number with five digits before the slash
+    ("Exstirpation axillär links (47833/0377: tumorfrei)", "47833/0377"),
+])
+def test_german_letter_structure_and_person_contexts(detector: PhiDetector, text: str, value: str) -> None:
+    assert _covered(detector, text, value, "de"), _masked(detector, text, "de")
+
+
+@pytest.mark.parametrize("text,value", [
+    ("Seen by Dr. J. kowalczuk this am.", "J. kowalczuk"),
+    ("Family meeting held. Contact: ylvarine tamsoo (daughter).", "ylvarine tamsoo"),
+    ("ztorven, a 54 year old man, admitted from home.", "ztorven"),
+])
+def test_english_person_contexts_through_initials_and_colons(detector: PhiDetector, text: str, value: str) -> None:
+    assert _covered(detector, text, value, "en"), _masked(detector, text, "en")
+
+
+@pytest.mark.parametrize("text", [
+    "Herr Müller, Hauptstraße 5, Erdgeschoss links",  # a floor, not a town
+    "Klinik für Innere Medizin\nHauptstraße 5",  # a department above a street, not a person
+    "Metformin/Sitagliptin 1000/50 mg, RR 120/80",  # doses and pressures, not specimen numbers
+    "HR: 80, Fr. 3",
+])
+def test_german_letter_rules_leave_ordinary_lines(detector: PhiDetector, text: str) -> None:
+    found = _masked(detector, text, "de")
+    assert not {v for v in found if v in ("Erdgeschoss", "Klinik für Innere Medizin", "1000/50", "120/80", "3")}, found
+
+
 def test_german_clinical_words_stay(detector: PhiDetector) -> None:
     text = "Z.n. Sigmoideostomie, perihilär keine Raumforderung, Wiedervorstellung bei Thoraxdrainage."
     assert not detector.detect(text, "de")
