@@ -117,6 +117,12 @@ _VENT_CONTEXT = re.compile(r"(?i)\b(?:psv?|cpap|bipap|ipap|epap|ips|peep|simv|im
 _PAIN_CONTEXT = re.compile(r"(?i)\b(?:pain|cp|c/o|discomfort|ache|scale|rates?|rated)\b")
 #: A day follows these ("on 3/10", "starting 4/2"); "on 5/5" stays a setting (pressure support 5, PEEP 5).
 _ON_BEFORE = re.compile(r"(?i)\b(?:on|thru|through|due|starting|started)\s*$")
+#: "admitted to OSH", "transferred to the floor": where a stay began; a number after it is its day.
+_ADMITTED_BEFORE = re.compile(r"(?i)\b(?:admitted|adm|transferred|transfered|sent|taken)\s+(?:to|at)\s+(?:the\s+)?"
+                              r"[^\s\d]+\s*$")
+#: Equal pairs no ventilator is set to (pressure support and PEEP of 2-4 cm H2O are not used):
+#: after "on" these are days ("F/c changed on 3/3", "S/P CABG X2 ON 2/2").
+_NO_VENT_PAIR = {2, 3, 4}
 _COUNT_AFTER = re.compile(r"(?i)\s*(?:ns\b|strength|tabs?\b|dose|bl\b|bottles?|blood|cx|sets?|pain|%|of\b)")
 
 
@@ -131,11 +137,14 @@ def _not_a_date(text: str, match: re.Match[str]) -> bool:
     after = text[match.end(): match.end() + 12]
     if re.search(r"(?i)\b(?:since|from|until|dated?|admitted|discharged)\s*$", before) or value.startswith("0"):
         return False  # a date word before it, or zero-padding ("01/01"), which no fraction or setting has
+    if re.match(r"(?i)\s*of\s+(?:19|20)\d{2}\b", after):
+        return False  # "in 12/26 of 2035"
     if _COUNT_AFTER.match(after) or (day in _VENT_VALUES and (_VENT_CONTEXT.search(before[-14:])
                                                                or _VENT_CONTEXT.match(after.lstrip()))):
         return True
-    if _ON_BEFORE.search(before) and (month != day or day not in _VENT_VALUES):
-        return False  # "ON 3/10 HAD CP", "on 1/1 with CP": what happened on a day, not a score after it
+    if _ON_BEFORE.search(before) and (month != day or day not in _VENT_VALUES or day in _NO_VENT_PAIR) \
+            or _ADMITTED_BEFORE.search(before):
+        return False  # "ON 3/10 HAD CP", "changed on 3/3", "ADMITTED TO OSH 12/10 WITH C/O CP": a day
     if day == 10 and _PAIN_CONTEXT.search(before[-20:] + " " + after):
         return True
     # weaker triggers: they beat the fraction shapes (1/2, 1/3), not the settings above; "on 5/5" stays a
@@ -152,7 +161,7 @@ _SHIFT_HEADER = re.compile(r"(?i)\s+(?:[a-z]*icu|ccu|csru|shift|nursing|npn|prog
 _SAMPLE_BEFORE = re.compile(
     r"(?i)\b(?:last|next|cx|bcx|ucx|scx|bc|uc|cultures?|sent|drawn|dated|early|mid|late|scan|ct|mri|cxr|echo|tee|egd|"
     r"surgery|monday|tuesday|wednesday|thursday|friday|saturday|sunday|mon|tues|wed|thurs|fri|sat|sun)\s*$"
-    r"|\bs/p\b[^.;\n\d]{0,25}(?:x\d\s*)?$"  # "s/p MI 3/4", "s/p stent x2 4/4"
+    r"|\bs/p\b[^.;\n\d]{0,25}(?:x\d\s*)?(?:on\s*)?$"  # "s/p MI 3/4", "s/p stent x2 4/4", "S/P CABG X2 ON 2/2"
     r"|\bto\s+(?:the\s+)?(?:floor|or|ccu|icu|micu|sicu|csru|cath\s+lab)\s*$"  # "transferred to the floor 1/5"
     r"|\d\s?(?:am|pm)\s*$")  # "until 2am 2/3"
 _LINE_START = re.compile(r"(?:^|\n)[ \t]*$")

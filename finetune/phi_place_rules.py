@@ -23,6 +23,7 @@ from finetune.phi_text import (
     Token,
 )
 from finetune.phi_types import PhiType
+from finetune.phi_unknown_rules import UNIT_NAME
 from finetune.phi_vocabulary import load_vocabulary
 
 # --------------------------------------------------------------------------------------------
@@ -213,8 +214,8 @@ def saints_and_wards(view: TextView) -> Iterator[PhiSpan]:
         if after and after.group(1).islower() and after.group(1) not in {"in", "at", "when", "today", "this", "tomorrow", "if", "for",
                                                     "am", "pm", "tonight", "on", "and", "with", "bed"}:
             continue  # "reinsert 30 french", "recieve 1 bag": a quantity, not a ward number
-        if view.ordinary(Token(m.start("ward"), m.end("ward"), word, 0)):
-            continue
+        if view.ordinary(Token(m.start("ward"), m.end("ward"), word, 0)) or UNIT_NAME.match(word):
+            continue  # "to tsicu 2": a unit, not a ward's name
         if word.lower() not in gaz.common and word.lower() not in gaz.allow_terms and word.lower() not in gaz.english_words:
             yield PhiSpan(m.start("ward"), m.end("ward"), PhiType.HOSPITAL, 0.6, "ward", False)
 

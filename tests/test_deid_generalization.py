@@ -432,6 +432,18 @@ def test_day_month_dates_after_on_call_outs_and_misspelt_hospitals(detector: Phi
     assert _covered(detector, "Bed offered at rehab (TOLVANEN REGIONNAL) for tomorrow.", "TOLVANEN REGIONNAL", "en")
 
 
+def test_day_month_dates_after_admissions_and_equal_pairs_no_ventilator_uses(detector: PhiDetector) -> None:
+    """"ADMITTED TO OSH 12/10 WITH C/O CP" is a day despite the pain word after it; "on 3/3" and
+    "ON 2/2" are days (no ventilator is set to 2-4); "12/26 of 2035" is a day; settings stay."""
+    text = "PT ADMITTED TO OSH 12/10 WITH C/O CHEST PAIN. S/P CABG X2 ON 2/2. F/c changed on 3/3. in 12/26 of 2035."
+    masked = _masked(detector, text, "en")
+    for value in ("12/10", "2/2", "3/3", "12/26"):
+        assert masked.get(value) is PhiType.DATE, (value, masked)
+    for setting in ("Remains on 5/5 psv overnight.", "pt tried on 5/5 today, did well"):
+        assert not any(label is PhiType.DATE for label in _masked(detector, setting, "en").values()), setting
+    assert not _masked(detector, "transfer to tsicu 2 today", "en")  # a unit, not a named ward
+
+
 def test_a_possessive_home_is_no_hospital_even_with_a_space_before_the_s(detector: PhiDetector) -> None:
     text = 'he was stating, "at rifair \'s house." in addition'
     spans = {text[s.start:s.end]: s.label for s in detector.detect(text, "en")}
