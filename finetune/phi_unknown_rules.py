@@ -85,7 +85,8 @@ WEAK_AFTER = {"will", "would", "following", "follows", "evaluated", "saw", "sees
 #: "to" counts after a transfer verb ("transferred to tch", "admitted to pomc", "d/c to Farini").
 TRANSFER_TO = re.compile(r"(?i)\b(?:transferred|transfered|transfer|tx|sent|admitted|adm|brought|back|returned|return|"
                          r"discharged?|d/c'?d?|dc'?d?|moved|move|going|go|went|taken|came|drove|flown|flew|referred|"
-                         r"accepted|c/o|call(?:ed)?\s+out)\s+to\s+(?:the\s+)?$")  # "c/o to sartano": ICU call-out
+                         r"accepted|c/o|call(?:ed)?\s+out|trip|travel(?:l?ed|l?ing)?|drive|driving|driven|fly|flying|"
+                         r"headed|heading|visit|relocated)\s+to\s+(?:the\s+)?$")  # "c/o to sartano": ICU call-out
 
 
 def _word(tok: Token) -> str:
@@ -153,7 +154,7 @@ def _context(view: TextView, toks: list[Token], i: int) -> str | None:
             or _after_title_chain(toks, i) or AGE_APPOSITION_AFTER.match(view.text, tok.core_end, tok.core_end + 60):
         return "person"
     if before is not None and (before.low in PLACE_BEFORE or before.low in HOSPITAL_BEFORE) \
-            or after is not None and after.low in HOSPITAL_AFTER:
+            or after is not None and (after.low in HOSPITAL_AFTER or after.low in PLACE_AFTER):
         return "place"
     if before is not None and before.low in ("to", "the") \
             and TRANSFER_TO.search(view.text[max(0, tok.start - 30): tok.start]):
@@ -195,14 +196,17 @@ def _decide(view: TextView, toks: list[Token], i: int, kind: str | None) -> str 
         return None
     tok = toks[i]
     context = _context(view, toks, i)
-    if kind == "clinical typo":  # "Diminshed", "per protcol"
+    if kind == "clinical typo":  # "Diminshed", "per protcol"; but "from Seixal" is no typo of "sexual"
+        if context == "place" and _capital_mid_sentence(view, tok):
+            return context
         return context if context == "person" and i > 0 and toks[i - 1].low != "per" else None
     if kind == "drug typo":  # "Natricor at .01", but "from Malnate"
         return context if context in ("person", "place") and i > 0 and toks[i - 1].low != "per" else None
     if kind == "ordinary name":  # "DAUGHTER TUDORA WATER", "HILL AWARE", but never "per protocol"
         return "person" if context == "person" and not (i > 0 and toks[i - 1].low == "per") else None
-    if context == "person" or context == "place" and len(_word(tok)) > 4:
-        return context  # a short word after "from"/"in" is shorthand ("wean from ven"); initials have their rule
+    if context == "person" or context == "place" and (len(_word(tok)) > 4 or _FOREIGN_LETTER.search(_word(tok))):
+        return context  # a short word after "from"/"in" is shorthand ("wean from ven"), unless English lacks
+        # one of its letters ("in háj"); initials have their rule
     if _capital_mid_sentence(view, tok):
         return "capital"
     if kind in ("typo", "run-together"):
@@ -237,6 +241,11 @@ def _joins(view: TextView, a: Token, b: Token) -> bool:
 HOSPITAL_AFTER = {"hospital", "hosp", "memorial", "regional", "general", "medical", "center", "centre", "rehab",
                   "rehabilitation", "clinic", "manor", "nursing", "home", "house", "infirmary", "institute", "va",
                   "klinik", "klinikum", "krankenhaus", "spital"}
+#: Services named after their town ("Orbais ED", "Gudme EMS", "per Resana police"): the word before is a place.
+PLACE_AFTER = {"ed", "ems", "police", "pd", "fd", "fire", "rescue", "ambulance", "vna", "hospice", "county",
+               "airport", "township"}
+#: A letter no English word has: a short word with one is a foreign name, not shorthand ("háj", "NIVÅ").
+_FOREIGN_LETTER = re.compile(r"[^\x00-\x7f]")
 #: ... and when they precede it ("St. Julienne", "Holy Ytuika").
 HOSPITAL_BEFORE = {"st", "saint", "holy", "sacred", "sankt"}
 

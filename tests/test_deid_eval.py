@@ -106,3 +106,33 @@ def test_a_surrogate_equal_to_another_original_is_not_a_leak() -> None:
     leaky = Tally()
     score_document(gold, predicted, output, leaky, keep_examples=False, replaced=[(23, 33)])
     assert summarize(leaky)["overall"]["residual_in_output"] == 1
+
+
+def test_context_grid_fills_every_sentence_and_reports_misses(tmp_path: Path) -> None:
+    """eval.deid_grid: invented sentences x stress-pool values; a sentence with no slot is refused."""
+    from eval import deid_grid
+
+    templates = deid_grid.load_templates("place", "held_out")
+    assert len(templates) >= 10 and all(t.count("{P}") == 1 for t in templates)
+    assert deid_grid.load_templates("date", "tune")
+
+    class OnlyAfterFrom:  # a detector that masks the word after "from" and nothing else
+        def detect(self, text: str, language: str) -> list[PhiSpan]:
+            words = text.split()
+            if "from" not in words[:-1]:
+                return []
+            start = text.index(" from ") + len(" from ")
+            end = text.find(" ", start)
+            return [PhiSpan(start, end if end > 0 else len(text), PhiType.LOCATION)]
+
+    results = deid_grid.run_grid(OnlyAfterFrom(), "place", ["Son flew in from {P} today.", "Lives in {P}."],
+                                 per_template=5, seed=1)
+    assert [r.tried for r in results] == [5, 5]
+    assert len(results[1].missed) == 5 and results[1].recall == 0.0  # "in" is not "from"
+    assert all(v and v in "Lives in " + v for v in results[1].missed)  # the missed values are reported
+    assert results[0].recall > 0.5  # single-word places after "from" are found
+
+    bad = tmp_path / "templates.json"
+    bad.write_text(json.dumps({"place": {"tune": ["no slot here"]}}), encoding="utf-8")
+    with pytest.raises(ValueError, match="exactly one"):
+        deid_grid.load_templates("place", "tune", bad)

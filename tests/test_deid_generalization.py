@@ -444,6 +444,22 @@ def test_day_month_dates_after_admissions_and_equal_pairs_no_ventilator_uses(det
     assert not _masked(detector, "transfer to tsicu 2 today", "en")  # a unit, not a named ward
 
 
+@pytest.mark.parametrize("text,value", [
+    ("Brought in by Gudmeby EMS after fall at home.", "Gudmeby"),  # a town's service names the town
+    ("Pt is a 67 yo man from Seixal admitted with CP.", "Seixal"),  # capitalised mid-sentence: no typo of "sexual"
+    ("Pt was born in háj.", "háj"),  # short, but with a letter English lacks
+    ("Pt recently returned from a trip to Poggiridenti.", "Poggiridenti"),
+])
+def test_places_in_contexts_no_note_taught(detector: PhiDetector, text: str, value: str) -> None:
+    """Sentences like those of `eval.deid_grid` (tune part), with invented values."""
+    assert _covered(detector, text, value, "en"), _masked(detector, text, "en")
+
+
+def test_clinical_typos_and_services_after_place_words_stay(detector: PhiDetector) -> None:
+    text = "wean from sedaton as tol, down from basline, pt in resp distress, to ED via EMS. Pt went to ED."
+    assert not detector.detect(text, "en"), _masked(detector, text, "en")
+
+
 def test_a_possessive_home_is_no_hospital_even_with_a_space_before_the_s(detector: PhiDetector) -> None:
     text = 'he was stating, "at rifair \'s house." in addition'
     spans = {text[s.start:s.end]: s.label for s in detector.detect(text, "en")}

@@ -1,0 +1,129 @@
+"""Context grids: stress-pool values in invented sentences, to see which contexts a detector misses.
+
+The stress variants (``eval.deid_stress``) change the values of a set's PHI but keep its contexts, so
+rules written from the dev part's misses learn the dev part's contexts, and the unread part, whose
+misses nobody reads, is the only check on new ones. A grid adds contexts that belong to no annotated
+set: sentences written for this harness (``resources/deid_grid_templates.json``), each with one slot,
+filled with values drawn the way the stress variants draw them (same pools, cases, typos). Misses
+are shown per sentence, with the values that were missed: the values are synthetic, the sentences
+invented, so nothing here is PHI. The 'tune' sentences are the ones rules may be written from; the
+'held_out' ones are for scoring a round of rules once.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eval.deid_stress import _Draw, build_pools
+from eval.report import bar_chart, run_manifest, write_json, write_markdown_table
+
+TEMPLATES = Path(__file__).parent / "resources" / "deid_grid_templates.json"
+SLOTS = {"place": "{P}", "date": "{D}"}
+#: The originals a value is drawn for, weighted like the PhysioNet dev part's gold (places: any town;
+#: dates: mostly m/d). Bare years are left out: alone in a sentence they read as clock times ("at 2015").
+ORIGINALS = {"place": ["Springfield"],
+             "date": ["7/18"] * 39 + ["8/2"] * 10 + ["10/16"] * 7 + ["10/3"] * 3 + ["may"] * 2 + ["10/13/82"] * 2
+             + ["11th"]}
+MIN_COVER = 0.9  # the same rule as eval.deid: 90% of a value's letters and digits masked
+
+
+@dataclass
+class TemplateResult:
+    template: str
+    tried: int = 0
+    missed: list[str] = field(default_factory=list)
+
+    @property
+    def recall(self) -> float:
+        return 1 - len(self.missed) / self.tried if self.tried else float("nan")
+
+
+def load_templates(kind: str, part: str, path: Path = TEMPLATES) -> list[str]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        templates = data[kind][part]
+    except KeyError:
+        raise ValueError(f"{path}: no {part!r} sentences for {kind!r}") from None
+    slot = SLOTS[kind]
+    bad = [t for t in templates if t.count(slot) != 1]
+    if bad:
+        raise ValueError(f"{path}: {kind}/{part} sentences need exactly one {slot}: {bad[:3]}")
+    return templates
+
+
+def covered(spans, start: int, end: int, text: str) -> bool:
+    masked = set()
+    for span in spans:
+        masked.update(range(span.start, span.end))
+    chars = [i for i in range(start, end) if text[i].isalnum()]
+    return bool(chars) and sum(i in masked for i in chars) >= MIN_COVER * len(chars)
+
+
+def run_grid(detector, kind: str, templates: list[str], per_template: int, seed: int,
+             language: str = "en") -> list[TemplateResult]:
+    """Fill every sentence ``per_template`` times; a sentence written in capitals gets capital values."""
+    pools = build_pools()
+    rng = random.Random(seed)
+    slot = SLOTS[kind]
+    results = []
+    for template in templates:
+        result = TemplateResult(template)
+        for _ in range(per_template):
+            draw = _Draw(pools, rng, language)
+            original = rng.choice(ORIGINALS[kind])
+            value = " ".join(draw.place([original])) if kind == "place" else draw.date(original)
+            if template.replace(slot, "").isupper():
+                value = value.upper()
+            text = template.replace(slot, value)
+            start = text.index(value)
+            result.tried += 1
+            if not covered(detector.detect(text, language), start, start + len(value), text):
+                result.missed.append(value)
+        results.append(result)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Score the detector on a grid of invented sentences filled with stress-pool values."""
+    parser = argparse.ArgumentParser(prog="python -m eval.deid_grid", description=main.__doc__)
+    parser.add_argument("--kind", choices=sorted(SLOTS), default="place")
+    parser.add_argument("--part", choices=["tune", "held_out"], default="tune")
+    parser.add_argument("--per-template", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=None, help="default: var/eval/deid_grid/<kind>-<part>")
+    args = parser.parse_args(argv)
+    try:
+        templates = load_templates(args.kind, args.part)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from finetune.phi_detector import PhiDetector
+
+    out = args.out or Path("var/eval/deid_grid") / f"{args.kind}-{args.part}"
+    results = run_grid(PhiDetector(), args.kind, templates, args.per_template, args.seed)
+    tried = sum(r.tried for r in results)
+    missed = sum(len(r.missed) for r in results)
+    rows = [{"sentence": r.template, "tried": r.tried, "missed": len(r.missed), "recall": r.recall,
+             "missed values": ", ".join(r.missed[:6])} for r in sorted(results, key=lambda r: r.recall)]
+    summary = {"kind": args.kind, "part": args.part, "seed": args.seed, "per_template": args.per_template,
+               "tried": tried, "missed": missed, "recall": 1 - missed / tried, "sentences": rows}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(summary, out / "grid.json")
+    table = write_markdown_table(rows, ["sentence", "tried", "missed", "recall", "missed values"], out / "grid.md",
+                                 title=f"{args.kind} grid ({args.part}): recall {summary['recall']:.3f} "
+                                       f"({missed} of {tried} missed)")
+    bar_chart({args.kind: {f"{args.part} sentences": (summary["recall"], float("nan"), float("nan"))}},
+              out / "grid.png", metric_name="recall", title=f"{args.kind} grid, seed {args.seed}")
+    write_json(run_manifest(inputs={"templates": TEMPLATES}, parameters={k: str(v) for k, v in vars(args).items()}),
+               out / "manifest.json")
+    print(table)
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
