@@ -204,7 +204,7 @@ def _decide(view: TextView, toks: list[Token], i: int, kind: str | None) -> str 
         return context if context in ("person", "place") and i > 0 and toks[i - 1].low != "per" else None
     if kind == "ordinary name":  # "DAUGHTER TUDORA WATER", "HILL AWARE", but never "per protocol"
         return "person" if context == "person" and not (i > 0 and toks[i - 1].low == "per") else None
-    if context == "person" or context == "place" and (len(_word(tok)) > 4 or _FOREIGN_LETTER.search(_word(tok))):
+    if context == "person" or context == "place" and (len(_word(tok)) > 4 or _foreign_letter(_word(tok), view.language)):
         return context  # a short word after "from"/"in" is shorthand ("wean from ven"), unless English lacks
         # one of its letters ("in háj"); initials have their rule
     if _capital_mid_sentence(view, tok):
@@ -244,8 +244,14 @@ HOSPITAL_AFTER = {"hospital", "hosp", "memorial", "regional", "general", "medica
 #: Services named after their town ("Orbais ED", "Gudme EMS", "per Resana police"): the word before is a place.
 PLACE_AFTER = {"ed", "ems", "police", "pd", "fd", "fire", "rescue", "ambulance", "vna", "hospice", "county",
                "airport", "township"}
-#: A letter no English word has: a short word with one is a foreign name, not shorthand ("háj", "NIVÅ").
-_FOREIGN_LETTER = re.compile(r"[^\x00-\x7f]")
+#: Letters beyond ASCII that a language's own words use; any other one marks a foreign name ("háj", "NIVÅ").
+_OWN_LETTERS = {"en": "", "de": "äöüßÄÖÜ"}
+
+
+def _foreign_letter(word: str, language: str) -> bool:
+    """A short word with a letter its language lacks is a foreign name, not shorthand."""
+    own = _OWN_LETTERS.get(language, "")
+    return any(ord(c) > 127 and c not in own for c in word)
 #: ... and when they precede it ("St. Julienne", "Holy Ytuika").
 HOSPITAL_BEFORE = {"st", "saint", "holy", "sacred", "sankt"}
 
