@@ -173,6 +173,27 @@ def train_tagger(examples: Sequence[Annotated], base: Path, out: Path, *, layers
     return info
 
 
+def _read_info(folder: Path) -> dict[str, Any]:
+    info_path = folder / INFO_FILE
+    if not info_path.is_file():
+        raise FileNotFoundError(f"{folder} is not a PHI tagger folder (no {INFO_FILE}): "
+                                "train one with python -m finetune.phi_tagger")
+    return json.loads(info_path.read_text(encoding="utf-8"))
+
+
+def tagger_version(folder: str | Path, threshold: float | None = None) -> str:
+    """What manifests record for a tagger: folder name, weights hash, threshold and languages, read
+    without loading the model (a parent process of workers records the same string they use)."""
+    folder = Path(folder)
+    info = _read_info(folder)
+    threshold = float(threshold if threshold is not None else info.get("threshold", DEFAULT_THRESHOLD))
+    digest = hashlib.sha256()
+    for weights in sorted(folder.glob("*.safetensors")):
+        digest.update(weights.read_bytes())
+    languages = ",".join(sorted(info.get("languages") or ("en",)))
+    return f"phi tagger {folder.name} sha256:{digest.hexdigest()[:12]} threshold {threshold} languages {languages}"
+
+
 class PhiTagger:
     """A trained tagger folder, ready to add spans to the rules' (one per process)."""
 
@@ -181,21 +202,13 @@ class PhiTagger:
         from transformers import AutoModelForTokenClassification, AutoTokenizer
 
         self.folder = Path(folder)
-        info_path = self.folder / INFO_FILE
-        if not info_path.is_file():
-            raise FileNotFoundError(f"{self.folder} is not a PHI tagger folder (no {INFO_FILE}): "
-                                    "train one with python -m finetune.phi_tagger")
-        self.info = json.loads(info_path.read_text(encoding="utf-8"))
+        self.info = _read_info(self.folder)
         self.threshold = float(threshold if threshold is not None else self.info.get("threshold", DEFAULT_THRESHOLD))
         self.languages = frozenset(self.info.get("languages") or ("en",))
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
         self.model = AutoModelForTokenClassification.from_pretrained(self.folder).eval()
         self._torch = torch
-        digest = hashlib.sha256()
-        for weights in sorted(self.folder.glob("*.safetensors")):
-            digest.update(weights.read_bytes())
-        self.version = (f"phi tagger {self.folder.name} sha256:{digest.hexdigest()[:12]} threshold {self.threshold} "
-                        f"languages {','.join(sorted(self.languages))}")
+        self.version = tagger_version(self.folder, self.threshold)
 
     def probabilities(self, text: str) -> tuple[np.ndarray, list[tuple[int, int]]]:
         """Per token: class probabilities (windows averaged where they overlap) and character offsets."""

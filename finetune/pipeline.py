@@ -73,8 +73,9 @@ from finetune.pairs import (
     read_pairs,
     write_pairs,
 )
+from finetune.phi_detector import tagger_folder
 from finetune.presets import PRESETS, Preset, get_preset
-from finetune.pseudonymize import load_key, pseudonymize_file
+from finetune.pseudonymize import load_key, manifest_path, pseudonymize_file
 from finetune.qa_schema import read_qa
 from finetune.ray_stages import synthesize_partitioned
 from finetune.split import (
@@ -200,6 +201,7 @@ def _pseudonymize(run: Run) -> tuple[list[Path], dict]:
         write_jsonl(corpus.documents, src)
         dst = out_dir / f"{corpus_slug(name)}.jsonl"
         if key is not None:
+            _drop_other_detector_output(dst)
             manifest = pseudonymize_file(src, dst, key, workers=run.preset.pseudonymize_workers,
                                          progress=run.progress, engine=run.engine)
             info[name] = {"documents": len(corpus), "counts": manifest.get("counts"),
@@ -210,6 +212,20 @@ def _pseudonymize(run: Run) -> tuple[list[Path], dict]:
             info[name] = {"documents": len(corpus), "pseudonymized": False}
         outputs.append(dst)
     return outputs, {"corpora": info, "engine": run.engine.name}
+
+
+def _drop_other_detector_output(dst: Path) -> None:
+    """The stage reruns when the learned-layer setting changed: the earlier output was written by
+    another detector, so it is rebuilt, not resumed (pseudonymize_file refuses to mix the two)."""
+    manifest = manifest_path(dst)
+    if not (dst.is_file() and manifest.is_file()):
+        return
+    parameters = json.loads(manifest.read_text(encoding="utf-8")).get("parameters", {})
+    if "phi_tagger" in parameters and parameters["phi_tagger"] != tagger_folder():
+        log.info("%s was written with phi_tagger=%r: rebuilding it with %r", dst, parameters["phi_tagger"],
+                 tagger_folder())
+        dst.unlink()
+        manifest.unlink()
 
 
 def _synthesize(run: Run) -> tuple[list[Path], dict]:
@@ -399,6 +415,14 @@ class Stage:
     params: Callable[[Run], dict[str, Any]]
 
 
+def _pseudonymize_params(run: Run) -> dict[str, Any]:
+    params = {"corpora": run.corpora(), "pseudonymize": run.preset.pseudonymize, "key_file": str(run.key_file)}
+    tagger = tagger_folder()
+    if tagger:  # only when set, so runs made before the learned layer existed keep their stage keys
+        params["phi_tagger"] = tagger
+    return params
+
+
 def _synthesize_params(run: Run) -> dict[str, Any]:
     p = run.preset
     hashes = [hashlib.sha256(Path(f).read_bytes()).hexdigest() if Path(f).is_file() else None for f in p.qa_files]
@@ -407,8 +431,7 @@ def _synthesize_params(run: Run) -> dict[str, Any]:
 
 
 BUILD_STAGES: dict[str, Stage] = {s.name: s for s in (
-    Stage("pseudonymize", _pseudonymize, lambda run: {"corpora": run.corpora(), "pseudonymize": run.preset.pseudonymize,
-                                                      "key_file": str(run.key_file)}),
+    Stage("pseudonymize", _pseudonymize, _pseudonymize_params),
     Stage("synthesize", _synthesize, _synthesize_params),
     Stage("split", _split, lambda run: {"seed": run.preset.split_seed, "fractions": run.preset.split_fractions,
                                         "by": run.preset.split_by}),

@@ -434,7 +434,9 @@ def pseudonymize_file(in_path: str | Path, out_path: str | Path, key: bytes, *, 
             model_versions = {k: str(v or f"blank:{k}") for k, v in {**DEFAULT_NER_MODELS, **(ner_models or {})}.items()}
             tagger = tagger_folder()  # each worker's PhiDetector reads the same setting
             if tagger:
-                model_versions["tagger"] = tagger
+                from finetune.phi_tagger import tagger_version
+
+                model_versions["tagger"] = tagger_version(tagger)  # what a single process records
             pool = mp.get_context("fork").Pool(workers, initializer=_init_worker,
                                                initargs=(key, ner_models, batch_size))
             results = pool.imap(_work, _batches(todo, max(1, min(batch_size, len(todo) // (workers * 2) or 1)), language))

@@ -14,7 +14,7 @@ from eval.deid import main as deid_main
 from eval.deid_stress import build_pools, training_pools
 from eval.deid_stress import main as stress_main
 from finetune.phi_detector import PhiDetector
-from finetune.phi_tagger import PhiTagger, read_annotated, train_tagger
+from finetune.phi_tagger import PhiTagger, read_annotated, tagger_version, train_tagger
 from finetune.phi_types import PhiType
 from rag.corpus import CorpusError
 from tests.tiny_models import build_tiny_st
@@ -53,7 +53,7 @@ def test_the_tagger_learns_a_context_and_adds_to_the_rules(tagger_dir: Path) -> 
     assert [(text[s.start:s.end], s.label, s.strong) for s in tagger.spans(text, "en")] == \
         [("dakpelnob", PhiType.NAME, False)]
     detector = PhiDetector(tagger=tagger_dir)
-    assert "tagger" in detector.model_versions
+    assert detector.model_versions["tagger"] == tagger_version(tagger_dir)  # what a workers' parent records
     rules_only = PhiDetector(tagger="")
     assert not [s for s in rules_only.detect(text, "en") if text[s.start:s.end] == "dakpelnob"]
     detector.tagger.threshold = 0.5

@@ -151,3 +151,27 @@ def test_guard_slice_never_holds_a_reported_query(synthea) -> None:
     assert unguarded is full
     ids = {d.doc_id for d in guard.corpus.documents}
     assert all(set(guard.qrels[q.query_id]) <= ids for q in guard.queries)
+
+
+def test_a_changed_learned_layer_reruns_pseudonymize_and_rebuilds_its_output(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """CRAG_PHI_TAGGER joins the pseudonymize stage's key only when set (older runs keep theirs), and
+    the output an earlier detector wrote is rebuilt rather than resumed."""
+    from types import SimpleNamespace
+
+    from finetune.pipeline import _drop_other_detector_output, _pseudonymize_params
+    from finetune.pseudonymize import manifest_path
+
+    run = SimpleNamespace(corpora=lambda: {"docs": None}, preset=SimpleNamespace(pseudonymize=True), key_file="k")
+    monkeypatch.delenv("CRAG_PHI_TAGGER", raising=False)
+    assert "phi_tagger" not in _pseudonymize_params(run)
+    dst = tmp_path / "docs.jsonl"
+    write_rows(dst, [{"doc_id": "a", "text": "x"}])
+    manifest_path(dst).write_text(json.dumps({"parameters": {"phi_tagger": None}}), encoding="utf-8")
+    _drop_other_detector_output(dst)
+    assert dst.is_file()  # same detector: resumed as before
+
+    monkeypatch.setenv("CRAG_PHI_TAGGER", str(tmp_path / "tagger"))
+    assert _pseudonymize_params(run)["phi_tagger"] == str(tmp_path / "tagger")
+    _drop_other_detector_output(dst)
+    assert not dst.exists() and not manifest_path(dst).exists()
