@@ -351,7 +351,6 @@ def addresses(view: TextView) -> Iterator[PhiSpan]:
         yield PhiSpan(m.start(), m.end(), PhiType.ADDRESS, 0.7, "us_zip", True)
 
 
-
 #: A letter's address block: a line of two or three words right above a street line.
 ADDRESSEE_ABOVE_STREET = re.compile(
     rf"(?m)^[ \t]*(?P<name>[{LETTER}][{LETTER}'\-]+(?:[ \t][{LETTER}][{LETTER}'\-]+){{1,2}})[ \t]*\n(?=[ \t]*(?:{STREET_DE.pattern}))")

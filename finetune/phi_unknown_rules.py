@@ -189,7 +189,8 @@ def _decide(view: TextView, toks: list[Token], i: int, kind: str | None) -> str 
 
     Context decides first: after a person trigger anything unlisted is a name (even a word that
     resembles a clinical one, except "per protcol"); after a place trigger anything but a clinical
-    typo; after a weak trigger only words on no list. Without context, shorthand-sized words and
+    typo, unless it is capitalised mid-sentence ("from Seixal"); after a weak trigger only words on
+    no list. Without context, shorthand-sized words and
     typos stay, and the rest is masked when it is a known name or spelled like one
     (``phi_name_shape``)."""
     if kind is None:
@@ -205,8 +206,9 @@ def _decide(view: TextView, toks: list[Token], i: int, kind: str | None) -> str 
     if kind == "ordinary name":  # "DAUGHTER TUDORA WATER", "HILL AWARE", but never "per protocol"
         return "person" if context == "person" and not (i > 0 and toks[i - 1].low == "per") else None
     if context == "person" or context == "place" and (len(_word(tok)) > 4 or _foreign_letter(_word(tok), view.language)):
-        return context  # a short word after "from"/"in" is shorthand ("wean from ven"), unless English lacks
-        # one of its letters ("in háj"); initials have their rule
+        # a short word after "from"/"in" is shorthand ("wean from ven"), unless its language lacks one
+        # of its letters ("in háj"); initials have their rule
+        return context
     if _capital_mid_sentence(view, tok):
         return "capital"
     if kind in ("typo", "run-together"):
