@@ -26,6 +26,7 @@ import re
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,13 @@ class Tally:
     residuals: list[dict[str, Any]] = field(default_factory=list)
 
 
+def span_found(masked: Sequence[bool], alnum: Sequence[bool], start: int, end: int) -> bool:
+    """A gold span counts as found when the predictions cover COVERAGE_FOUND of its letters and
+    digits (of all its characters when it has none)."""
+    chars = [i for i in range(start, end) if alnum[i]] or list(range(start, end))
+    return sum(masked[i] for i in chars) / len(chars) >= COVERAGE_FOUND
+
+
 def score_document(gd: GoldDoc, predicted: list, output_text: str, tally: Tally, keep_examples: bool,
                    replaced: list[tuple[int, int]] | None = None) -> None:
     """Add one document to the tally; ``replaced`` are the surrogate regions of ``output_text``."""
@@ -89,10 +97,8 @@ def score_document(gd: GoldDoc, predicted: list, output_text: str, tally: Tally,
         if g.kind is None:
             tally.excluded[g.label] += 1
             continue
-        chars = [i for i in range(g.start, g.end) if alnum[i]] or list(range(g.start, g.end))
-        covered = sum(masked[i] for i in chars) / len(chars)
         tally.gold[g.kind] += 1
-        if covered >= COVERAGE_FOUND:
+        if span_found(masked, alnum, g.start, g.end):
             tally.found[g.kind] += 1
         elif keep_examples:
             tally.misses.append({"doc_id": gd.document.doc_id, "label": g.label, "type": g.kind.value,

@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eval.deid import span_found
 from eval.deid_stress import _Draw, build_pools
 from eval.report import bar_chart, run_manifest, write_json, write_markdown_table
 
@@ -28,7 +29,6 @@ SLOTS = {"place": "{P}", "date": "{D}"}
 ORIGINALS = {"place": ["Springfield"],
              "date": ["7/18"] * 39 + ["8/2"] * 10 + ["10/16"] * 7 + ["10/3"] * 3 + ["may"] * 2 + ["10/13/82"] * 2
              + ["11th"]}
-MIN_COVER = 0.9  # the same rule as eval.deid: 90% of a value's letters and digits masked
 
 
 @dataclass
@@ -56,11 +56,11 @@ def load_templates(kind: str, part: str, path: Path = TEMPLATES) -> list[str]:
 
 
 def covered(spans, start: int, end: int, text: str) -> bool:
-    masked = set()
+    """The value found, by eval.deid's rule."""
+    masked = [False] * len(text)
     for span in spans:
-        masked.update(range(span.start, span.end))
-    chars = [i for i in range(start, end) if text[i].isalnum()]
-    return bool(chars) and sum(i in masked for i in chars) >= MIN_COVER * len(chars)
+        masked[span.start:span.end] = [True] * (span.end - span.start)
+    return span_found(masked, [c.isalnum() for c in text], start, end)
 
 
 def run_grid(detector, kind: str, templates: list[str], per_template: int, seed: int,

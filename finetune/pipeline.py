@@ -75,7 +75,7 @@ from finetune.pairs import (
 )
 from finetune.phi_detector import tagger_folder
 from finetune.presets import PRESETS, Preset, get_preset
-from finetune.pseudonymize import load_key, manifest_path, pseudonymize_file
+from finetune.pseudonymize import load_key, manifest_path, pseudonymize_file, tagger_change
 from finetune.qa_schema import read_qa
 from finetune.ray_stages import synthesize_partitioned
 from finetune.split import (
@@ -217,15 +217,11 @@ def _pseudonymize(run: Run) -> tuple[list[Path], dict]:
 def _drop_other_detector_output(dst: Path) -> None:
     """The stage reruns when the learned-layer setting changed: the earlier output was written by
     another detector, so it is rebuilt, not resumed (pseudonymize_file refuses to mix the two)."""
-    manifest = manifest_path(dst)
-    if not (dst.is_file() and manifest.is_file()):
-        return
-    parameters = json.loads(manifest.read_text(encoding="utf-8")).get("parameters", {})
-    if "phi_tagger" in parameters and parameters["phi_tagger"] != tagger_folder():
-        log.info("%s was written with phi_tagger=%r: rebuilding it with %r", dst, parameters["phi_tagger"],
-                 tagger_folder())
+    change = tagger_change(dst)
+    if change:
+        log.info("%s was written with phi_tagger=%r: rebuilding it with %r", dst, *change)
         dst.unlink()
-        manifest.unlink()
+        manifest_path(dst).unlink()
 
 
 def _synthesize(run: Run) -> tuple[list[Path], dict]:

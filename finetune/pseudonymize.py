@@ -333,6 +333,19 @@ def _versions(model_versions: dict[str, str]) -> dict[str, str]:
     return out
 
 
+def tagger_change(out_path: Path) -> tuple[str | None, str | None] | None:
+    """(earlier, current) learned layer when ``out_path`` exists and its manifest records another one
+    than the setting now names; None otherwise, also for manifests from before they recorded it."""
+    mpath = manifest_path(out_path)
+    if not (out_path.is_file() and mpath.is_file()):
+        return None
+    parameters = json.loads(mpath.read_text(encoding="utf-8")).get("parameters", {})
+    current = tagger_folder()
+    if "phi_tagger" in parameters and parameters["phi_tagger"] != current:
+        return parameters["phi_tagger"], current
+    return None
+
+
 def _open_run(in_path: Path, out_path: Path, key: bytes,
               language: str | None) -> tuple[list[Document], int, dict[str, Any], set[str]]:
     """Checks shared by both engines: the documents, the earlier manifest (refusing another key) and
@@ -352,11 +365,9 @@ def _open_run(in_path: Path, out_path: Path, key: bytes,
         if out_path.is_file() and previous.get("key_fingerprint") not in (None, fingerprint):
             raise KeyFileError(f"{out_path} was written with a different key (fingerprint "
                                f"{previous.get('key_fingerprint')}); resume with that key or write elsewhere")
-        current = tagger_folder()
-        earlier = previous.get("parameters", {}).get("phi_tagger", current)
-        if out_path.is_file() and earlier != current:
-            # one output file, one detector: a resumed run must not mix rules-only and tagger output
-            raise ValueError(f"{out_path} was written with phi_tagger={earlier!r}, now {current!r}; "
+        change = tagger_change(out_path)
+        if change:  # one output file, one detector: a resumed run must not mix rules-only and tagger output
+            raise ValueError(f"{out_path} was written with phi_tagger={change[0]!r}, now {change[1]!r}; "
                              "set CRAG_PHI_TAGGER as before to resume, or write elsewhere")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if missing_patient:
