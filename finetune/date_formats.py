@@ -153,6 +153,8 @@ def _not_a_date(text: str, match: re.Match[str]) -> bool:
         return False
     if _SAMPLE_BEFORE.search(before):
         return False  # "last cx 5/5", "BC 1/5 pending": when a culture was sent is a date
+    if EVENT_BEFORE.search(before) and not _AMOUNT_AFTER.match(after):
+        return False  # "intubated 1/1 for resp failure", "had a fall 1/4": the day it happened
     return value in _FRACTIONS or (month == day and month <= 5)
 
 
@@ -165,6 +167,20 @@ _SAMPLE_BEFORE = re.compile(
     r"|\bto\s+(?:the\s+)?(?:floor|or|ccu|icu|micu|sicu|csru|cath\s+lab)\s*$"  # "transferred to the floor 1/5"
     r"|\d\s?(?:am|pm)\s*$")  # "until 2am 2/3"
 _LINE_START = re.compile(r"(?:^|\n)[ \t]*$")
+#: Clinical events a note writes its day right after, with no preposition ("intubated 1/1", "Foley
+#: placed 23rd", "fall 1/4", "PEG placement 5/5"): after these a fraction-shaped m/d, an ordinal or a
+#: month abbreviation is the day it happened. Giving and treating words are not events here: "given
+#: 1/2 amp", "treated with 1/2 of D50" are amounts.
+EVENT_BEFORE = re.compile(
+    r"(?i)\b(?:(?:re)?intubated|(?:re)?intubation|extubated|extubation|placed|placement|inserted|insertion|"
+    r"removed|removal|pulled|discontinued|d/?c'?d|done|performed|changed(?:\s+over\s+wire)?|stopped|held|"
+    r"restarted|resumed|admitted|admission|fall|fell|seen|scheduled\s+for|planned\s+for|booked\s+for|bm|"
+    r"surgery|procedure|transfused|transfusion|diagnosed|dx'?d|expired|died|discharged|discharge|arrived|"
+    r"visit|visited|called|tapped|paracentesis|thoracentesis|bronch|bronchoscopy|endoscopy|colonoscopy|"
+    r"cath|catheterization|dialyzed|dialysis|hd|biopsy|biopsied|due)\s*$")
+#: What makes a number after an event an amount, not a day ("changed 1/2 hour later", "1/2 way up").
+_AMOUNT_AFTER = re.compile(r"(?i)\s*(?:way\b|up\b|amps?\b|strength|st\b|ns\b|dose|of\b|tabs?\b|"
+                           r"mg|mcg|ug|ml|cc|l\b|liters?|units?|u\b|%|x\b|times|days?|d\b|hrs?\b|hours?|h\b|min)")
 #: Month names that are also English words ("may 2 days", "MAR" = the medication administration record).
 _AMBIGUOUS_EN = {"may", "mar"}
 #: Abbreviations that are also clinical shorthand ("dec" = decreased, "aug" = Augmentin, "sep" = separate),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from finetune.date_formats import MONTHS_EN, find_dates
+from finetune.date_formats import EVENT_BEFORE, MONTHS_EN, find_dates
 from finetune.phi_text import STOP_WORDS, PhiSpan, TextView
 from finetune.phi_types import PhiType
 
@@ -42,6 +42,11 @@ MONTH_AFTER_PREPOSITION = re.compile(
     r"(?:of\s+)?(?P<mon>january|february|march|april|june|july|august|september|october|november|december|"
     r"jan|feb|mar|apr|jun|jul|aug|sep|sept|oct|nov|dec|may)\b\.?")
 MAY_PREPOSITIONS = {"in", "since", "until", "till", "early", "mid", "late", "during", "last", "next"}
+#: An ordinal or a month abbreviation right after a clinical event ("Foley placed 23rd", "intubated oct
+#: for resp failure"): the day or month it happened, with the same follower rule as after a preposition
+#: ("placed 2nd IV" is a rank). Only abbreviations that are no clinical shorthand ("dec" = decreased,
+#: "sep" = separate, "aug" = Augmentin, "jun" = junctional, "mar", "may") and no name ("Jan").
+EVENT_DAY = re.compile(r"(?i)\b(?P<d>(?:[12]?\d|3[01])(?:st|nd|rd|th)|feb|apr|jul|oct|nov)\b")
 
 
 YEAR_DE = re.compile(r"(?<![\d.,:/\-])\b(?P<y>(?:19|20)\d{2})\b(?![\d:]|[.,]\d|\s*(?:mg|µg|ug|ml|ie|i\.e\.|u\b|cc|g\b|kg|mcg|"
@@ -86,6 +91,12 @@ def dates(view: TextView) -> Iterator[PhiSpan]:
                     and after.group("w").lower() not in DAY_ORDINAL_FOLLOWERS:
                 continue  # a rank, not a day
             yield PhiSpan(m.start("d"), m.end("d"), PhiType.DATE, 0.6, "day", True)
+    for m in EVENT_DAY.finditer(view.text) if view.language == "en" else ():
+        if not EVENT_BEFORE.search(view.text[max(0, m.start() - 40): m.start()]):
+            continue
+        if (after := NEXT_WORD.match(view.text, m.end("d"))) and after.group("w").lower() not in DAY_ORDINAL_FOLLOWERS:
+            continue  # a rank or a word, not a day
+        yield PhiSpan(m.start("d"), m.end("d"), PhiType.DATE, 0.6, "day", True)
     for m in MONTH_AFTER_PREPOSITION.finditer(view.text) if view.language == "en" else ():
         if m.group("mon").lower() == "may" and m.group("prep").lower() not in MAY_PREPOSITIONS:
             continue

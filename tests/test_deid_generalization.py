@@ -464,3 +464,17 @@ def test_a_possessive_home_is_no_hospital_even_with_a_space_before_the_s(detecto
     text = 'he was stating, "at rifair \'s house." in addition'
     spans = {text[s.start:s.end]: s.label for s in detector.detect(text, "en")}
     assert "rifair" in spans and not [v for v in spans if "house" in v], spans
+
+
+def test_days_right_after_a_clinical_event(detector: PhiDetector) -> None:
+    """A fraction-shaped m/d, an ordinal or a month abbreviation right after an event word is the day
+    it happened ("intubated 1/1", "Foley placed 23rd", "intubated oct"); amounts after the same words
+    and ranks stay ("changed 1/2 hour later", "placed 2nd IV")."""
+    for text, value in [("Pt was intubated 1/1 for resp failure.", "1/1"), ("Pt had a fall 1/4 at home.", "1/4"),
+                        ("Central line changed over wire 1/3.", "1/3"), ("Plan for PEG placement 5/5.", "5/5"),
+                        ("Foley placed 23rd, draining clear yellow urine.", "23rd"),
+                        ("Next dose of gent due 3rd at 0800.", "3rd"), ("Pt was intubated oct for resp failure.", "oct")]:
+        assert _masked(detector, text, "en").get(value) is PhiType.DATE, (text, _masked(detector, text, "en"))
+    for text in ("Dressing changed 1/2 hour later.", "IV placed 2nd attempt.", "NGT removed 1/2 way.",
+                 "Treated with 1/2 of D50.", "Given 1/2 amp D50.", "dec BS at bases, UO dec"):
+        assert not any(label is PhiType.DATE for label in _masked(detector, text, "en").values()), text
