@@ -207,7 +207,9 @@ def phones(view: TextView) -> Iterator[PhiSpan]:
         if re.fullmatch(r"\d{1,2}[./]\d{1,2}[./]\d{2,4}|\d{1,3}/\d{1,3}", value):
             continue  # a date or a blood pressure, not a number to call
         first_word = re.split(r"[\s.:#-]", trigger.strip(), maxsplit=1)[0]
-        needed = 7 if first_word in {"unter", "nummer", "number", "call", "home", "work", "info", "reached"} else 4
+        labelled = re.search(r"[:#]|\w-$", trigger)  # "HOME-56656", "work: 44113": a label, not "home 2 days"
+        needed = 7 if first_word in {"unter", "nummer", "number", "call", "home", "work", "info", "reached"} \
+            and not labelled else 4
         if digits >= needed:
             yield _with_extension(view.text, PhiSpan(m.start("phone"), m.start("phone") + len(value), PhiType.PHONE,
                                                       0.85, "phone", True))

@@ -478,3 +478,11 @@ def test_days_right_after_a_clinical_event(detector: PhiDetector) -> None:
     for text in ("Dressing changed 1/2 hour later.", "IV placed 2nd attempt.", "NGT removed 1/2 way.",
                  "Treated with 1/2 of D50.", "Given 1/2 amp D50.", "dec BS at bases, UO dec"):
         assert not any(label is PhiType.DATE for label in _masked(detector, text, "en").values()), text
+
+
+def test_a_labelled_home_or_work_number_is_a_phone_at_any_length(detector: PhiDetector) -> None:
+    """"HOME-56656", "work: 44113" are labels; "home 2 days", "home-2000 ml" are not numbers to call."""
+    for text, value in [("CELL-444/229-3170 & HOME-56656.", "56656"), ("work: 44113 after 5pm", "44113")]:
+        assert _masked(detector, text, "en").get(value) is PhiType.PHONE, (text, _masked(detector, text, "en"))
+    for text in ("pt went home 2 days ago", "d/c home-2000 ml fluid", "pt home 12345"):
+        assert not _masked(detector, text, "en"), text
