@@ -198,6 +198,10 @@ PHONE_DE = re.compile(
     r"(?<![\d.,/])(?:\+\d{2}\s?(?:\(0\)\s?)?\(?\d{1,4}\)?|\(0\d{2,5}\)|\b0\d{2,5})(?:\s?[/\-–]\s?|\s)\d[\d\s\-–]{2,}\d(?!\d|[.,]\d)")
 
 
+#: Trigger words that also come before numbers that are no phone ("home 2 days", "Nummer 3").
+_WORDS_BEFORE_NUMBERS = {"unter", "nummer", "number", "call", "home", "work", "info", "reached"}
+
+
 def phones(view: TextView) -> Iterator[PhiSpan]:
     """Phone, fax and pager numbers: with a trigger word, or in an unmistakable phone shape."""
     for m in PHONE_TRIGGER.finditer(view.text):
@@ -207,9 +211,10 @@ def phones(view: TextView) -> Iterator[PhiSpan]:
         if re.fullmatch(r"\d{1,2}[./]\d{1,2}[./]\d{2,4}|\d{1,3}/\d{1,3}", value):
             continue  # a date or a blood pressure, not a number to call
         first_word = re.split(r"[\s.:#-]", trigger.strip(), maxsplit=1)[0]
-        labelled = re.search(r"[:#]|\w-$", trigger)  # "HOME-56656", "work: 44113": a label, not "home 2 days"
-        needed = 7 if first_word in {"unter", "nummer", "number", "call", "home", "work", "info", "reached"} \
-            and not labelled else 4
+        # "HOME-56656", "work: 44113": a label; after a plain "home" a pager's five digits ("home 56656"),
+        # not a year or a dose ("home 2000", "home 2 days")
+        labelled = re.search(r"[:#]|\w-$", trigger)
+        needed = 4 if labelled or first_word not in _WORDS_BEFORE_NUMBERS else 5 if first_word in {"home", "work"} else 7
         if digits >= needed:
             yield _with_extension(view.text, PhiSpan(m.start("phone"), m.start("phone") + len(value), PhiType.PHONE,
                                                       0.85, "phone", True))

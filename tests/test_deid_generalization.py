@@ -480,9 +480,11 @@ def test_days_right_after_a_clinical_event(detector: PhiDetector) -> None:
         assert not any(label is PhiType.DATE for label in _masked(detector, text, "en").values()), text
 
 
-def test_a_labelled_home_or_work_number_is_a_phone_at_any_length(detector: PhiDetector) -> None:
-    """"HOME-56656", "work: 44113" are labels; "home 2 days", "home-2000 ml" are not numbers to call."""
+def test_a_home_or_work_number_is_a_phone_from_five_digits_or_after_a_label(detector: PhiDetector) -> None:
+    """"HOME-56656", "work: 44113" are labels, "HOME 56656" a pager; "home 2 days", "home-2000 ml" are
+    not numbers to call."""
     for text, value in [("CELL-444/229-3170 & HOME-56656.", "56656"), ("work: 44113 after 5pm", "44113")]:
         assert _masked(detector, text, "en").get(value) is PhiType.PHONE, (text, _masked(detector, text, "en"))
-    for text in ("pt went home 2 days ago", "d/c home-2000 ml fluid", "pt home 12345"):
+    assert _masked(detector, "HOME 56656 or cell", "en").get("56656") is PhiType.PHONE
+    for text in ("pt went home 2 days ago", "d/c home-2000 ml fluid", "pt home 2000 mg"):
         assert not _masked(detector, text, "en"), text
