@@ -177,6 +177,14 @@ HOSPITAL_ABBR = re.compile(r"(?i:\b(?:to|at|from|in|into|@|by|via))\s+(?:(?i:the
 HOSPITAL_ABBR_ANY_CASE = re.compile(r"(?i)\b(?:to|at|from|into|@|via|by)\s+(?:the\s+)?(?P<abbr>[a-z]{1,4}h|[a-z]{1,4}mc|[a-z]{2,3}lc)\b")
 WARD = re.compile(rf"(?i:\b(?:to|from|on|at|per|transfer|transferred|transfered|tx))\s+(?P<ward>[{LETTER}]{{5,}})\s?\d{{1,2}}\b"
                   r"(?!\s*(?:mg|mcg|cc|ml|l\b|%|x|u\b|units|meq|hr|h\b|/|:|\.\d|mm|min|am|pm|liters?))")
+#: Lower-case words that may follow a ward's number ("to Quartermain 2 when bed ready", "on X 5 prior to
+#: MICU", "RN on X 4 re bed"); any other lower-case word makes the number a quantity ("recieve 1 bag").
+WARD_FOLLOWERS = {"in", "at", "when", "today", "this", "tomorrow", "if", "for", "am", "pm", "tonight", "on", "and",
+                  "with", "bed", "prior", "before", "after", "until", "re", "via", "per", "by", "rn", "nurse", "team",
+                  "aware", "staff", "charge", "report"}
+#: A ward as the subject of a staff line: "Quartermain 3 RN aware of transfer", "X 2 charge nurse called".
+WARD_SUBJECT = re.compile(rf"(?:^|[.;!]\s+|\n\s*)(?P<ward>[{LETTER}]{{5,}})\s?\d{{1,2}}\s+"
+                          r"(?i:rn|nurse|charge|aware|notified|called|staff|team|informed)\b", re.MULTILINE)
 
 
 def saints_and_wards(view: TextView) -> Iterator[PhiSpan]:
@@ -208,11 +216,10 @@ def saints_and_wards(view: TextView) -> Iterator[PhiSpan]:
         abbr = m.group("abbr").lower()
         if abbr not in gaz.allow_terms and abbr not in gaz.common and vocab.is_unknown(abbr):
             yield PhiSpan(m.start("abbr"), m.end("abbr"), PhiType.HOSPITAL, 0.6, "hospital_abbr", True)
-    for m in WARD.finditer(view.text):
+    for m in (*WARD.finditer(view.text), *WARD_SUBJECT.finditer(view.text)):
         word = m.group("ward")
-        after = re.match(r"\s*([A-Za-z']+)", view.text[m.end(): m.end() + 20])
-        if after and after.group(1).islower() and after.group(1) not in {"in", "at", "when", "today", "this", "tomorrow", "if", "for",
-                                                    "am", "pm", "tonight", "on", "and", "with", "bed"}:
+        after = re.match(r"\s*([A-Za-z']+)", view.text[m.end(): m.end() + 20]) if m.re is WARD else None
+        if after and after.group(1).islower() and after.group(1) not in WARD_FOLLOWERS:
             continue  # "reinsert 30 french", "recieve 1 bag": a quantity, not a ward number
         if view.ordinary(Token(m.start("ward"), m.end("ward"), word, 0)) or UNIT_NAME.match(word):
             continue  # "to tsicu 2": a unit, not a ward's name

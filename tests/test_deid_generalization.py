@@ -488,3 +488,18 @@ def test_a_home_or_work_number_is_a_phone_from_five_digits_or_after_a_label(dete
     assert _masked(detector, "HOME 56656 or cell", "en").get("56656") is PhiType.PHONE
     for text in ("pt went home 2 days ago", "d/c home-2000 ml fluid", "pt home 2000 mg"):
         assert not _masked(detector, text, "en"), text
+
+
+@pytest.mark.parametrize("text,value", [
+    ("Pt was on Emines 5 prior to MICU admission.", "Emines"),  # a ward's number before "prior"
+    ("Spoke with charge RN on volvera 4 re bed.", "volvera"),
+    ("Pt ok. Quarteira 3 RN aware of transfer.", "Quarteira"),  # a ward as the subject of a staff line
+])
+def test_named_wards_before_more_followers_and_as_subjects(detector: PhiDetector, text: str, value: str) -> None:
+    assert _masked(detector, text, "en").get(value) is PhiType.HOSPITAL, _masked(detector, text, "en")
+
+
+def test_drugs_and_doses_before_the_same_followers_stay(detector: PhiDetector) -> None:
+    for text in ("pt on levo 5 prior to transfer", "on propofol 20 prior to intubation", "levophed 5 rn aware",
+                 "recieve 1 bag of plts"):
+        assert not _masked(detector, text, "en"), text
