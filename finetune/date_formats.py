@@ -169,17 +169,17 @@ _SAMPLE_BEFORE = re.compile(
 _LINE_START = re.compile(r"(?:^|\n)[ \t]*$")
 #: Clinical events a note writes its day right after, with no preposition ("intubated 1/1", "Foley
 #: placed 23rd", "fall 1/4", "PEG placement 5/5"): after these a fraction-shaped m/d, an ordinal or a
-#: month abbreviation is the day it happened. Giving and treating words are not events here: "given
-#: 1/2 amp", "treated with 1/2 of D50" are amounts.
+#: month abbreviation is the day it happened, unless an amount follows ("given 1/2 amp", "given 1/2 hour
+#: after"). Treating words are not events here: "treated with 1/2 of D50" is an amount.
 EVENT_BEFORE = re.compile(
     r"(?i)\b(?:(?:re)?intubated|(?:re)?intubation|extubated|extubation|placed|placement|inserted|insertion|"
     r"removed|removal|pulled|discontinued|d/?c'?d|done|performed|changed(?:\s+over\s+wire)?|stopped|held|"
     r"restarted|resumed|admitted|admission|fall|fell|seen|scheduled\s+for|planned\s+for|booked\s+for|bm|"
     r"surgery|procedure|transfused|transfusion|diagnosed|dx'?d|expired|died|discharged|discharge|arrived|"
     r"visit|visited|called|tapped|paracentesis|thoracentesis|bronch|bronchoscopy|endoscopy|colonoscopy|"
-    r"cath|catheterization|dialyzed|dialysis|hd|biopsy|biopsied|due)\s*$")
+    r"cath|catheterization|dialyzed|dialysis|hd|biopsy|biopsied|due|given)\s*$")
 #: What makes a number after an event an amount, not a day ("changed 1/2 hour later", "1/2 way up").
-_AMOUNT_AFTER = re.compile(r"(?i)\s*(?:way\b|up\b|amps?\b|strength|st\b|ns\b|dose|of\b|tabs?\b|"
+_AMOUNT_AFTER = re.compile(r"(?i)\s*(?:way\b|up\b|amps?\b|vials?\b|bags?\b|bolus|d\d+\b|nph\b|strength|st\b|ns\b|dose|of\b|tabs?\b|"
                            r"mg|mcg|ug|ml|cc|l\b|liters?|units?|u\b|%|x\b|times|days?|d\b|hrs?\b|hours?|h\b|min)")
 #: Month names that are also English words ("may 2 days", "MAR" = the medication administration record).
 _AMBIGUOUS_EN = {"may", "mar"}

@@ -473,10 +473,12 @@ def test_days_right_after_a_clinical_event(detector: PhiDetector) -> None:
     for text, value in [("Pt was intubated 1/1 for resp failure.", "1/1"), ("Pt had a fall 1/4 at home.", "1/4"),
                         ("Central line changed over wire 1/3.", "1/3"), ("Plan for PEG placement 5/5.", "5/5"),
                         ("Foley placed 23rd, draining clear yellow urine.", "23rd"),
-                        ("Next dose of gent due 3rd at 0800.", "3rd"), ("Pt was intubated oct for resp failure.", "oct")]:
+                        ("Next dose of gent due 3rd at 0800.", "3rd"), ("Pt was intubated oct for resp failure.", "oct"),
+                        ("Last dose of lasix given 15th at 10am.", "15th"), ("Lasix given 1/4 at 10am.", "1/4")]:
         assert _masked(detector, text, "en").get(value) is PhiType.DATE, (text, _masked(detector, text, "en"))
     for text in ("Dressing changed 1/2 hour later.", "IV placed 2nd attempt.", "NGT removed 1/2 way.",
-                 "Treated with 1/2 of D50.", "Given 1/2 amp D50.", "dec BS at bases, UO dec"):
+                 "Treated with 1/2 of D50.", "Given 1/2 amp D50.", "given 1/2 hour after zaroxolyn",
+                 "given 1/2 D50", "given 2nd dose of vanco", "dec BS at bases, UO dec"):
         assert not any(label is PhiType.DATE for label in _masked(detector, text, "en").values()), text
 
 
