@@ -178,9 +178,10 @@ EVENT_BEFORE = re.compile(
     r"surgery|procedure|transfused|transfusion|diagnosed|dx'?d|expired|died|discharged|discharge|arrived|"
     r"visit|visited|called|tapped|paracentesis|thoracentesis|bronch|bronchoscopy|endoscopy|colonoscopy|"
     r"cath|catheterization|dialyzed|dialysis|hd|biopsy|biopsied|due|given)\s*$")
-#: What makes a number after an event an amount, not a day ("changed 1/2 hour later", "1/2 way up").
-_AMOUNT_AFTER = re.compile(r"(?i)\s*(?:way\b|up\b|amps?\b|vials?\b|bags?\b|bolus|d\d+\b|nph\b|strength|st\b|ns\b|dose|of\b|tabs?\b|"
-                           r"mg|mcg|ug|ml|cc|l\b|liters?|units?|u\b|%|x\b|times|days?|d\b|hrs?\b|hours?|h\b|min)")
+#: What makes a number after an event an amount, not a day ("given 1/2 amp", "changed 1/2 hour later").
+#: Not _UNIT_AFTER: "pt" (points) and "to 3" (a range) follow a day too ("intubated 1/1 pt was ...").
+_AMOUNT_AFTER = re.compile(r"(?i)\s*(?:way|up|amps?|vials?|bags?|bolus|d\d+|nph|strength|st|ns|dose|of|tabs?|"
+                           r"mg|mcg|ug|ml|cc|l|liters?|units?|u|x|times|days?|d|hrs?|hours?|h|min)\b|\s*%")
 #: Month names that are also English words ("may 2 days", "MAR" = the medication administration record).
 _AMBIGUOUS_EN = {"may", "mar"}
 #: Abbreviations that are also clinical shorthand ("dec" = decreased, "aug" = Augmentin, "sep" = separate),
