@@ -85,18 +85,14 @@ def dates(view: TextView) -> Iterator[PhiSpan]:
         if group == "y2" and not re.search(r"(?i)\b(?:in|since|cabg|x\d|of)\s*$", view.text[max(0, m.start() - 8): m.start()]):
             continue  # "HOB 30'", "upper 30'S": degrees and rates, not years
         yield PhiSpan(m.start(group), m.end(group), PhiType.DATE, 0.6, "year", True)
-    for regex in (ORDINAL_DAY, ORDINAL_AFTER_PREPOSITION) if view.language == "en" else (ORDINAL_DAY,):
+    for regex in (ORDINAL_DAY, ORDINAL_AFTER_PREPOSITION, EVENT_DAY) if view.language == "en" else (ORDINAL_DAY,):
         for m in regex.finditer(view.text):
-            if regex is ORDINAL_AFTER_PREPOSITION and (after := NEXT_WORD.match(view.text, m.end("d"))) \
+            if regex is EVENT_DAY and not EVENT_BEFORE.search(view.text[max(0, m.start() - 40): m.start()]):
+                continue
+            if regex is not ORDINAL_DAY and (after := NEXT_WORD.match(view.text, m.end("d"))) \
                     and after.group("w").lower() not in DAY_ORDINAL_FOLLOWERS:
                 continue  # a rank, not a day
             yield PhiSpan(m.start("d"), m.end("d"), PhiType.DATE, 0.6, "day", True)
-    for m in EVENT_DAY.finditer(view.text) if view.language == "en" else ():
-        if not EVENT_BEFORE.search(view.text[max(0, m.start() - 40): m.start()]):
-            continue
-        if (after := NEXT_WORD.match(view.text, m.end("d"))) and after.group("w").lower() not in DAY_ORDINAL_FOLLOWERS:
-            continue  # a rank or a word, not a day
-        yield PhiSpan(m.start("d"), m.end("d"), PhiType.DATE, 0.6, "day", True)
     for m in MONTH_AFTER_PREPOSITION.finditer(view.text) if view.language == "en" else ():
         if m.group("mon").lower() == "may" and m.group("prep").lower() not in MAY_PREPOSITIONS:
             continue
