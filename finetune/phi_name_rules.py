@@ -460,8 +460,8 @@ def patient_names(view: TextView) -> Iterator[PhiSpan]:
         j += name_is
         if j >= len(toks) or toks[j].line - tok.line > 2:
             continue
-        end = _name_sequence(view, j, max_words=3)
-        if end is None or not toks[j].capitalised:
+        end = _name_sequence(view, j, max_words=3, any_case=name_is)  # "name is matiu raigne"
+        if end is None or not (toks[j].capitalised or name_is):
             continue
         after = {t.low for t in toks[end + 1: end + 4]} | {t.text for t in toks[end + 1: end + 3]}
         known = view.gaz.is_name_word(toks[j].core) or any(view.gaz.is_first(t.core) for t in toks[j:end + 1])

@@ -30,9 +30,12 @@ from finetune.phi_vocabulary import load_vocabulary
 # Places
 # --------------------------------------------------------------------------------------------
 
+#: Keywords inside a hospital's span ("Sacred Heart Memorial", "Baltimore Rehab", "Tuoro Clinic") and
+#: outside it ("UNION HOSPITAL", "mazur campus"), as the physionet annotators drew them; "Medical Center"
+#: and "Health Center" go in whole. A name never masked without its keyword would leave half of it.
 HOSPITAL_TAIL_IN = {"memorial", "regional", "rehab", "rehabilitation", "house", "va", "manor", "square",
-                    "general", "home"}
-HOSPITAL_TAIL_OUT = {"hospital", "hosp", "clinic", "campus", "medical", "health", "nursing", "infirmary"}
+                    "general", "home", "clinic"}
+HOSPITAL_TAIL_OUT = {"hospital", "hosp", "campus", "medical", "health", "nursing", "infirmary"}
 #: Keywords strong enough that the words before them are a name even in lower case ("sacred heart memorial").
 HOSPITAL_STRONG = {"memorial", "regional", "hospital", "hosp", "va", "campus", "infirmary"}
 #: Keywords after which a capitalised ordinary word still names a place ("Baltimore Rehab").
@@ -40,6 +43,12 @@ HOSPITAL_CAPITAL = {"rehab", "rehabilitation", "house", "manor", "square", "home
 HOSPITAL_TAILS = HOSPITAL_TAIL_IN | HOSPITAL_TAIL_OUT
 CENTRE_WORDS = {"center", "centre", "cnter", "cntr", "ctr"}
 MISSPELT_HOSPITAL = re.compile(r"hos{1,2}pi?t[ai]?l|hopsital|hospitol|hosptial")
+#: A medical specialty by its ending ("Nephrology", "Physiatry", "NeuroOncology"): a department before
+#: "Clinic" or "Center", not its name.
+DEPARTMENT = re.compile(r"(?:olog(?:y|ie)|iatr(?:y|ics|ie)|surgery)$")
+#: Short keywords whose misspellings (two letters swapped, one dropped or doubled: "NURSING HMOE", "Tuoro
+#: Clinc") the vocabulary's typo check leaves alone, as it needs five letters and the right order.
+SHORT_KEYWORDS = ("home", "house", "clinic", "manor", "rehab", "center", "centre")
 #: Keywords whose one-edit misspellings still end a hospital name (``Vocabulary.misspelling_of``).
 MISSPELLING_TARGETS = {"hospital", "regional", "memorial"}
 HOSPITAL_STOP = {"the", "a", "an", "to", "from", "at", "in", "into", "by", "of", "for", "with", "on", "and",
@@ -66,14 +75,18 @@ def hospitals(view: TextView) -> Iterator[PhiSpan]:
             low = low.split("-")[0]  # "BALTIMORE VA-INTUBATED"
         if MISSPELT_HOSPITAL.fullmatch(low):
             low = "hospital"  # "Feschaux Memorial Hosspital"
+        elif 4 <= len(low) <= 7 and low[0] in "hcmr" and tok.is_word and low not in HOSPITAL_TAILS:
+            low = _short_keyword(low, vocab) or low
         elif 6 <= len(low) <= 10 and low[0] in "hrm" and tok.is_word and low not in HOSPITAL_TAILS:
             # "General Hopital", "MONTABONE REGIONNAL" (the first letter is a cheap pre-check: typos keep it)
             target = vocab.misspelling_of(low)
             low = target if target in MISSPELLING_TARGETS else low
         if low not in HOSPITAL_TAILS:
             continue
+        centre_after = i + 1 < len(toks) and (toks[i + 1].low in CENTRE_WORDS or toks[i + 1].is_word and _short_keyword(
+            toks[i + 1].low, vocab) in CENTRE_WORDS)  # "Medical Center", "medical centter"
         if low in {"home", "house", "general", "medical", "health", "nursing"} and not (
-                i + 1 < len(toks) and toks[i + 1].low in {"hospital", "hosp"} | CENTRE_WORDS) and low != "house" \
+                centre_after or i + 1 < len(toks) and toks[i + 1].low in {"hospital", "hosp"}) and low != "house" \
                 and not (low == "home" and i > 0 and toks[i - 1].low == "nursing"):  # "Wanlin Nursing Home"
             continue
         if low in {"house", "home"} and re.search(r"['’]\s?s\s*$", view.text[max(0, tok.start - 6):tok.start]):
@@ -85,8 +98,11 @@ def hospitals(view: TextView) -> Iterator[PhiSpan]:
                 and not (toks[k].text.endswith(".") and not toks[k].is_initial):
             unknown = vocab.is_unknown(toks[k].core, typos_known=True)
             if view.case == "mixed" and not toks[k].capitalised and low not in HOSPITAL_STRONG \
-                    and not (unknown and k > 0 and toks[k - 1].low in {"to", "at", "from"}):  # "to rèves clinic"
+                    and not (unknown and k > 0 and toks[k - 1].low in {"to", "at", "from", "@"}):  # "to rèves clinic"
                 break
+            if low not in HOSPITAL_STRONG and (DEPARTMENT.search(toks[k].low) or not unknown and vocab.is_clinical(
+                    toks[k].core) and not vocab.is_name(toks[k].core)):
+                break  # a department: "Urology Clinic", "GI clinic", "Neuro-Oncology Clinic", "heart failure center"
             if toks[k].low in STOP_WORDS or (k == i - 1 and ORDINARY_SUFFIX.search(toks[k].low)
                                               and not toks[k].is_title_case and not unknown):
                 break  # "HAD PROLONGED HOSPITAL STAY" (but "sacred heart hospital", "sorring regional" are names)
@@ -101,8 +117,21 @@ def hospitals(view: TextView) -> Iterator[PhiSpan]:
         if i + 1 < len(toks) and toks[i + 1].low in {"course", "stay", "admission", "admissions", "discharge",
                                                         "day", "days", "policy", "bed", "records", "record"}:
             continue  # "BRIEF HOSPITAL COURSE", "prolonged hospital stay"
-        last = i if low in HOSPITAL_TAIL_IN and "-" not in tok.low else i - 1
+        if low in {"medical", "health"} and centre_after:
+            last = i + 1  # "ASKEBY MEDICAL CNTER"
+        else:
+            last = i if low in HOSPITAL_TAIL_IN and "-" not in tok.low else i - 1
         yield view.span(toks[first], toks[last], PhiType.HOSPITAL, "hospital", strong=True)
+
+
+def _short_keyword(low: str, vocab) -> str | None:
+    """The short keyword a word misspells by one swap, drop or doubling ("hmoe", "clinc", "hosue"),
+    when the word itself is nothing the vocabulary knows."""
+    from rapidfuzz.distance import OSA
+
+    if vocab.is_safe(low) or vocab.is_frequent(low):
+        return None
+    return next((k for k in SHORT_KEYWORDS if k[0] == low[0] and OSA.distance(low, k) == 1), None)
 
 
 #: German hospital names by their form: "St.-Marien-Hospital", "MVZ Mitte-Nord", "Praxis Dr. med. Weber",

@@ -65,6 +65,12 @@ NAME_PHRASE_BEFORE = re.compile(
     # German sign-off lines: "Geschrieben von", "diktiert durch OA", "Befund freigegeben von"
     r"\b(?:geschrieben|diktiert|freigegeben|vidiert|erstellt|unterschrieben|unterzeichnet|gezeichnet)\s+(?:von|durch)"
     r"(?:\s+(?:OA|OÄ|FA|FÄ|CA|Dr\.?|Prof\.?))?)\s*[:.,]?\s*$")
+#: After a name: the service its bearer works for ("kathy from case management", "dumitra jahm from speech and
+#: swallow", "Rhinehart from PT called").
+SERVICE_AFTER = re.compile(
+    r"(?i)[ \t]+from[ \t]+(?:the[ \t]+)?(?:speech|swallow|pt\b|ot\b|physical[ \t]+therapy|occupational[ \t]+therapy|"
+    r"nutrition|dietary|social[ \t]+work|sw\b|case[ \t]+management|cm\b|pharmacy|respiratory|rt\b|admitting|"
+    r"pastoral|chaplaincy|palliative|hospice|vna)")
 #: After a name: a birth date ("etibar kähkönen, * 12.06.32", "Weil, geb. 16.01.1993").
 BIRTH_AFTER = re.compile(r"(?i)[ \t]*,?[ \t]*(?:\*|geb\.|geboren|born|dob)[ \t]*:?[ \t]*\d")
 #: After a name: its bearer's age as an apposition ("Lasmono, eine knapp 16-jährige Patientin",
@@ -150,6 +156,7 @@ def _context(view: TextView, toks: list[Token], i: int) -> str | None:
     if before is not None and (before.low in NAME_BEFORE or before.low in DOTTED_TITLES and before.text.endswith(".")
                                and before.is_title_case) \
             or after is not None and after.low in NAME_AFTER or BIRTH_AFTER.match(view.text, tok.core_end) \
+            or SERVICE_AFTER.match(view.text, tok.core_end) \
             or NAME_PHRASE_BEFORE.search(view.text[max(0, tok.start - 24): tok.start]) \
             or _after_title_chain(toks, i) or AGE_APPOSITION_AFTER.match(view.text, tok.core_end, tok.core_end + 60):
         return "person"

@@ -505,3 +505,37 @@ def test_drugs_and_doses_before_the_same_followers_stay(detector: PhiDetector) -
     for text in ("pt on levo 5 prior to transfer", "on propofol 20 prior to intubation", "levophed 5 rn aware",
                  "recieve 1 bag of plts"):
         assert not _masked(detector, text, "en"), text
+
+
+@pytest.mark.parametrize("text,value", [
+    ("PT IS PREPARED TO GO TO PEINS MEDICAL CENTER TODAY.", "PEINS MEDICAL CENTER"),  # the keyword in any case
+    ("slated to go to rehab (moneglia medical centter) today", "moneglia medical centter"),  # a misspelt keyword
+    ("TAKEN TO tuoro clinic WHERE CK'S POS.", "tuoro clinic"),
+    ("TAKEN TO BEZZECCA NURSING HMOE WHERE CK'S AND TROPONIN POS.", "BEZZECCA NURSING HMOE"),
+])
+def test_a_hospital_name_is_masked_with_its_clinic_or_centre(detector: PhiDetector, text: str, value: str) -> None:
+    """The keywords the annotators drew inside the name go with it in every case ("Hospital" and
+    "campus" stay outside, as in the physionet gold: "UNION HOSPITAL")."""
+    assert _covered(detector, text, value, "en"), _masked(detector, text, "en")
+    assert _masked(detector, "TAKEN TO UNION HOSPITAL WHERE EKG POS", "en") == {"UNION": PhiType.HOSPITAL}
+
+
+def test_a_department_before_clinic_or_centre_is_no_name(detector: PhiDetector) -> None:
+    for text in ("She was seen in the Urology Clinic today.", "FOLLOW UP IN NEUROLOGY CLINIC.",
+                 "f/u in coumadin clinic next week", "seen in Neuro-Oncology Clinic", "Physiatry Clinic"):
+        assert not _masked(detector, text, "en"), text
+
+
+@pytest.mark.parametrize("text,value", [
+    ("tried to call her, name is matiu raigne phone # in pink book.", "matiu raigne"),  # "name is" in lower case
+    ("pt alert. dumitra jahm from speech and swallow in to see pt.", "dumitra jahm"),  # a person from a service
+    ("spoke with rhinehart from PT re d/c", "rhinehart"),
+])
+def test_names_by_name_is_and_by_their_service(detector: PhiDetector, text: str, value: str) -> None:
+    assert _covered(detector, text, value, "en"), _masked(detector, text, "en")
+
+
+def test_services_after_ordinary_words_stay(detector: PhiDetector) -> None:
+    for text in ("call from pharmacy re dose", "recs from nutrition appreciated", "orders from PT for ambulation",
+                 "her name is on the board.", "sputum from ETT thick"):
+        assert not _masked(detector, text, "en"), text
