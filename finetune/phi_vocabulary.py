@@ -8,7 +8,8 @@ builds that list once per process from packages, never from annotated PHI:
   entries of two English dictionaries (Webster's 2nd and GCIDE from ``english-words``), German
   word forms (``wordfreq``), the project's stop words and clinical words, and clinical shorthand
   collected from non-PHI text (``resources/clinical_vocabulary.<lang>.txt``,
-  ``finetune.build_vocabulary``);
+  ``finetune.build_vocabulary``) plus a curated list of supplies, tube feeds and shorthand that
+  corpora write capitalised (``resources/clinical_supplies.en.txt``);
 - **name words**: first and last names of Faker's locales, the 1990 US census lists (``names``)
   and Philter's name lists. A name word counts as safe only where it is also clinical shorthand,
   an ordinary lower-case dictionary word used often enough ("hill", "baker", "rose"), or on the
@@ -220,11 +221,14 @@ def _dictionary_lower() -> set[str]:
 
 
 def _clinical(language: str) -> set[str]:
-    path = RESOURCES / f"clinical_vocabulary.{language}.txt"
-    if not path.is_file():
-        return set()
-    return {line.strip() for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and not line.startswith("#")}
+    """The words collected from non-PHI text (``finetune.build_vocabulary``) and the curated supplies list."""
+    words: set[str] = set()
+    for name in (f"clinical_vocabulary.{language}.txt", f"clinical_supplies.{language}.txt"):
+        path = RESOURCES / name
+        if path.is_file():
+            words |= {w.lower() for line in path.read_text(encoding="utf-8").splitlines()
+                      if not line.startswith("#") for w in line.split()}
+    return words
 
 
 def _long_words(words: set[str]) -> dict[str, tuple[str, ...]]:

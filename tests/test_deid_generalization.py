@@ -539,3 +539,13 @@ def test_services_after_ordinary_words_stay(detector: PhiDetector) -> None:
     for text in ("call from pharmacy re dose", "recs from nutrition appreciated", "orders from PT for ambulation",
                  "her name is on the board.", "sputum from ETT thick"):
         assert not _masked(detector, text, "en"), text
+
+
+def test_supplies_feeds_and_weekday_abbreviations_are_no_names(detector: PhiDetector) -> None:
+    """Products written capitalised ("Ultracal", "Xerofoam") that no corpus vouches for in lower case
+    come from the curated supplies list; a misspelt relation is still a relation."""
+    for text in ("TF started, Ultracal at 10cc, increased to 20cc/hr", "NPO FOR PERMACATH PLACEMENT IN OR TODAY",
+                 "PLAN TO TRACH ON THURS, WIFE IN AND CONSENT OBTAINED", "Flexiseal in place, draining brown stool.",
+                 "SHE GETS METROGEL FOLLOWED BY XEROFOAM AND DSD BID.", "Wife has called, and step duaghter called."):
+        assert not _masked(detector, text, "en"), text
+    assert _masked(detector, "spoke with daughter kipkosgei", "en") == {"kipkosgei": PhiType.NAME}
