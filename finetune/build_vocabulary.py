@@ -22,7 +22,7 @@ import argparse
 import re
 import sys
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from finetune.phi_text import LETTER
@@ -89,21 +89,18 @@ def collect(sources: list[tuple[str, Path, str]], part_of) -> tuple[Counter, dic
     return df, dict(docs)
 
 
-def _dev_only(name: str, row: dict) -> bool:
-    """Annotated sets give words only from their dev part: never from the unread third."""
-    return str(row.get("patient_id") or row.get("doc_id")) not in _UNREAD.get(name, set())
-
-
-_UNREAD: dict[str, set[str]] = {}
-
-
-def _mark_unread(name: str, path: Path) -> None:
+def _left_out(name: str, path: Path, also: Mapping[str, set[str]]) -> set[str]:
+    """The patients of an annotated set whose words never enter: its unread third, and ``also``."""
     rows = list(_rows(path))
-    if rows and "phi" in rows[0]:
-        _UNREAD[name] = unread_patients(str(r.get("patient_id") or r.get("doc_id")) for r in rows)
+    if not rows or "phi" not in rows[0]:
+        return set()
+    return unread_patients(str(r.get("patient_id") or r.get("doc_id")) for r in rows) | set(also.get(name, ()))
 
 
-def build(data_dir: Path, language: str) -> tuple[list[str], dict[str, int]]:
+def build(data_dir: Path, language: str, leave_out: Mapping[str, set[str]] | None = None
+          ) -> tuple[list[str], dict[str, int]]:
+    """The kept words and the documents read per source. ``leave_out`` names more patients per
+    annotated set to skip (``eval.deid_holdout`` measures false alarms on patients the list never saw)."""
     repo = Path(__file__).resolve().parents[1]
     if language == "en":
         sources = [("synthea", repo / "data" / "synthea" / "notes.jsonl", "text"),
@@ -115,9 +112,9 @@ def build(data_dir: Path, language: str) -> tuple[list[str], dict[str, int]]:
     missing = [str(p) for _, p, _ in sources if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"sources missing: {missing} (set CRAG_DATA_DIR to the shared data folder)")
-    for name, path, _ in sources:
-        _mark_unread(name, path)
-    df, docs = collect(sources, _dev_only)
+    left_out = {name: _left_out(name, path, leave_out or {}) for name, path, _ in sources}
+    df, docs = collect(sources, lambda name, row: str(row.get("patient_id") or row.get("doc_id"))
+                       not in left_out.get(name, set()))
     words = sorted(w for w, n in df.items() if n >= MIN_DOCS)
     return words, docs
 

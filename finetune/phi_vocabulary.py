@@ -220,10 +220,31 @@ def _dictionary_lower() -> set[str]:
     return {w for w in get_english_words_set(["web2", "gcide"], lower=False, alpha=True) if w.islower()}
 
 
+#: Collected words standing in for the committed list, per language (``use_collected_words``).
+_COLLECTED_OVERRIDE: dict[str, set[str]] = {}
+
+
+def use_collected_words(language: str, words: set[str] | None) -> None:
+    """Let this process's vocabulary use ``words`` instead of ``clinical_vocabulary.<language>.txt``
+    (None: the committed file again). For measurement only: ``eval.deid_holdout`` builds the list
+    without some patients to see the false alarms of notes whose words it never saw."""
+    if words is None:
+        _COLLECTED_OVERRIDE.pop(language, None)
+    else:
+        _COLLECTED_OVERRIDE[language] = {w.lower() for w in words}
+    from finetune.phi_name_shape import load_name_shape  # trained on the vocabulary: retrain with it
+
+    load_vocabulary.cache_clear()
+    load_name_shape.cache_clear()
+
+
 def _clinical(language: str) -> set[str]:
     """The words collected from non-PHI text (``finetune.build_vocabulary``) and the curated supplies list."""
-    words: set[str] = set()
-    for name in (f"clinical_vocabulary.{language}.txt", f"clinical_supplies.{language}.txt"):
+    words: set[str] = set(_COLLECTED_OVERRIDE.get(language, ()))
+    files = [f"clinical_supplies.{language}.txt"]
+    if language not in _COLLECTED_OVERRIDE:
+        files.insert(0, f"clinical_vocabulary.{language}.txt")
+    for name in files:
         path = RESOURCES / name
         if path.is_file():
             words |= {w.lower() for line in path.read_text(encoding="utf-8").splitlines()

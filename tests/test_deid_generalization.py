@@ -549,3 +549,19 @@ def test_supplies_feeds_and_weekday_abbreviations_are_no_names(detector: PhiDete
                  "SHE GETS METROGEL FOLLOWED BY XEROFOAM AND DSD BID.", "Wife has called, and step duaghter called."):
         assert not _masked(detector, text, "en"), text
     assert _masked(detector, "spoke with daughter kipkosgei", "en") == {"kipkosgei": PhiType.NAME}
+
+
+def test_holdout_folds_split_by_patient_and_the_collected_words_can_be_swapped() -> None:
+    from eval.deid_holdout import patient_folds
+    from finetune.phi_vocabulary import load_vocabulary, use_collected_words
+
+    docs = [_gold_doc("x", [], doc_id=f"d{i}", patient=f"P{i % 7}") for i in range(20)]
+    folds = patient_folds(docs, 3, seed=5)
+    assert set().union(*folds) == {f"P{i}" for i in range(7)} and sum(map(len, folds)) == 7
+    assert folds == patient_folds(docs, 3, seed=5)
+    try:
+        use_collected_words("en", {"zzqxwv"})
+        assert load_vocabulary("en").is_safe("zzqxwv")
+    finally:
+        use_collected_words("en", None)
+    assert not load_vocabulary("en").is_safe("zzqxwv") and load_vocabulary("en").is_safe("ultracal")
