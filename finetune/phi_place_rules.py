@@ -75,12 +75,14 @@ def hospitals(view: TextView) -> Iterator[PhiSpan]:
             low = low.split("-")[0]  # "BALTIMORE VA-INTUBATED"
         if MISSPELT_HOSPITAL.fullmatch(low):
             low = "hospital"  # "Feschaux Memorial Hosspital"
-        elif 4 <= len(low) <= 7 and low[0] in "hcmr" and tok.is_word and low not in HOSPITAL_TAILS:
-            low = _short_keyword(low, vocab) or low
-        elif 6 <= len(low) <= 10 and low[0] in "hrm" and tok.is_word and low not in HOSPITAL_TAILS:
-            # "General Hopital", "MONTABONE REGIONNAL" (the first letter is a cheap pre-check: typos keep it)
-            target = vocab.misspelling_of(low)
-            low = target if target in MISSPELLING_TARGETS else low
+        elif 4 <= len(low) <= 10 and low[0] in "hcmr" and tok.is_word and low not in HOSPITAL_TAILS:
+            # "General Hopital", "MONTABONE REGIONNAL", "NURSING HMOE" (the first letter is a cheap
+            # pre-check: typos keep it)
+            target = _short_keyword(low, vocab) if len(low) <= 7 else None
+            if target is None and len(low) >= 6 and low[0] in "hrm":
+                target = vocab.misspelling_of(low)
+                target = target if target in MISSPELLING_TARGETS else None
+            low = target or low
         if low not in HOSPITAL_TAILS:
             continue
         centre_after = i + 1 < len(toks) and (toks[i + 1].low in CENTRE_WORDS or toks[i + 1].is_word and _short_keyword(

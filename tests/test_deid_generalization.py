@@ -512,6 +512,7 @@ def test_drugs_and_doses_before_the_same_followers_stay(detector: PhiDetector) -
     ("slated to go to rehab (moneglia medical centter) today", "moneglia medical centter"),  # a misspelt keyword
     ("TAKEN TO tuoro clinic WHERE CK'S POS.", "tuoro clinic"),
     ("TAKEN TO BEZZECCA NURSING HMOE WHERE CK'S AND TROPONIN POS.", "BEZZECCA NURSING HMOE"),
+    ("TRANSFERRED FROM PEINS MEMORAL TODAY", "PEINS MEMORAL"),  # a long keyword's misspelling still counts
 ])
 def test_a_hospital_name_is_masked_with_its_clinic_or_centre(detector: PhiDetector, text: str, value: str) -> None:
     """The keywords the annotators drew inside the name go with it in every case ("Hospital" and
