@@ -20,7 +20,7 @@ from pathlib import Path
 
 from eval.deid import span_found
 from eval.deid_stress import _Draw, build_pools
-from eval.report import bar_chart, run_manifest, write_json, write_markdown_table
+from eval.report import write_report
 
 TEMPLATES = Path(__file__).parent / "resources" / "deid_grid_templates.json"
 SLOTS = {"place": "{P}", "date": "{D}"}
@@ -111,15 +111,12 @@ def main(argv: list[str] | None = None) -> int:
              "missed values": ", ".join(r.missed[:6])} for r in sorted(results, key=lambda r: r.recall)]
     summary = {"kind": args.kind, "part": args.part, "seed": args.seed, "per_template": args.per_template,
                "tried": tried, "missed": missed, "recall": 1 - missed / tried, "sentences": rows}
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(summary, out / "grid.json")
-    table = write_markdown_table(rows, ["sentence", "tried", "missed", "recall", "missed values"], out / "grid.md",
-                                 title=f"{args.kind} grid ({args.part}): recall {summary['recall']:.3f} "
-                                       f"({missed} of {tried} missed)")
-    bar_chart({args.kind: {f"{args.part} sentences": (summary["recall"], float("nan"), float("nan"))}},
-              out / "grid.png", metric_name="recall", title=f"{args.kind} grid, seed {args.seed}")
-    write_json(run_manifest(inputs={"templates": TEMPLATES}, parameters={k: str(v) for k, v in vars(args).items()}),
-               out / "manifest.json")
+    table = write_report(out, "grid", summary, rows, ["sentence", "tried", "missed", "recall", "missed values"],
+                         title=f"{args.kind} grid ({args.part}): recall {summary['recall']:.3f} "
+                               f"({missed} of {tried} missed)",
+                         chart={args.kind: {f"{args.part} sentences": (summary["recall"], float("nan"), float("nan"))}},
+                         metric_name="recall", chart_title=f"{args.kind} grid, seed {args.seed}",
+                         inputs={"templates": TEMPLATES}, parameters=vars(args))
     print(table)
     print(f"written to {out}")
     return 0

@@ -25,7 +25,7 @@ from eval.deid import EVAL_KEY, evaluate_docs, select_part
 from eval.deid_detectors import make_detector
 from eval.deid_gold import GoldDoc, load_gold
 from eval.deid_stress import build_pools, stress_variants
-from eval.report import bar_chart, run_manifest, write_json, write_markdown_table
+from eval.report import write_report
 from rag.config import load_settings
 
 #: The source name ``finetune.build_vocabulary`` gives each annotated set.
@@ -93,19 +93,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = args.out or Path("var/eval/deid_holdout") / args.data.parent.name
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(result, out / "holdout.json")
     columns = [c for c in ("fold", "patients", "documents", "predicted", "false alarms", "precision", "recall",
                            "stress recall", "stress precision") if c in result["per_fold"][0]]
     pooled = result["pooled"]
-    table = write_markdown_table(result["per_fold"], columns, out / "holdout.md",
-                                 title=f"word list built without each fold: precision {pooled['precision']} "
-                                       f"({pooled['false alarms']} false alarms of {pooled['predicted']} spans)")
-    bar_chart({f"fold {r['fold']}": {"precision": (r["precision"], float("nan"), float("nan"))}
-               for r in result["per_fold"]}, out / "holdout.png", metric_name="precision",
-              title=f"{args.data.parent.name}: word list without the fold")
-    write_json(run_manifest(inputs={"data": args.data}, parameters={k: str(v) for k, v in vars(args).items()}),
-               out / "manifest.json")
+    table = write_report(out, "holdout", result, result["per_fold"], columns,
+                         title=f"word list built without each fold: precision {pooled['precision']} "
+                               f"({pooled['false alarms']} false alarms of {pooled['predicted']} spans)",
+                         chart={f"fold {r['fold']}": {"precision": (r["precision"], float("nan"), float("nan"))}
+                                for r in result["per_fold"]},
+                         metric_name="precision", chart_title=f"{args.data.parent.name}: word list without the fold",
+                         inputs={"data": args.data}, parameters=vars(args))
     print(table)
     print(f"written to {out} (false alarms with context in holdout.json: dev notes only)")
     return 0

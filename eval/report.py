@@ -23,7 +23,7 @@ from rag.manifest import (
 )
 
 __all__ = ["MANIFEST_PACKAGES", "bar_chart", "describe_input", "markdown_table", "package_versions", "run_manifest",
-           "sha256_file", "write_json", "write_markdown_table"]
+           "sha256_file", "write_json", "write_markdown_table", "write_report"]
 
 def _cell(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -100,3 +100,18 @@ def bar_chart(data: Mapping[str, Mapping[str, tuple[float, float, float]]], path
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def write_report(out: str | Path, stem: str, summary: Mapping[str, Any], rows: list[dict], columns: list[str], *,
+                 title: str, chart: Mapping[str, Mapping[str, tuple[float, float, float]]], metric_name: str,
+                 chart_title: str, inputs: Mapping[str, Any], parameters: Mapping[str, Any]) -> str:
+    """A small harness's four files in ``out``: ``<stem>.json``, ``<stem>.md`` (the table), ``<stem>.png``
+    (the bars) and ``manifest.json``; returns the table for the console."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(summary, out / f"{stem}.json")
+    table = write_markdown_table(rows, columns, out / f"{stem}.md", title=title)
+    bar_chart(chart, out / f"{stem}.png", metric_name=metric_name, title=chart_title)
+    write_json(run_manifest(inputs=dict(inputs), parameters={k: str(v) for k, v in parameters.items()}),
+               out / "manifest.json")
+    return table

@@ -24,7 +24,7 @@ from finetune.phi_text import (
 )
 from finetune.phi_types import PhiType
 from finetune.phi_unknown_rules import UNIT_NAME
-from finetune.phi_vocabulary import load_vocabulary
+from finetune.phi_vocabulary import Vocabulary, load_vocabulary
 
 # --------------------------------------------------------------------------------------------
 # Places
@@ -126,7 +126,7 @@ def hospitals(view: TextView) -> Iterator[PhiSpan]:
         yield view.span(toks[first], toks[last], PhiType.HOSPITAL, "hospital", strong=True)
 
 
-def _short_keyword(low: str, vocab) -> str | None:
+def _short_keyword(low: str, vocab: Vocabulary) -> str | None:
     """The short keyword a word misspells by one swap, drop or doubling ("hmoe", "clinc", "hosue"),
     when the word itself is nothing the vocabulary knows."""
     from rapidfuzz.distance import OSA

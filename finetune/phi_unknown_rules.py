@@ -129,6 +129,8 @@ def _candidate(view: TextView, tok: Token) -> str | None:
             kinds.append("name")
             continue
         target = vocab.misspelling_of(part)
+        if target in RELATIONS or target in NOT_NAMES:
+            return None  # "son & dauther visited", "step duaghter called": a relation or a role, misspelt
         if target is not None and vocab.is_clinical(target):
             # "Natricor", "Diminshed": a clinical word, capitalised or not; one edit from a rare drug
             # name ("Malnate" ~ "malonate") is weaker evidence, which a place preposition outweighs
@@ -204,9 +206,6 @@ def _decide(view: TextView, toks: list[Token], i: int, kind: str | None) -> str 
         return None
     tok = toks[i]
     context = _context(view, toks, i)
-    if kind in ("typo", "clinical typo") and load_vocabulary(view.language).misspelling_of(_word(tok)) \
-            in RELATIONS | NOT_NAMES:
-        return None  # "son & dauther visited", "step duaghter called": a relation or a role, misspelt
     if kind == "clinical typo":  # "Diminshed", "per protcol"; but "from Seixal" is no typo of "sexual"
         if context == "place" and _capital_mid_sentence(view, tok):
             return context
