@@ -36,6 +36,7 @@ from tqdm import tqdm
 import rag  # noqa: F401  (offline environment first)
 from eval.deid_detectors import DETECTORS, Detector, DetectorUnavailable, make_detector
 from eval.deid_gold import GoldDoc, load_gold
+from eval.deid_shapes import value_shape
 from eval.deid_stress import build_pools, stress_variants
 from eval.report import sha256_file, write_json
 from finetune.phi_detector import tagger_folder
@@ -64,6 +65,8 @@ class Tally:
     predicted_ok: Counter = field(default_factory=Counter)
     residual: Counter = field(default_factory=Counter)
     residual_checked: Counter = field(default_factory=Counter)
+    shape_gold: Counter = field(default_factory=Counter)
+    shape_found: Counter = field(default_factory=Counter)
     nonphi_chars: int = 0
     nonphi_masked: int = 0
     phi_chars: int = 0
@@ -98,8 +101,11 @@ def score_document(gd: GoldDoc, predicted: list, output_text: str, tally: Tally,
             tally.excluded[g.label] += 1
             continue
         tally.gold[g.kind] += 1
+        shape = (g.kind.value, value_shape(g.kind, text[g.start:g.end]))
+        tally.shape_gold[shape] += 1
         if span_found(masked, alnum, g.start, g.end):
             tally.found[g.kind] += 1
+            tally.shape_found[shape] += 1
         elif keep_examples:
             tally.misses.append({"doc_id": gd.document.doc_id, "label": g.label, "type": g.kind.value,
                                  "text": text[g.start:g.end], "context": text[max(0, g.start - 30): g.end + 30]})
@@ -158,6 +164,10 @@ def summarize(tally: Tally) -> dict[str, Any]:
                     "residual_in_output": sum(tally.residual.values()),
                     "residual_checked": sum(tally.residual_checked.values())},
         "per_type": per_type,
+        "by_shape": sorted(({"type": kind, "shape": shape, "gold": n, "found": tally.shape_found[(kind, shape)],
+                             "missed": n - tally.shape_found[(kind, shape)]}
+                            for (kind, shape), n in tally.shape_gold.items()),
+                           key=lambda row: (row["type"], -row["missed"], -row["gold"])),
         "excluded_gold": {label: {"count": n, "reason": excluded_reason(label)} for label, n in tally.excluded.items()},
     }
 
@@ -183,7 +193,18 @@ def markdown_table(summary: dict[str, Any], title: str) -> str:
     if summary["excluded_gold"]:
         excluded = ", ".join(f"{k} {v['count']} ({v['reason']})" for k, v in summary["excluded_gold"].items())
         lines.append(f"Not counted: {excluded}.")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + shape_table(summary)) + "\n"
+
+
+def shape_table(summary: dict[str, Any]) -> list[str]:
+    """Misses by the form of the value (``eval.deid_shapes``): no text, so the unread part gets it too."""
+    missed = [row for row in summary.get("by_shape", []) if row["missed"]]
+    if not missed:
+        return []
+    lines = ["", "Missed, by the form of the value (digits, names and words replaced by their shape):", "",
+             "| type | value shape | gold | missed |", "|---|---|---:|---:|"]
+    lines += [f"| {r['type']} | {r['shape']} | {r['gold']} | {r['missed']} |" for r in missed]
+    return lines
 
 
 def plot(summary: dict[str, Any], path: Path, title: str, stress: dict[str, Any] | None = None) -> None:

@@ -389,15 +389,22 @@ def stress_document(gd, draw: _Draw):
     for entity in _entities(gd.gold, text):
         originals = [text[g.start:g.end] for g in entity]
         values = originals if entity[0].kind is None else _new_values(draw, entity[0].kind, originals)
-        for g, original, value in zip(entity, originals, values):
+        for k, (g, original, value) in enumerate(zip(entity, originals, values)):
             if g.start < cursor:  # overlapping gold spans: keep the first
                 continue
-            pieces.append(text[cursor:g.start])
-            length += g.start - cursor
+            gap = text[cursor:g.start]
+            if k > 0 and entity[0].kind is PhiType.DATE:
+                # a new date is one string cut at its spaces: its own punctuation, not the old joints
+                # ("Jan. 5" -> "Mar 8, 2045", not "Mar. 8,, 2045"; "Mar. 8", not "Mar.. 8")
+                gap = " " if value else ""
+            pieces.append(gap)
+            length += len(gap)
             cursor = g.end
             if not value:  # the entity came out shorter: this span's words are gone
                 continue
             lead, _, trail = _edges(original) if g.kind is not None else ("", "", "")
+            if value.endswith(".") and (trail or text[g.end:g.end + 1]).startswith("."):
+                value = value[:-1]  # "seen Mar." where "seen Jan." stood: one period
             start = length + len(lead)
             pieces.append(lead + value + trail)
             length += len(pieces[-1])

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from eval.deid import Tally, main, score_document, summarize
+from eval.deid import EVAL_KEY, Tally, evaluate_docs, main, markdown_table, score_document, summarize
+from eval.deid_detectors import make_detector
 from eval.deid_gold import GoldDoc, GoldSpan, load_gold
+from eval.deid_shapes import value_shape
 from finetune.phi_text import PhiSpan
 from finetune.phi_types import PhiType, gold_type
 from rag.corpus import CorpusError, Document
@@ -136,3 +138,34 @@ def test_context_grid_fills_every_sentence_and_reports_misses(tmp_path: Path) ->
     bad.write_text(json.dumps({"place": {"tune": ["no slot here"]}}), encoding="utf-8")
     with pytest.raises(ValueError, match="exactly one"):
         deid_grid.load_templates("place", "tune", bad)
+
+
+@pytest.mark.parametrize("kind, value, shape", [
+    (PhiType.DATE, "3/8", "d/d (fraction-like)"),
+    (PhiType.DATE, "11/21/45", "d/d/d"),
+    (PhiType.DATE, "2045-03-08", "yyyy-d-d"),
+    (PhiType.DATE, "Mar. 8th", "Mon. dth"),
+    (PhiType.DATE, "dec", "mon"),
+    (PhiType.DATE, "12. März 2021", "d. Month yyyy"),
+    (PhiType.PHONE, "(555) 123-4567", "(d) d-d"),
+    (PhiType.LOCATION, "GH", "initials"),
+    (PhiType.LOCATION, "ST JUDE HOSPITAL", "3 words, UPPER, keyword"),
+    (PhiType.NAME, "McDonald", "1 word, mixed"),
+])
+def test_value_shapes_keep_the_form_and_drop_the_text(kind: PhiType, value: str, shape: str) -> None:
+    assert value_shape(kind, value) == shape
+
+
+def test_misses_are_counted_by_value_shape_without_their_text(tmp_path: Path) -> None:
+    text = "Seen by Dr. Qwzx on 03/14/2021 in Xylotown."
+    rows = [{"doc_id": "x1", "patient_id": "P9", "language": "en", "text": text,
+             "phi": [{"start": 12, "end": 16, "label": "HCPName"}, {"start": 20, "end": 30, "label": "Date"},
+                     {"start": 34, "end": 42, "label": "Location"}]}]
+    write_rows(tmp_path / "gold.jsonl", rows)
+    summary = evaluate_docs(load_gold(tmp_path / "gold.jsonl"), make_detector("ours", EVAL_KEY, 8, None))
+    shapes = {(r["type"], r["shape"]): r for r in summary["by_shape"]}
+    assert shapes[("DATE", "d/d/yyyy")]["gold"] == 1 and shapes[("DATE", "d/d/yyyy")]["missed"] == 0
+    table = markdown_table(summary, "t")
+    assert "Xylotown" not in table and "Qwzx" not in table
+    missed = [r for r in summary["by_shape"] if r["missed"]]
+    assert all(f"| {r['type']} | {r['shape']} |" in table for r in missed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -349,6 +350,22 @@ def test_stress_variants_replace_every_counted_span_and_keep_offsets() -> None:
                     n.lower() for n in build_pools().hard_last}
     assert stress_variants([doc], 4, seed=3)[2].document.text == variants[2].document.text
     assert stress_variants([doc], 4, seed=4)[2].document.text != variants[2].document.text
+
+
+def test_a_date_cut_over_several_gold_words_keeps_its_own_punctuation() -> None:
+    """Word-level gold ("Jan" "5" of "Jan. 5") once kept the old joints: "May.. 24", "July 26,, 2012",
+    "September. 28"."""
+    text = "Seen Jan. 5 by cardiology, echo Jan 5, 2101 ok."
+    words = [(5, 8), (10, 11), (32, 35), (36, 37), (39, 43)]
+    doc = GoldDoc(Document(doc_id="d1", patient_id="P1", text=text, language="en"),
+                  [GoldSpan(a, b, "Date", PhiType.DATE) for a, b in words])
+    assert [text[a:b] for a, b in words] == ["Jan", "5", "Jan", "5", "2101"]
+    full_month = re.compile(r"(?i)\b(?:january|february|march|april|june|july|august|september|october|november|"
+                            r"december)\.")
+    for variant in stress_variants([doc], variants=40, seed=1):
+        new = variant.document.text
+        assert ".." not in new and ",," not in new and not full_month.search(new), new
+        assert all(new[g.start:g.end].strip() for g in variant.gold)
 
 
 def test_stress_pools_hold_nothing_the_detector_knows() -> None:
