@@ -353,8 +353,8 @@ def test_stress_variants_replace_every_counted_span_and_keep_offsets() -> None:
 
 
 def test_a_date_cut_over_several_gold_words_keeps_its_own_punctuation() -> None:
-    """Word-level gold ("Jan" "5" of "Jan. 5") once kept the old joints: "May.. 24", "July 26,, 2012",
-    "September. 28"."""
+    """Word-level gold ("Jan" "5" of "Jan. 5", "St" "Elizabeth") once kept the old joints: "May.. 24",
+    "July 26,, 2012", "September. 28", "Holy. Nuhu"."""
     text = "Seen Jan. 5 by cardiology, echo Jan 5, 2101 ok."
     words = [(5, 8), (10, 11), (32, 35), (36, 37), (39, 43)]
     doc = GoldDoc(Document(doc_id="d1", patient_id="P1", text=text, language="en"),
@@ -366,6 +366,18 @@ def test_a_date_cut_over_several_gold_words_keeps_its_own_punctuation() -> None:
         new = variant.document.text
         assert ".." not in new and ",," not in new and not full_month.search(new), new
         assert all(new[g.start:g.end].strip() for g in variant.gold)
+    text = "Was accepted by St. Elizabeth but cannot leave. Dr. Marder, Jon aware."
+    words = [(16, 18, "Hospital", PhiType.LOCATION), (20, 29, "Hospital", PhiType.LOCATION),
+             (52, 58, "HCPName", PhiType.NAME), (60, 63, "HCPName", PhiType.NAME)]
+    doc = GoldDoc(Document(doc_id="d2", patient_id="P1", text=text, language="en"),
+                  [GoldSpan(a, b, label, kind) for a, b, label, kind in words])
+    assert [text[a:b] for a, b, _, _ in words] == ["St", "Elizabeth", "Marder", "Jon"]
+    for variant in stress_variants([doc], variants=20, seed=1):
+        places = [g for g in variant.gold if g.kind is PhiType.LOCATION]
+        names = [g for g in variant.gold if g.kind is PhiType.NAME]
+        new = variant.document.text
+        assert "." not in new[places[0].start:places[-1].end], new  # not "Holy. Nuhu"
+        assert new[names[0].end:names[1].start] == ", "  # a name drawn word by word keeps its comma
 
 
 def test_stress_pools_hold_nothing_the_detector_knows() -> None:
