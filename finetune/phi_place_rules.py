@@ -206,7 +206,7 @@ HOSPITAL_ABBR = re.compile(r"(?i:\b(?:to|at|from|in|into|@|by|via))\s+(?:(?i:the
 #: The same shapes in any case after a transfer ("transferred to tch", "admitted to pomc", "ADM TO THE ymc"),
 #: where the word is neither clinical shorthand ("osh") nor frequent English ("bath").
 HOSPITAL_ABBR_ANY_CASE = re.compile(r"(?i)\b(?:to|at|from|into|@|via|by)\s+(?:the\s+)?(?P<abbr>[a-z]{1,4}h|[a-z]{1,4}mc|[a-z]{2,3}lc)\b")
-WARD = re.compile(rf"(?i:\b(?:to|from|on|at|per|transfer|transferred|transfered|tx))\s+(?P<ward>[{LETTER}]{{5,}})\s?\d{{1,2}}\b"
+WARD = re.compile(rf"(?i:\b(?:to|from|on|at|per|transfer|transferred|transfered|tx|bed|dispo:))\s+(?P<ward>[{LETTER}]{{5,}})\s?\d{{1,2}}\b"
                   r"(?!\s*(?:mg|mcg|cc|ml|l\b|%|x|u\b|units|meq|hr|h\b|/|:|\.\d|mm|min|am|pm|liters?))")
 #: Lower-case words that may follow a ward's number ("to Quartermain 2 when bed ready", "on X 5 prior to
 #: MICU", "RN on X 4 re bed"); any other lower-case word makes the number a quantity ("recieve 1 bag").
@@ -237,7 +237,7 @@ def saints_and_wards(view: TextView) -> Iterator[PhiSpan]:
         if gaz.is_first(name) or vocab.is_unknown(name):
             yield PhiSpan(m.start("st"), m.end("name"), PhiType.HOSPITAL, 0.7, "saint", True)
     for m in NAMED_CATH_LAB.finditer(view.text) if view.language == "en" else ():
-        if vocab.is_unknown(m.group("name"), typos_known=True):
+        if vocab.is_unknown(m.group("name")):  # a name here, even one a letter away from a word ("doksy")
             yield PhiSpan(m.start("name"), m.end("name"), PhiType.HOSPITAL, 0.7, "cath_lab", True)
     for m in HOSPITAL_ABBR.finditer(view.text):
         abbr = m.group("abbr").lower()

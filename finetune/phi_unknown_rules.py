@@ -92,7 +92,8 @@ WEAK_AFTER = {"will", "would", "following", "follows", "evaluated", "saw", "sees
 TRANSFER_TO = re.compile(r"(?i)\b(?:transferred|transfered|transfer|tx|sent|admitted|adm|brought|back|returned|return|"
                          r"discharged?|d/c'?d?|dc'?d?|moved|move|going|go|went|taken|came|drove|flown|flew|referred|"
                          r"accepted|c/o|call(?:ed)?\s+out|trip|travel(?:l?ed|l?ing)?|drive|driving|driven|fly|flying|"
-                         r"headed|heading|visit|relocated)\s+to\s+(?:the\s+)?$")  # "c/o to sartano": ICU call-out
+                         r"headed|heading|visit|relocated|presented|presents|presenting|ems|ambulance|medflight|medflighted|"
+                         r"airlifted)\s+to\s+(?:the\s+)?$")  # "c/o to sartano": ICU call-out; "presented to", "EMS to"
 
 
 def _word(tok: Token) -> str:
@@ -153,8 +154,11 @@ def _context(view: TextView, toks: list[Token], i: int) -> str | None:
     after = toks[i + 1] if i + 1 < len(toks) and toks[i + 1].line == tok.line else None
     if after is not None and after.text == "," and i + 2 < len(toks) and toks[i + 2].line == tok.line:
         after = toks[i + 2]  # "Snell, RN"
-    if before is not None and before.text == ":" and i > 1 and toks[i - 2].line == tok.line:
-        before = toks[i - 2]  # "Orthoptistin: Yachana", "Patient: majani"
+    label = None
+    if before is not None and before.text in (":", "(") and i > 1 and toks[i - 2].line == tok.line:
+        label = toks[i - 2]  # "OSH: Obaix", "OSH (Obaix)", "Residence: doksy"
+    if before is not None and before.text == ":" and label is not None:
+        before = label  # "Orthoptistin: Yachana", "Patient: majani"
     if before is not None and (before.low in NAME_BEFORE or before.low in DOTTED_TITLES and before.text.endswith(".")
                                and before.is_title_case) \
             or after is not None and after.low in NAME_AFTER or BIRTH_AFTER.match(view.text, tok.core_end) \
@@ -163,7 +167,8 @@ def _context(view: TextView, toks: list[Token], i: int) -> str | None:
             or _after_title_chain(toks, i) or AGE_APPOSITION_AFTER.match(view.text, tok.core_end, tok.core_end + 60):
         return "person"
     if before is not None and (before.low in PLACE_BEFORE or before.low in HOSPITAL_BEFORE) \
-            or after is not None and (after.low in HOSPITAL_AFTER or after.low in PLACE_AFTER):
+            or after is not None and (after.low in HOSPITAL_AFTER or after.low in PLACE_AFTER) \
+            or label is not None and label.low in PLACE_LABELS:
         return "place"
     if before is not None and before.low in ("to", "the") \
             and TRANSFER_TO.search(view.text[max(0, tok.start - 30): tok.start]):
@@ -254,7 +259,11 @@ HOSPITAL_AFTER = {"hospital", "hosp", "memorial", "regional", "general", "medica
                   "klinik", "klinikum", "krankenhaus", "spital"}
 #: Services named after their town ("Orbais ED", "Gudme EMS", "per Resana police"): the word before is a place.
 PLACE_AFTER = {"ed", "ems", "police", "pd", "fd", "fire", "rescue", "ambulance", "vna", "hospice", "county",
-               "airport", "township"}
+               "airport", "township", "resident", "residents", "native"}
+#: Labels whose value, after a colon or in parentheses, is a place ("OSH: Obaix", "Outside hospital (Obaix)",
+#: "Residence: doksy").
+PLACE_LABELS = {"osh", "hospital", "hosp", "residence", "hometown", "address", "town", "city", "home", "facility", "snf",
+                "rehab"}
 #: Letters beyond ASCII that a language's own words use; any other one marks a foreign name ("háj", "NIVÅ").
 _OWN_LETTERS = {"en": "", "de": "äöüßÄÖÜ"}
 

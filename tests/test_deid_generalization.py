@@ -484,6 +484,28 @@ def test_places_in_contexts_no_note_taught(detector: PhiDetector, text: str, val
     assert _covered(detector, text, value, "en"), _masked(detector, text, "en")
 
 
+@pytest.mark.parametrize("text,value", [
+    ("PT PRESENTED TO OBAIX WITH CP.", "OBAIX"),  # presenting somewhere is arriving there
+    ("pt brought by ems to bzenec.", "bzenec"),
+    ("Dispo: Oreye 4 in am.", "Oreye"),  # a named ward after a disposition label or a bed
+    ("awaiting bed doksy 7.", "doksy"),
+    ("OSH: OREYE.", "OREYE"),  # the value of a place label, after a colon or in parentheses
+    ("transferred from osh (bzenec).", "bzenec"),
+    ("Outside hospital: Obaix, records faxed.", "Obaix"),
+    ("pt is a oreye resident.", "oreye"),  # a town's residents and natives name the town
+    ("TO DOKSY CATH LAB FOR PCI.", "DOKSY"),  # a named cath lab, even one letter away from a word
+])
+def test_places_in_labels_and_after_arrival_words(detector: PhiDetector, text: str, value: str) -> None:
+    """Invented sentences of the eleventh round (contexts written for it, values from the stress pools)."""
+    assert _covered(detector, text, value, "en"), _masked(detector, text, "en")
+
+
+def test_labels_and_arrival_words_leave_known_words(detector: PhiDetector) -> None:
+    text = ("Pt presented to ED with CP. Home: lives with wife. OSH (records faxed). Awaiting bed on floor. "
+            "Pt taken to the cath lab. Dispo: rehab vs home. Pt is a nursing home resident.")
+    assert not detector.detect(text, "en"), _masked(detector, text, "en")
+
+
 def test_clinical_typos_and_services_after_place_words_stay(detector: PhiDetector) -> None:
     text = "wean from sedaton as tol, down from basline, pt in resp distress, to ED via EMS. Pt went to ED."
     assert not detector.detect(text, "en"), _masked(detector, text, "en")
