@@ -393,11 +393,12 @@ def stress_document(gd, draw: _Draw):
             if g.start < cursor:  # overlapping gold spans: keep the first
                 continue
             gap = text[cursor:g.start]
-            if k > 0 and entity[0].kind not in (None, PhiType.NAME):
+            if k > 0 and value and entity[0].kind not in (None, PhiType.NAME):
                 # a new date or place is one string cut at its spaces: its own punctuation, not the old
                 # joints ("Jan. 5" -> "Mar. 8", not "Mar.. 8"; "St. Elizabeth" -> "Holy Nuhu", not "Holy.
-                # Nuhu"); a name is drawn word by word, so "Smith, John" keeps its comma
-                gap = " " if value else ""
+                # Nuhu"); a name is drawn word by word, so "Smith, John" keeps its comma, and where the
+                # new value is shorter the old joint stays ("Hauptstr. 8, 47809" -> "Allee 103, ")
+                gap = " "
             pieces.append(gap)
             length += len(gap)
             cursor = g.end

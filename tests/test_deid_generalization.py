@@ -378,6 +378,13 @@ def test_a_date_cut_over_several_gold_words_keeps_its_own_punctuation() -> None:
         new = variant.document.text
         assert "." not in new[places[0].start:places[-1].end], new  # not "Holy. Nuhu"
         assert new[names[0].end:names[1].start] == ", "  # a name drawn word by word keeps its comma
+    text = "wohnhaft Hauptstr. 8, 47809 Krefeld, der sich"
+    doc = GoldDoc(Document(doc_id="d3", patient_id="P1", text=text, language="de"),
+                  [GoldSpan(9, 20, "LOCATION_STREET", PhiType.ADDRESS), GoldSpan(22, 27, "LOCATION_ZIP", PhiType.ADDRESS),
+                   GoldSpan(28, 35, "LOCATION_CITY", PhiType.LOCATION)])
+    for variant in stress_variants([doc], variants=5, seed=1):
+        street, city = variant.gold[0], variant.gold[-1]
+        assert "," in variant.document.text[street.end:city.start]  # one string for two spans: the old joint stays
 
 
 def test_stress_pools_hold_nothing_the_detector_knows() -> None:
