@@ -88,12 +88,14 @@ WEAK_AFTER = {"will", "would", "following", "follows", "evaluated", "saw", "sees
               "konnte", "kann", "soll", "sollte", "möchte", "gibt", "gab", "lebt", "wohnt", "erscheint", "stellte",
               "besucht", "besuchte", "nimmt", "nahm", "geht", "ging", "spielt", "isst", "trinkt", "schläft",
               "scheint", "schien", "fühlt", "fühlte", "wirkt", "wirkte", "profitiert", "profitierte"}
-#: "to" counts after a transfer verb ("transferred to tch", "admitted to pomc", "d/c to Farini").
+#: "to" counts after a transfer verb ("transferred to tch", "admitted to pomc", "d/c to Farini", "c/o to
+#: sartano" = ICU call-out, "presented to", "EMS to"), also with the patient between ("brought pt to",
+#: "drove her to").
 TRANSFER_TO = re.compile(r"(?i)\b(?:transferred|transfered|transfer|tx|sent|admitted|adm|brought|back|returned|return|"
                          r"discharged?|d/c'?d?|dc'?d?|moved|move|going|go|went|taken|came|drove|flown|flew|referred|"
                          r"accepted|c/o|call(?:ed)?\s+out|trip|travel(?:l?ed|l?ing)?|drive|driving|driven|fly|flying|"
                          r"headed|heading|visit|relocated|presented|presents|presenting|ems|ambulance|medflight|medflighted|"
-                         r"airlifted)\s+to\s+(?:the\s+)?$")  # "c/o to sartano": ICU call-out; "presented to", "EMS to"
+                         r"airlifted|took)\s+(?:(?:pt|patient|him|her|them)\s+)?to\s+(?:the\s+)?$")
 
 
 def _word(tok: Token) -> str:
@@ -167,7 +169,8 @@ def _context(view: TextView, toks: list[Token], i: int) -> str | None:
             or _after_title_chain(toks, i) or AGE_APPOSITION_AFTER.match(view.text, tok.core_end, tok.core_end + 60):
         return "person"
     if before is not None and (before.low in PLACE_BEFORE or before.low in HOSPITAL_BEFORE) \
-            or after is not None and (after.low in HOSPITAL_AFTER or after.low in PLACE_AFTER) \
+            or after is not None and (after.low in HOSPITAL_AFTER or after.low in PLACE_AFTER
+                                      or after.low == "er" and view.language == "en") \
             or label is not None and label.low in PLACE_LABELS:
         return "place"
     if before is not None and before.low in ("to", "the") \
@@ -258,6 +261,7 @@ HOSPITAL_AFTER = {"hospital", "hosp", "memorial", "regional", "general", "medica
                   "rehabilitation", "clinic", "manor", "nursing", "home", "house", "infirmary", "institute", "va",
                   "klinik", "klinikum", "krankenhaus", "spital"}
 #: Services named after their town ("Orbais ED", "Gudme EMS", "per Resana police"): the word before is a place.
+#: "ER" counts too in English notes (in German "er" is "he").
 PLACE_AFTER = {"ed", "ems", "police", "pd", "fd", "fire", "rescue", "ambulance", "vna", "hospice", "county",
                "airport", "township", "resident", "residents", "native"}
 #: Labels whose value, after a colon or in parentheses, is a place ("OSH: Obaix", "Outside hospital (Obaix)",

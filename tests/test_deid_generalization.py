@@ -501,6 +501,8 @@ def test_places_in_contexts_no_note_taught(detector: PhiDetector, text: str, val
     ("Outside hospital: Obaix, records faxed.", "Obaix"),
     ("pt is a oreye resident.", "oreye"),  # a town's residents and natives name the town
     ("TO DOKSY CATH LAB FOR PCI.", "DOKSY"),  # a named cath lab, even one letter away from a word
+    ("Son brought him to oreye for eval.", "oreye"),  # the patient between the verb and "to"
+    ("Daughter drove pt to Bzenec ER.", "Bzenec"),  # a town's ER, like its ED
 ])
 def test_places_in_labels_and_after_arrival_words(detector: PhiDetector, text: str, value: str) -> None:
     """Invented sentences of the eleventh round (contexts written for it, values from the stress pools)."""
@@ -509,7 +511,7 @@ def test_places_in_labels_and_after_arrival_words(detector: PhiDetector, text: s
 
 def test_labels_and_arrival_words_leave_known_words(detector: PhiDetector) -> None:
     text = ("Pt presented to ED with CP. Home: lives with wife. OSH (records faxed). Awaiting bed on floor. "
-            "Pt taken to the cath lab. Dispo: rehab vs home. Pt is a nursing home resident.")
+            "Pt taken to the cath lab. Dispo: rehab vs home. Pt is a nursing home resident. Wife brought pt to ER.")
     assert not detector.detect(text, "en"), _masked(detector, text, "en")
 
 
