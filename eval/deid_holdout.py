@@ -32,9 +32,14 @@ from rag.config import load_settings
 SOURCES = {"physionet_deid_dev": "en", "grascco_phi": "de"}
 
 
+def _patient(gd: GoldDoc) -> str:
+    """A document's patient; a document without one is its own (as ``finetune.build_vocabulary`` counts)."""
+    return str(gd.document.patient_id or gd.document.doc_id)
+
+
 def patient_folds(docs: list[GoldDoc], folds: int, seed: int) -> list[set[str]]:
-    """The dev part's patients in ``folds`` seeded groups (documents without a patient are their own)."""
-    patients = sorted({str(g.document.patient_id or g.document.doc_id) for g in docs})
+    """The dev part's patients in ``folds`` seeded groups."""
+    patients = sorted({_patient(g) for g in docs})
     random.Random(seed).shuffle(patients)
     return [set(patients[k::folds]) for k in range(folds)]
 
@@ -56,7 +61,7 @@ def run_holdout(data: Path, data_dir: Path, *, folds: int = 3, seed: int = 5, st
         for k, held in enumerate(patient_folds(docs, folds, seed)):
             words, _ = build(data_dir, language, leave_out={source: held})
             use_collected_words(language, set(words))
-            part = [g for g in docs if str(g.document.patient_id or g.document.doc_id) in held]
+            part = [g for g in docs if _patient(g) in held]
             engine = make_detector("ours", EVAL_KEY, 32, None)
             orig = evaluate_docs(part, engine, keep_examples=True, progress=f"fold {k + 1} of {folds}")
             row = {"fold": k + 1, "patients": len(held), "documents": len(part), "predicted": orig["overall"]["predicted"],

@@ -149,18 +149,18 @@ def _candidate(view: TextView, tok: Token) -> str | None:
 def _context(view: TextView, toks: list[Token], i: int) -> str | None:
     """What the neighbours say about a word: 'person' (a title, role or relation before it, "spoke
     with", "aware" or ", RN" after it), 'place' (a place preposition or "St." before it, a hospital
-    word after it), 'weak' (a plain preposition or a verb people do: "by Mitei", "Dockx will call"),
+    or a town's service after it, the value of a place label), 'weak' (a plain preposition or a verb people do: "by Mitei", "Dockx will call"),
     or None."""
     tok = toks[i]
     before = toks[i - 1] if i > 0 and toks[i - 1].line == tok.line else None
     after = toks[i + 1] if i + 1 < len(toks) and toks[i + 1].line == tok.line else None
     if after is not None and after.text == "," and i + 2 < len(toks) and toks[i + 2].line == tok.line:
         after = toks[i + 2]  # "Snell, RN"
-    label = None
-    if before is not None and before.text in (":", "(") and i > 1 and toks[i - 2].line == tok.line:
-        label = toks[i - 2]  # "OSH: Obaix", "OSH (Obaix)", "Residence: doksy"
-    if before is not None and before.text == ":" and label is not None:
-        before = label  # "Orthoptistin: Yachana", "Patient: majani"
+    # the label before a colon or a parenthesis: "OSH: Obaix", "OSH (Obaix)", "Patient: majani"
+    label = toks[i - 2] if before is not None and before.text in (":", "(") and i > 1 \
+        and toks[i - 2].line == tok.line else None
+    if label is not None and before.text == ":":
+        before = label  # "Orthoptistin: Yachana" reads as "Orthoptistin Yachana"
     if before is not None and (before.low in NAME_BEFORE or before.low in DOTTED_TITLES and before.text.endswith(".")
                                and before.is_title_case) \
             or after is not None and after.low in NAME_AFTER or BIRTH_AFTER.match(view.text, tok.core_end) \
@@ -170,7 +170,7 @@ def _context(view: TextView, toks: list[Token], i: int) -> str | None:
         return "person"
     if before is not None and (before.low in PLACE_BEFORE or before.low in HOSPITAL_BEFORE) \
             or after is not None and (after.low in HOSPITAL_AFTER or after.low in PLACE_AFTER
-                                      or after.low == "er" and view.language == "en") \
+                                      or after.low in PLACE_AFTER_ONLY.get(view.language, ())) \
             or label is not None and label.low in PLACE_LABELS:
         return "place"
     if before is not None and before.low in ("to", "the") \
@@ -261,9 +261,10 @@ HOSPITAL_AFTER = {"hospital", "hosp", "memorial", "regional", "general", "medica
                   "rehabilitation", "clinic", "manor", "nursing", "home", "house", "infirmary", "institute", "va",
                   "klinik", "klinikum", "krankenhaus", "spital"}
 #: Services named after their town ("Orbais ED", "Gudme EMS", "per Resana police"): the word before is a place.
-#: "ER" counts too in English notes (in German "er" is "he").
 PLACE_AFTER = {"ed", "ems", "police", "pd", "fd", "fire", "rescue", "ambulance", "vna", "hospice", "county",
                "airport", "township", "resident", "residents", "native"}
+#: The same in one language only: "Bzenec ER" (in German "er" is "he").
+PLACE_AFTER_ONLY = {"en": {"er"}}
 #: Labels whose value, after a colon or in parentheses, is a place ("OSH: Obaix", "Outside hospital (Obaix)",
 #: "Residence: doksy").
 PLACE_LABELS = {"osh", "hospital", "hosp", "residence", "hometown", "address", "town", "city", "home", "facility", "snf",

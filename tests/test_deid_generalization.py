@@ -505,7 +505,7 @@ def test_places_in_contexts_no_note_taught(detector: PhiDetector, text: str, val
     ("Daughter drove pt to Bzenec ER.", "Bzenec"),  # a town's ER, like its ED
 ])
 def test_places_in_labels_and_after_arrival_words(detector: PhiDetector, text: str, value: str) -> None:
-    """Invented sentences of the eleventh round (contexts written for it, values from the stress pools)."""
+    """Invented sentences of the tenth round (contexts written for it, values from the stress pools)."""
     assert _covered(detector, text, value, "en"), _masked(detector, text, "en")
 
 
