@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eval.deid import span_found
-from eval.deid_stress import _Draw, build_pools
+from eval.deid_stress import _Draw, build_pools, training_pools
+from finetune.phi_types import PhiType
 from eval.report import write_report
 
 TEMPLATES = Path(__file__).parent / "resources" / "deid_grid_templates.json"
@@ -63,28 +64,65 @@ def covered(spans, start: int, end: int, text: str) -> bool:
     return span_found(masked, [c.isalnum() for c in text], start, end)
 
 
+def fill(template: str, kind: str, draw: _Draw) -> tuple[str, int, int]:
+    """The sentence with a drawn value in its slot, and where the value stands; a sentence written
+    in capitals gets a capital value."""
+    slot = SLOTS[kind]
+    original = draw.rng.choice(ORIGINALS[kind])
+    value = " ".join(draw.place([original])) if kind == "place" else draw.date(original)
+    if template.replace(slot, "").isupper():
+        value = value.upper()
+    text = template.replace(slot, value)
+    start = text.index(value)
+    return text, start, start + len(value)
+
+
 def run_grid(detector, kind: str, templates: list[str], per_template: int, seed: int,
              language: str = "en") -> list[TemplateResult]:
-    """Fill every sentence ``per_template`` times; a sentence written in capitals gets capital values."""
+    """Fill every sentence ``per_template`` times and record the values the detector leaves."""
     pools = build_pools()
     rng = random.Random(seed)
-    slot = SLOTS[kind]
     results = []
     for template in templates:
         result = TemplateResult(template)
         for _ in range(per_template):
-            draw = _Draw(pools, rng, language)
-            original = rng.choice(ORIGINALS[kind])
-            value = " ".join(draw.place([original])) if kind == "place" else draw.date(original)
-            if template.replace(slot, "").isupper():
-                value = value.upper()
-            text = template.replace(slot, value)
-            start = text.index(value)
+            text, start, end = fill(template, kind, _Draw(pools, rng, language))
             result.tried += 1
-            if not covered(detector.detect(text, language), start, start + len(value), text):
-                result.missed.append(value)
+            if not covered(detector.detect(text, language), start, end, text):
+                result.missed.append(text[start:end])
         results.append(result)
     return results
+
+
+def write_training_set(out: Path, per_template: int, seed: int, sentences_per_text: int = 8,
+                       language: str = "en", path: Path = TEMPLATES) -> int:
+    """The 'tune' sentences of every kind, filled with training-pool values (never the stress pools,
+    never a held-out sentence), as annotated JSONL for ``finetune.phi_tagger``: texts of
+    ``sentences_per_text`` shuffled sentences, so the tagger sees each context among others as in
+    a note. Returns the number of texts."""
+    rng = random.Random(seed)
+    pools = training_pools()
+    filled: list[tuple[str, int, int, str]] = []
+    for kind in sorted(SLOTS):
+        label = PhiType.LOCATION.value if kind == "place" else PhiType.DATE.value
+        for template in load_templates(kind, "tune", path):
+            for _ in range(per_template):
+                filled.append((*fill(template, kind, _Draw(pools, rng, language)), label))
+    rng.shuffle(filled)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    texts = 0
+    with out.open("w", encoding="utf-8") as handle:
+        for first in range(0, len(filled), sentences_per_text):
+            text, phi = "", []
+            for sentence, start, end, label in filled[first:first + sentences_per_text]:
+                if text:
+                    text += " "
+                phi.append({"start": len(text) + start, "end": len(text) + end, "label": label})
+                text += sentence
+            handle.write(json.dumps({"doc_id": f"grid-{texts}", "text": text, "language": language, "phi": phi},
+                                    ensure_ascii=False) + "\n")
+            texts += 1
+    return texts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-template", type=int, default=40)
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None, help="default: var/eval/deid_grid/<kind>-<part>")
+    parser.add_argument("--training-out", type=Path, default=None,
+                        help="instead of scoring: write the 'tune' sentences of every kind, filled with "
+                             "training-pool values, as annotated JSONL for finetune.phi_tagger")
     args = parser.parse_args(argv)
+    if args.training_out:
+        texts = write_training_set(args.training_out, args.per_template, args.seed)
+        print(f"{texts} annotated texts (tune sentences, {args.per_template} values each) -> {args.training_out}")
+        return 0
     try:
         templates = load_templates(args.kind, args.part)
     except ValueError as exc:

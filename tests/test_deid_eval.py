@@ -140,6 +140,53 @@ def test_context_grid_fills_every_sentence_and_reports_misses(tmp_path: Path) ->
         deid_grid.load_templates("place", "tune", bad)
 
 
+def test_grid_training_set_holds_tune_sentences_with_training_values(tmp_path: Path) -> None:
+    """eval.deid_grid --training-out: only 'tune' sentences, values from the training pools (never the
+    stress pools), spans exactly on the values, several sentences per text."""
+    from eval import deid_grid
+    from eval.deid_stress import build_pools
+    from finetune.phi_tagger import read_annotated
+
+    templates = tmp_path / "templates.json"
+    templates.write_text(json.dumps({"place": {"tune": ["Lives in {P}.", "PT FLOWN TO {P} TODAY."],
+                                               "held_out": ["Flew from {P}."]},
+                                     "date": {"tune": ["Seen {D} in clinic."]}}), encoding="utf-8")
+    out = tmp_path / "grid.jsonl"
+    assert deid_grid.write_training_set(out, per_template=6, seed=2, sentences_per_text=4, path=templates) == 5
+    examples = read_annotated([out])
+    assert sum(len(ex.spans) for ex in examples) == 18 and len(examples[0].spans) == 4
+    assert not any("Flew" in ex.text for ex in examples)
+    stress_places = {p.lower() for p in build_pools().places}
+    for ex in examples:
+        for start, end, kind in ex.spans:
+            value = ex.text[start:end]
+            before = ex.text[max(0, start - 9):start]
+            assert kind in (PhiType.LOCATION, PhiType.DATE) and value == value.strip() and value
+            assert (kind is PhiType.DATE) == before.endswith("Seen ")
+            if before.endswith("FLOWN TO "):
+                assert value.isupper()  # a sentence in capitals gets a capital value
+            if kind is PhiType.LOCATION:
+                assert value.lower() not in stress_places
+
+
+def test_false_alarm_count_reports_types_and_sources_never_text(tmp_path: Path) -> None:
+    """eval.deid_false_alarms: the spans our detector raises in text without PHI, counted, with the
+    four report files; the report holds no word of the text."""
+    from eval.deid_false_alarms import main as false_alarms
+
+    data = tmp_path / "notes.jsonl"
+    write_rows(data, [{"doc_id": "a", "patient_id": "p", "text": "Seen by Dr. Quaxley on 3/4/2021 for COPD."},
+                      {"doc_id": "b", "patient_id": "p", "text": "Lasix 40 mg given, Foley in place."}])
+    out = tmp_path / "report"
+    assert false_alarms(["--data", str(data), "--out", str(out)]) == 0
+    summary = json.loads((out / "false_alarms.json").read_text(encoding="utf-8"))
+    assert summary["documents"] == 2 and summary["by_type"] == {"NAME": 1, "DATE": 1} and summary["spans"] == 2
+    assert sum(summary["by_source"].values()) == 2 and 0 < summary["characters_masked"] < 0.5
+    assert "Quaxley" not in (out / "false_alarms.json").read_text(encoding="utf-8")
+    assert (out / "false_alarms.md").is_file() and (out / "false_alarms.png").is_file()
+    assert false_alarms(["--data", str(tmp_path / "missing.jsonl"), "--out", str(out)]) == 2
+
+
 @pytest.mark.parametrize("kind, value, shape", [
     (PhiType.DATE, "3/8", "d/d (fraction-like)"),
     (PhiType.DATE, "11/21/45", "d/d/d"),
