@@ -67,6 +67,23 @@ def test_the_tagger_never_masks_a_safe_word_or_another_language(tagger_dir: Path
     assert not tagger.spans("   ", "en")
 
 
+def test_bfloat16_gives_the_float32_spans_and_is_recorded(tagger_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the CPU multiplies bfloat16 natively the tagger runs under autocast; the spans must stay
+    those of float32, and a manifest must say which one ran."""
+    import numpy as np
+
+    from finetune import phi_tagger
+
+    text = "the team will remember dakpelnob please and check the drain at noon."
+    full, half = PhiTagger(tagger_dir, threshold=0.5, bf16=False), PhiTagger(tagger_dir, threshold=0.5, bf16=True)
+    assert [(s.start, s.end) for s in half.spans(text, "en")] == [(s.start, s.end) for s in full.spans(text, "en")]
+    assert np.allclose(half.probabilities(text)[0], full.probabilities(text)[0], atol=0.05)
+    assert half.version.endswith(" bfloat16") and not full.version.endswith("bfloat16")
+    assert tagger_version(tagger_dir, bf16=True) == tagger_version(tagger_dir, 0.97, True)
+    monkeypatch.setenv("CRAG_PHI_TAGGER_FLOAT32", "1")
+    assert phi_tagger.native_bf16() is False and PhiTagger(tagger_dir).bf16 is False
+
+
 def test_the_default_base_is_the_converted_me5_small() -> None:
     from rag.embedders import model_folder
 
