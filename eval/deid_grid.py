@@ -20,8 +20,8 @@ from pathlib import Path
 
 from eval.deid import span_found
 from eval.deid_stress import _Draw, build_pools, training_pools
-from finetune.phi_types import PhiType
 from eval.report import write_report
+from finetune.phi_types import PhiType
 
 TEMPLATES = Path(__file__).parent / "resources" / "deid_grid_templates.json"
 SLOTS = {"place": "{P}", "date": "{D}"}

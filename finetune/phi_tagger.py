@@ -184,12 +184,13 @@ def _read_info(folder: Path) -> dict[str, Any]:
 def native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX). There the tagger runs under
     bfloat16 autocast (2.3x faster, the same spans on the bench notes: docs/results.md); elsewhere
-    bfloat16 is emulated and slower, so it stays float32. ``CRAG_PHI_TAGGER_FLOAT32=1`` forces float32."""
-    import os
-
+    bfloat16 is emulated and slower, so it stays float32. The setting ``phi_tagger_float32``
+    (``CRAG_PHI_TAGGER_FLOAT32=1``) forces float32."""
     import torch
 
-    if os.environ.get("CRAG_PHI_TAGGER_FLOAT32", "").strip() in ("1", "true", "yes"):
+    from rag.config import load_settings
+
+    if load_settings().phi_tagger_float32:
         return False
     return any(getattr(torch.cpu, check, lambda: False)()
                for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))

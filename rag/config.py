@@ -71,6 +71,7 @@ class Settings:
     # privacy and access
     privacy_key_file: Path | None = None
     phi_tagger: Path | None = None  # a finetune.phi_tagger folder added to the de-id rules (opt-in)
+    phi_tagger_float32: bool = False  # run it in float32 even where the CPU has native bfloat16
     users_file: Path | None = None  # default: <home>/users.json
     audit_log: Path | None = None  # default: <home>/audit/audit.jsonl
     audit_include_text: bool = False
