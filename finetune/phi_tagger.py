@@ -86,7 +86,8 @@ def read_annotated(paths: Sequence[Path]) -> list[Annotated]:
 
 def _windows(tokenizer: Any, text: str) -> list[tuple[list[int], list[tuple[int, int]], int]]:
     """(token ids, character offsets, first token index) per window of at most MAX_TOKENS."""
-    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+    # a note longer than the model's 512 tokens is cut into windows below: no length warning
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False, verbose=False)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     body, out, start = MAX_TOKENS - 2, [], 0
     while True:
