@@ -35,7 +35,7 @@ def count_spans(detector, docs, language: str = "en", progress: bool = True) -> 
         covered = [False] * len(doc.text)
         for span in spans:
             by_type[span.label.value] += 1
-            by_source[span.source.split(":")[0] or "rules"] += 1
+            by_source[span.source] += 1
             covered[span.start:span.end] = [True] * (span.end - span.start)
         masked += sum(c for c, ch in zip(covered, doc.text) if not ch.isspace())
         characters += sum(not ch.isspace() for ch in doc.text)

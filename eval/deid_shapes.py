@@ -19,6 +19,8 @@ _TOKEN = re.compile(r"\d+|[^\W\d_]+|.", re.DOTALL)
 
 
 def case_style(text: str) -> str:
+    """Five classes for a report ("no letters" and "mixed" too), where the stress generator's
+    ``_case_style`` has the three it can draw."""
     letters = [c for c in text if c.isalpha()]
     if not letters:
         return "no letters"

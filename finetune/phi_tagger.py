@@ -184,8 +184,8 @@ def _read_info(folder: Path) -> dict[str, Any]:
 
 def native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX). There the tagger runs under
-    bfloat16 autocast (2.3x faster, the same spans on the bench notes: docs/results.md); elsewhere
-    bfloat16 is emulated and slower, so it stays float32. The setting ``phi_tagger_float32``
+    bfloat16 autocast (1.8x faster end to end, the same dev stress figures: docs/results.md); elsewhere
+    bfloat16 would be emulated (not measured here), so it stays float32. The setting ``phi_tagger_float32``
     (``CRAG_PHI_TAGGER_FLOAT32=1``) forces float32."""
     import torch
 

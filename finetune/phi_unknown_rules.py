@@ -94,8 +94,8 @@ WEAK_AFTER = {"will", "would", "following", "follows", "evaluated", "saw", "sees
 TRANSFER_TO = re.compile(r"(?i)\b(?:transferred|transfered|transfer|tx|sent|admitted|adm|brought|back|returned|return|"
                          r"discharged?|d/c'?d?|dc'?d?|moved|move|going|go|went|taken|came|drove|flown|flew|referred|"
                          r"accepted|c/o|call(?:ed)?\s+out|trip|travel(?:l?ed|l?ing)?|drive|driving|driven|fly|flying|"
-                         r"headed|heading|visit|relocated|presented|presents|presenting|ems|ambulance|medflight|medflighted|"
-                         r"airlifted|took)\s+(?:(?:pt|patient|him|her|them)\s+)?to\s+(?:the\s+)?$")
+                         r"headed|heading|visit|relocated|presented|presents|presenting|ems|ambulance|"
+                         r"medflight|medflighted|airlifted|took)\s+(?:(?:pt|patient|him|her|them)\s+)?to\s+(?:the\s+)?$")
 
 
 def _word(tok: Token) -> str:
@@ -149,8 +149,8 @@ def _candidate(view: TextView, tok: Token) -> str | None:
 def _context(view: TextView, toks: list[Token], i: int) -> str | None:
     """What the neighbours say about a word: 'person' (a title, role or relation before it, "spoke
     with", "aware" or ", RN" after it), 'place' (a place preposition or "St." before it, a hospital
-    or a town's service after it, the value of a place label), 'weak' (a plain preposition or a verb people do: "by Mitei", "Dockx will call"),
-    or None."""
+    or a town's service after it, the value of a place label), 'weak' (a plain preposition or a verb
+    people do: "by Mitei", "Dockx will call"), or None."""
     tok = toks[i]
     before = toks[i - 1] if i > 0 and toks[i - 1].line == tok.line else None
     after = toks[i + 1] if i + 1 < len(toks) and toks[i + 1].line == tok.line else None
@@ -267,8 +267,8 @@ PLACE_AFTER = {"ed", "ems", "police", "pd", "fd", "fire", "rescue", "ambulance",
 PLACE_AFTER_ONLY = {"en": {"er"}}
 #: Labels whose value, after a colon or in parentheses, is a place ("OSH: Obaix", "Outside hospital (Obaix)",
 #: "Residence: doksy").
-PLACE_LABELS = {"osh", "hospital", "hosp", "residence", "hometown", "address", "town", "city", "home", "facility", "snf",
-                "rehab"}
+PLACE_LABELS = {"osh", "hospital", "hosp", "residence", "hometown", "address", "town", "city", "home", "facility",
+                "snf", "rehab"}
 #: Letters beyond ASCII that a language's own words use; any other one marks a foreign name ("háj", "NIVÅ").
 _OWN_LETTERS = {"en": "", "de": "äöüßÄÖÜ"}
 
