@@ -43,6 +43,13 @@ def write_embedder_metadata(folder: Path, *, name: str, base: Any, cfg: TrainCon
     return path
 
 
+def _distilled(cfg: TrainConfig) -> str:
+    if not cfg.distill_weight:
+        return ""
+    return (f", plus {cfg.distill_weight} x KL to a hybrid teacher (BM25 share {cfg.distill_lexical_share} + the "
+            f"base's cosine, min-max fused per batch, temperature {cfg.distill_temperature}; `finetune.distill`)")
+
+
 def write_model_card(folder: Path, result: TrainResult, base_label: str, query_prefix: str = "",
                      passage_prefix: str = "") -> Path:
     """README.md in the model folder: data, parameters, dev metrics, throughput."""
@@ -53,7 +60,7 @@ def write_model_card(folder: Path, result: TrainResult, base_label: str, query_p
 
 Fine-tuned from **{base_label}** with sentence-transformers
 (`CachedMultipleNegativesRankingLoss`{' in `MatryoshkaLoss` ' + str(cfg.matryoshka_dims) if cfg.matryoshka_dims else ''},
-scale {cfg.scale}) by `python -m finetune.train` of this project.
+scale {cfg.scale}){_distilled(cfg)} by `python -m finetune.train` of this project.
 
 ## Data
 - {result.pairs} training pairs from {result.patients} training patients; sources: {result.pair_sources}

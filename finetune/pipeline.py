@@ -426,6 +426,15 @@ def _synthesize_params(run: Run) -> dict[str, Any]:
             "generator": p.generator_gguf}
 
 
+def _train_config(run: Run) -> dict[str, Any]:
+    """The training options in the stage key; the distillation ones only when it is on, so runs made
+    before it existed keep their keys (and their trained models)."""
+    config = dataclasses.asdict(run.preset.train)
+    if not config.get("distill_weight"):
+        config = {k: v for k, v in config.items() if not k.startswith("distill_")}
+    return config
+
+
 BUILD_STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("pseudonymize", _pseudonymize, _pseudonymize_params),
     Stage("synthesize", _synthesize, _synthesize_params),
@@ -436,7 +445,7 @@ BUILD_STAGES: dict[str, Stage] = {s.name: s for s in (
         "mine": run.preset.mine, "keep": run.preset.keep_negatives, "base": run.preset.train.base,
         "vectors": f"batches of {EMBED_BATCH}", "chunking": [run.settings.chunk_tokens, run.settings.chunk_overlap_tokens]}),
     Stage("train", _train, lambda run: {
-        "train": dataclasses.asdict(run.preset.train), "dev_queries": run.preset.dev_queries,
+        "train": _train_config(run), "dev_queries": run.preset.dev_queries,
         "guards": run.preset.guard_sets, "guard_queries": run.preset.guard_queries,
         "guard_docs": run.preset.guard_max_docs}),
 )}

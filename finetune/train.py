@@ -43,6 +43,7 @@ from finetune.distributed import (
     share_from_main,
     supports_gather,
 )
+from finetune.distill import HybridTeacher, distilled_loss
 from finetune.interpolation import choose_interpolation, interpolate_with_base
 from finetune.model_card import write_embedder_metadata, write_model_card
 from finetune.negatives import fill_missing
@@ -85,6 +86,12 @@ class TrainConfig:
     matryoshka_dims: list[int] | None = None  # e.g. [384, 256, 128, 64]; None: plain cached MNRL
     num_negatives: int = 1  # hard-negative columns per pair (0: in-batch negatives only)
     scale: float = 20.0
+    # in-batch distillation from a hybrid teacher (BM25 + the base, finetune.distill): the weight of
+    # KL(teacher || student) next to the contrastive loss; 0 = off. The teacher's fusion is min-max
+    # scores, lexical_share x BM25 + the rest x base cosine, softened by the temperature
+    distill_weight: float = 0.0
+    distill_lexical_share: float = 0.5
+    distill_temperature: float = 0.1
     max_per_patient: int = 1  # pairs of one patient per batch
     eval_steps: int = 0  # 0: evaluate once per epoch-equivalent (or at the end with max_steps)
     seed: int = 0
@@ -213,13 +220,25 @@ def _gathers(loss: Any) -> bool:
     return bool(getattr(loss, "gather_across_devices", False))
 
 
-def _dataset(pairs: Sequence["Pair"], num_negatives: int) -> Any:
+def _dataset(pairs: Sequence["Pair"], num_negatives: int, rows: bool = False) -> Any:
+    """The trainer's columns; ``rows`` adds a ``label`` column with each pair's position (the
+    distilled loss looks its teacher scores up by it, whatever order the sampler draws)."""
     from datasets import Dataset
 
-    data: dict[str, list[str]] = {"anchor": [p.query for p in pairs], "positive": [p.positive for p in pairs]}
+    data: dict[str, list[Any]] = {"anchor": [p.query for p in pairs], "positive": [p.positive for p in pairs]}
     for j in range(num_negatives):
         data[f"negative_{j + 1}"] = [p.negatives[j] for p in pairs]
+    if rows:
+        data["label"] = list(range(len(pairs)))
     return Dataset.from_dict(data)
+
+
+def _check_distill(cfg: TrainConfig, world_size: int) -> None:
+    if cfg.distill_weight < 0:
+        raise ValueError(f"distill_weight must be >= 0, got {cfg.distill_weight}")
+    if cfg.distill_weight and (cfg.num_negatives or cfg.matryoshka_dims or world_size > 1):
+        raise ValueError("distillation (distill_weight > 0) grades (question, passage) pairs in one process: "
+                         "it cannot be combined with hard-negative columns, Matryoshka or torchrun")
 
 
 def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None = None, *,
@@ -256,6 +275,7 @@ def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None =
         raise ValueError("no training pairs")
     out_dir = Path(out_dir) if out_dir else trained_models_dir(settings) / cfg.name
     work_dir = Path(work_dir) if work_dir else out_dir.parent / f".{out_dir.name}.work"
+    _check_distill(cfg, launch.world_size)
     if cfg.num_negatives:
         pairs = fill_missing(pairs, cfg.num_negatives, seed=cfg.seed)
 
@@ -269,7 +289,7 @@ def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None =
         freeze_lower_layers(model, cfg.freeze_layers)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    dataset = _dataset(pairs, cfg.num_negatives)
+    dataset = _dataset(pairs, cfg.num_negatives, rows=cfg.distill_weight > 0)
     prompts = {"anchor": qp, "positive": pp, **{f"negative_{j + 1}": pp for j in range(cfg.num_negatives)}}
     prompts = {k: v for k, v in prompts.items() if v}
     groups = [p.patient_id for p in pairs]
@@ -335,7 +355,13 @@ def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None =
     if args.world_size != launch.world_size:
         raise RuntimeError(f"the trainer runs {args.world_size} processes, the launch said {launch.world_size}")
     wait_group = open_wait_group(launch)  # now, while every rank is here (see open_wait_group)
-    loss = _build_loss(model, cfg, launch.world_size)
+    if cfg.distill_weight > 0:
+        teacher = HybridTeacher.build(pairs, base_emb.model, qp, pp, lexical_share=cfg.distill_lexical_share,
+                                      temperature=cfg.distill_temperature)
+        loss = distilled_loss(model, teacher, weight=cfg.distill_weight, scale=cfg.scale,
+                              mini_batch_size=cfg.mini_batch_size)
+    else:
+        loss = _build_loss(model, cfg, launch.world_size)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
                                          evaluator=evaluator,
                                          callbacks=[_Record(), _SyncEpoch(), _world_recorder(launch.world_size)])
@@ -480,7 +506,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output folder (default <home>/models/<name>)")
     for f in ("base", "name"):
         parser.add_argument(f"--{f}")
-    for f in ("epochs", "learning_rate", "warmup_ratio", "scale"):
+    for f in ("epochs", "learning_rate", "warmup_ratio", "scale", "distill_weight", "distill_lexical_share",
+              "distill_temperature"):
         parser.add_argument(f"--{f.replace('_', '-')}", type=float)
     for f in ("max_steps", "batch_size", "mini_batch_size", "max_seq_length", "num_negatives", "eval_steps", "seed",
               "threads", "freeze_layers"):
