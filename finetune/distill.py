@@ -29,22 +29,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def lexical_matrix(queries: Sequence[str], passages: Sequence[str], stopwords: str = "en") -> np.ndarray:
-    """BM25 score of every query against every passage (rows: queries), with the index's own
-    tokenizer, stemmer and stop words (``rag.index.LexicalIndex``), IDF from ``passages``."""
-    import bm25s
-    import Stemmer
+    """BM25 score of every query against every passage (rows: queries), scored as the index's
+    lexical search scores (``rag.index.Bm25``), IDF from ``passages``."""
+    from rag.index import Bm25
 
-    stemmer = Stemmer.Stemmer("english")
-    model = bm25s.BM25()
-    model.index(bm25s.tokenize(list(passages), stopwords=stopwords, stemmer=stemmer, show_progress=False),
-                show_progress=False)
+    bm25 = Bm25(passages, stopwords)
     out = np.zeros((len(queries), len(passages)), dtype=np.float32)
-    tokenized = bm25s.tokenize(list(queries), stopwords=stopwords, stemmer=stemmer, return_ids=False,
-                               show_progress=False)
-    for i, tokens in enumerate(tokenized):
-        ids = model.get_tokens_ids(list(tokens))
-        if ids:
-            out[i] = model.get_scores_from_ids(ids)
+    for i, query in enumerate(queries):
+        row = bm25.scores(query)
+        if row is not None:
+            out[i] = row
     return out
 
 

@@ -434,25 +434,44 @@ class StoredChunks:
         return np.array(sorted(r for p in patients for r in self.rows_by_patient.get(p, [])), dtype=int)
 
 
-class LexicalIndex:
-    """BM25 (``bm25s``, English stemming, a stop-word list) over one index's chunks; a scope is a
-    weight mask applied before top-k, so the filter is inside the scoring, never after it."""
+class Bm25:
+    """BM25 (``bm25s``, English stemming, a stop-word list) over a list of texts: the one tokenizer
+    the index's lexical search and anything that must score like it (``finetune.distill``) share."""
 
-    def __init__(self, index: ChunkIndex, stopwords: str = "en") -> None:
+    def __init__(self, texts: Sequence[str], stopwords: str = "en") -> None:
         import bm25s
         import Stemmer
 
-        self.stamp = index.stamp()
         self.stopwords = stopwords
         self.stemmer = Stemmer.Stemmer("english")
+        self.model = bm25s.BM25()
+        if texts:
+            tokens = bm25s.tokenize(list(texts), stopwords=stopwords, stemmer=self.stemmer, show_progress=False)
+            self.model.index(tokens, show_progress=False)
+
+    def scores(self, query: str, mask: np.ndarray | None = None) -> np.ndarray | None:
+        """BM25 score of every text (0 outside the mask); None when no query term is in the texts."""
+        import bm25s
+
+        tokens = bm25s.tokenize([query], stopwords=self.stopwords, stemmer=self.stemmer, return_ids=False,
+                                show_progress=False)[0]
+        token_ids = self.model.get_tokens_ids(list(tokens))
+        if not token_ids:
+            return None
+        return self.model.get_scores_from_ids(token_ids, weight_mask=mask)
+
+
+class LexicalIndex:
+    """BM25 over one index's chunks; a scope is a weight mask applied before top-k, so the filter
+    is inside the scoring, never after it."""
+
+    def __init__(self, index: ChunkIndex, stopwords: str = "en") -> None:
+        self.stamp = index.stamp()
         self.ids, self.texts, self.metas = index.all_chunks()
         self.rows_by_patient: dict[str, list[int]] = {}
         for row, meta in enumerate(self.metas):
             self.rows_by_patient.setdefault(meta["patient_id"], []).append(row)
-        self.model = bm25s.BM25()
-        if self.texts:
-            tokens = bm25s.tokenize(self.texts, stopwords=stopwords, stemmer=self.stemmer, show_progress=False)
-            self.model.index(tokens, show_progress=False)
+        self.bm25 = Bm25(self.texts, stopwords)
 
     def mask(self, patients: Sequence[str] | None) -> np.ndarray | None:
         if patients is None:
@@ -464,14 +483,7 @@ class LexicalIndex:
 
     def scores(self, query: str, mask: np.ndarray | None) -> np.ndarray | None:
         """BM25 score of every chunk (0 outside the mask); None when no query term is in the corpus."""
-        import bm25s
-
-        tokens = bm25s.tokenize([query], stopwords=self.stopwords, stemmer=self.stemmer, return_ids=False,
-                                show_progress=False)[0]
-        token_ids = self.model.get_tokens_ids(list(tokens))
-        if not token_ids:
-            return None
-        return self.model.get_scores_from_ids(token_ids, weight_mask=mask)
+        return self.bm25.scores(query, mask)
 
 
 def open_index(
