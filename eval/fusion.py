@@ -6,6 +6,11 @@ either component on the set it is chosen on. Each candidate is scored by ``eval.
 same path (chunks, scope inside the query, documents by their best chunk) that reports the results,
 and among weights within ``MIN_GAIN`` of the best the one nearest plain RRF (0.5) wins: on a dev
 set of a hundred questions smaller differences are noise, and plain RRF is the choice that assumes least.
+The same margin decides whether to fuse at all: where no mixed weight beats the better component by
+``MIN_GAIN``, that component alone is chosen (dense share 1 or 0). Why: in a cell dev cannot resolve
+(German questions over English notes in patient scope: 70 questions, gains of 0.007-0.010), plain
+RRF fell below the dense model alone on the test split under two of three keys, while the component
+alone ties it by construction.
 
     python -m eval.fusion --qa-split dev --embedder me5-small
     python -m eval.fusion --qa-split dev --embedder var/models/domain --write   # fusion.json into the model folder
@@ -45,7 +50,8 @@ QA_CORPUS = "physionet_deid_dev"
 QA_FRACTIONS = (0.7, 0.1, 0.2)  # the cpu-demo preset's split, so "dev" names the same patients
 GRID = tuple(round(i / 10, 1) for i in range(11))  # the dense share; BM25 gets the rest
 #: MAP@100 differences below this are noise on a dev set of ~100 questions: within it, the share
-#: nearest plain RRF wins (as long as it is not below either component).
+#: nearest plain RRF wins (as long as it is not below either component), and a fusion that does not
+#: beat its better component by this much is not chosen.
 MIN_GAIN = 0.01
 
 
@@ -76,10 +82,15 @@ def tune(beir: BeirSet, embedder: str, *, settings: Settings, out: Path, scopes:
 
 
 def choose(curve: dict[float, float], min_gain: float = MIN_GAIN) -> float:
-    """The dense share nearest 0.5 among those within ``min_gain`` of the best and not below either
-    component (the grid's ends)."""
+    """The better component alone (the grid end that scores higher; dense on a tie) unless some share
+    beats it by ``min_gain``; otherwise the share nearest 0.5 among those within ``min_gain`` of the
+    best and not below either component."""
     best = max(curve.values())
-    floor = max(curve[min(curve)], curve[max(curve)])
+    ends = (min(curve), max(curve))
+    better_end = max(ends, key=lambda w: (curve[w], w))
+    floor = curve[better_end]
+    if best < floor + min_gain:
+        return better_end
     good = [w for w, v in curve.items() if v >= best - min_gain and v >= floor]
     return min(good, key=lambda w: (abs(w - 0.5), -curve[w]))
 

@@ -105,6 +105,17 @@ def test_choose_prefers_plain_rrf_within_noise_but_never_goes_below_a_component(
     assert choose(clear) == 0.2
 
 
+def test_choose_takes_the_better_component_alone_when_no_fusion_beats_it_beyond_noise():
+    # the German patient-scope dev curve of one run: RRF 0.5 was 0.007 above dense alone
+    german_patient = {0.0: 0.317, 0.2: 0.334, 0.5: 0.351, 0.8: 0.345, 1.0: 0.344}
+    assert choose(german_patient) == 1.0
+    bm25_better = {0.0: 0.40, 0.3: 0.405, 0.5: 0.39, 1.0: 0.30}
+    assert choose(bm25_better) == 0.0
+    tie = {0.0: 0.30, 0.5: 0.29, 1.0: 0.30}
+    assert choose(tie) == 1.0  # dense on a tie
+    assert choose({0.0: 0.30, 0.5: 0.312, 1.0: 0.30}) == 0.5  # beyond the margin: fuse
+
+
 def test_german_questions_get_their_own_weights(index):
     dense, bm25 = DenseRetriever(index), BM25Retriever(index)
     english = Fusion(FusionWeights(0.0, 1.0), FusionWeights(0.0, 1.0), source="en dev")
