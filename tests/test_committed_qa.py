@@ -6,7 +6,6 @@ a held-out patient) would silently change what those numbers mean.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -14,15 +13,12 @@ import pytest
 
 from finetune.presets import COMMITTED_QA, CPU_DEMO
 from finetune.qa_schema import read_qa
+from rag.manifest import sha256_file
 
 QA_DIR = COMMITTED_QA.parent
 MANIFEST = json.loads((QA_DIR / "manifest.json").read_text(encoding="utf-8"))
 FILES = {key: entry for key, entry in MANIFEST.items() if isinstance(entry, dict) and "file" in entry}
 TRAINING = [key for key in FILES if key.startswith("train")]
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_every_committed_qa_file_has_a_manifest_entry() -> None:
@@ -35,7 +31,7 @@ def test_file_matches_its_manifest_entry(key: str) -> None:
     entry = MANIFEST if key == "held_out" else FILES[key]
     path = QA_DIR / (COMMITTED_QA.name if key == "held_out" else entry["file"])
     rows, _ = read_qa(path, required=("qa_id", "doc_id", "patient_id", "question"))
-    assert _sha256(path) == entry["sha256"]
+    assert sha256_file(path) == entry["sha256"]
     if "qa_pairs" in entry:
         assert len(rows) == entry["qa_pairs"]
     assert len({r["qa_id"] for r in rows}) == len(rows), "qa_ids must be unique within a file"
