@@ -85,7 +85,7 @@ Trainable parameters: {result.trainable_parameters:,} of {result.total_parameter
 {rows or '| (no dev set) | | |'}
 
 Best checkpoint: {result.best_checkpoint or 'last step'}.
-{_interpolation_note(result)}
+{_soup_note(result)}{_interpolation_note(result)}
 ## Training
 {json.dumps({k: round(v, 4) for k, v in result.train_metrics.items()})}
 Throughput: {result.throughput_pairs_per_s} pairs/s on this machine.
@@ -111,6 +111,17 @@ def _processes_note(result: TrainResult) -> str:
                  if result.gathered_negatives else f"negatives not gathered: each query saw its process's {b} pairs")
     return (f"Data-parallel over {n} processes (torchrun, DDP): {b} pairs per process, global batch {n * b} "
             f"(at most {result.config.max_per_patient} pair(s) per patient in it); {negatives}.\n")
+
+
+def _soup_note(result: TrainResult) -> str:
+    """A soup's members: the weights above are their average, so each member's own dev score is shown."""
+    if not result.soup_members:
+        return ""
+    members = "; ".join(f"seed {m['seed']}: dev MAP@100 {m['dev_best']:.4f} at {Path(str(m['best_checkpoint'])).name}"
+                        if m.get("dev_best") is not None else f"seed {m['seed']}"
+                        for m in result.soup_members)
+    return (f"A uniform soup of {len(result.soup_members)} runs of this recipe (weights averaged before the "
+            f"interpolation below): {members}.\n")
 
 
 def _interpolation_note(result: TrainResult) -> str:

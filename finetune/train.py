@@ -22,6 +22,7 @@ other ranks wait for it (docs/scale_training.md).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -48,6 +49,7 @@ from finetune.interpolation import choose_interpolation, interpolate_with_base
 from finetune.model_card import write_embedder_metadata, write_model_card
 from finetune.negatives import fill_missing
 from finetune.pairs import read_pairs
+from finetune.soup import average_weights, load_member, member_fingerprint, save_member
 from finetune.train_sampler import find_patient_sampler, make_patient_sampler
 from rag import embedders
 from rag.beir import load_beir
@@ -106,6 +108,9 @@ class TrainConfig:
     # with guard sets (general retrieval the fine-tuning must not forget): a choice is eligible only if
     # its MAP@100 on every guard set is at least (1 - guard_tolerance) x the base's; 0.0 always is
     guard_tolerance: float = 0.05
+    # a uniform model soup: train this many runs (seeds seed, seed + 1, ...) and average their
+    # weights before WiSE-FT (finetune.soup); 1 = one run
+    soup: int = 1
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "TrainConfig":
@@ -146,6 +151,8 @@ class TrainResult:
     # processes of a torchrun launch: config.batch_size is per process, the batch the loss saw is this x it
     world_size: int = 1
     gathered_negatives: bool = False  # the cached loss gathered the global batch across processes
+    # a soup's members: seed, kept checkpoint, its dev score, training seconds (empty for one run)
+    soup_members: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -241,43 +248,40 @@ def _check_distill(cfg: TrainConfig, world_size: int) -> None:
                          "it cannot be combined with hard-negative columns, Matryoshka or torchrun")
 
 
-def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None = None, *,
-          dev: DevSet | None = None, dev_chunks: ChunkedSet | None = None, guards: Sequence[ChunkedSet] = (),
-          out_dir: Path | None = None, work_dir: Path | None = None, progress: bool = True,
-          launch: Launch | None = None) -> TrainResult:
-    """Train, keep the best dev checkpoint, save the model with its registry metadata and card.
+@dataclass
+class _Fit:
+    """What one training run reports (a soup has one per member)."""
 
-    Under ``torchrun`` (``launch``, read from the environment by default) every rank calls this;
-    ``cfg.batch_size`` is then per rank. Rank 0 chooses the interpolation weight and writes the model;
-    the others wait for it and return its result, so every rank returns once the folder exists.
+    train_metrics: dict[str, float]
+    best_checkpoint: str | None
+    dev_best: float | None  # the dev score of the kept checkpoint (the trainer's document-level evaluator)
+    dev_before: dict[str, float]  # the base on the same evaluator (scored by the first run only)
+    history: list[dict[str, float]]
+    seconds: float
+    throughput: float
+    trainable: int
+    total: int
+    dropped: int
+    gathered: bool
 
-    ``dev`` chooses the checkpoint (the trainer's cheap document-level evaluator); ``dev_chunks``,
-    the same questions scored at chunk level, chooses the interpolation weight (cross-patient
-    MAP@100; without it the document-level score). ``guards`` are general-retrieval sets that bound
-    that choice (see :func:`choose_interpolation`); all are used only with ``interpolate_choices``.
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
-    ``pairs`` must already be restricted to training patients; with ``num_negatives`` > 0 each
-    pair needs that many negatives (see ``finetune.negatives.fill_missing``).
-    """
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "_Fit":
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+def _fit(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings, launch: Launch, *, dev: DevSet | None,
+         work_dir: Path, progress: bool, score_base: bool) -> tuple["SentenceTransformer", Any, Any, _Fit, Any]:
+    """One training run from the base: (model at its best dev checkpoint, base entry, dev evaluator, report,
+    the group the ranks wait in for rank 0's writes - None in one process)."""
     import torch
     from sentence_transformers import (
         SentenceTransformerTrainer,
         SentenceTransformerTrainingArguments,
     )
     from transformers import TrainerCallback
-
-
-    settings = settings or load_settings()
-    launch = launch or launch_from_env()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if not pairs:
-        raise ValueError("no training pairs")
-    out_dir = Path(out_dir) if out_dir else trained_models_dir(settings) / cfg.name
-    work_dir = Path(work_dir) if work_dir else out_dir.parent / f".{out_dir.name}.work"
-    _check_distill(cfg, launch.world_size)
-    if cfg.num_negatives:
-        pairs = fill_missing(pairs, cfg.num_negatives, seed=cfg.seed)
 
     torch.manual_seed(cfg.seed)
     model, base_emb = load_trainable(cfg.base, settings, cfg.max_seq_length)
@@ -304,7 +308,7 @@ def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None =
 
     evaluator = make_evaluator(dev, qp, pp) if dev is not None and dev.queries else None
     metric_key = f"eval_{dev.name}_cosine_map@100" if evaluator else None
-    dev_before = _score(evaluator, model) if evaluator and launch.is_main else {}
+    dev_before = _score(evaluator, model) if evaluator and launch.is_main and score_base else {}
 
     history: list[dict[str, float]] = []
 
@@ -371,7 +375,99 @@ def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None =
     t0 = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     elapsed = time.perf_counter() - t0
-    best = trainer.state.best_model_checkpoint
+    seen = sum(min(len(b), cfg.batch_size) for b in probe._batches()) if total_steps else 0
+    report = _Fit(
+        train_metrics={k: float(v) for k, v in output.metrics.items()},
+        best_checkpoint=trainer.state.best_model_checkpoint,
+        dev_best=float(trainer.state.best_metric) if trainer.state.best_metric is not None else None,
+        dev_before=dev_before, history=history, seconds=round(elapsed, 1),
+        throughput=round(trainer.state.global_step * (seen / max(1, steps_per_epoch)) / elapsed, 3),
+        trainable=trainable, total=total, dropped=probe.dropped, gathered=_gathers(loss),
+    )
+    return model, base_emb, evaluator, report, wait_group
+
+
+def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None = None, *,
+          dev: DevSet | None = None, dev_chunks: ChunkedSet | None = None, guards: Sequence[ChunkedSet] = (),
+          out_dir: Path | None = None, work_dir: Path | None = None, progress: bool = True,
+          launch: Launch | None = None) -> TrainResult:
+    """Train, keep the best dev checkpoint, save the model with its registry metadata and card.
+
+    Under ``torchrun`` (``launch``, read from the environment by default) every rank calls this;
+    ``cfg.batch_size`` is then per rank. Rank 0 chooses the interpolation weight and writes the model;
+    the others wait for it and return its result, so every rank returns once the folder exists.
+
+    ``dev`` chooses the checkpoint (the trainer's cheap document-level evaluator); ``dev_chunks``,
+    the same questions scored at chunk level, chooses the interpolation weight (cross-patient
+    MAP@100; without it the document-level score). ``guards`` are general-retrieval sets that bound
+    that choice (see :func:`choose_interpolation`); all are used only with ``interpolate_choices``.
+
+    ``pairs`` must already be restricted to training patients; with ``num_negatives`` > 0 each
+    pair needs that many negatives (see ``finetune.negatives.fill_missing``).
+    """
+    import torch
+
+    settings = settings or load_settings()
+    launch = launch or launch_from_env()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if not pairs:
+        raise ValueError("no training pairs")
+    out_dir = Path(out_dir) if out_dir else trained_models_dir(settings) / cfg.name
+    work_dir = Path(work_dir) if work_dir else out_dir.parent / f".{out_dir.name}.work"
+    _check_distill(cfg, launch.world_size)
+    if cfg.num_negatives:
+        pairs = fill_missing(pairs, cfg.num_negatives, seed=cfg.seed)
+
+    if cfg.soup < 1:
+        raise ValueError(f"soup must be >= 1, got {cfg.soup}")
+    if cfg.soup > 1 and launch.world_size > 1:
+        raise ValueError("a soup (soup > 1) trains its members one after another in one process; "
+                         "under torchrun train one member per launch instead")
+    wait_group = None
+    fits: list[_Fit] = []
+    others: list[dict[str, Any]] = []
+    model = base_emb = evaluator = None
+    recipe = {k: v for k, v in asdict(cfg).items()
+              if k not in ("name", "soup", "seed", "interpolate", "interpolate_choices", "guard_tolerance")}
+    for k in range(cfg.soup):
+        seed = cfg.seed + k
+        member_dir = work_dir / f"member-{seed}"
+        fingerprint = member_fingerprint(pairs, recipe, seed) if cfg.soup > 1 else ""
+        cached = load_member(member_dir, fingerprint) if cfg.soup > 1 else None
+        if cached is not None and k > 0:
+            log.info("soup member %d of %d (seed %d): finished earlier, reusing %s", k + 1, cfg.soup, seed, member_dir)
+            others.append(cached[0])
+            fits.append(_Fit.from_json(cached[1]))
+            continue
+        fit_dir = work_dir / f"seed-{seed}" if cfg.soup > 1 else work_dir
+        if cached is not None:  # the first member becomes the model the others are averaged into
+            log.info("soup member 1 of %d (seed %d): finished earlier, reusing %s", cfg.soup, seed, member_dir)
+            model, base_emb = load_trainable(cfg.base, settings, cfg.max_seq_length)
+            model[0].auto_model.load_state_dict(cached[0])
+            fit = _Fit.from_json(cached[1])
+            evaluator = make_evaluator(dev, base_emb.query_prefix, base_emb.passage_prefix) \
+                if dev is not None and dev.queries else None
+        else:
+            if cfg.soup > 1:
+                log.info("soup member %d of %d: training with seed %d", k + 1, cfg.soup, seed)
+            trained, base_emb, evaluator, fit, wait_group = _fit(pairs, dataclasses.replace(cfg, seed=seed), settings,
+                                                                 launch, dev=dev, work_dir=fit_dir, progress=progress,
+                                                                 score_base=not fits)
+            if cfg.soup > 1 and launch.is_main:
+                save_member(trained, member_dir, fingerprint, fit.to_json())
+                shutil.rmtree(fit_dir, ignore_errors=True)  # the member's checkpoints are no longer needed
+            if model is None:
+                model = trained
+            else:
+                others.append({n: t.detach().clone() for n, t in trained[0].auto_model.state_dict().items()})
+                del trained
+        fits.append(fit)
+    if others:
+        average_weights(model, others)
+        log.info("soup of %d members (seeds %d-%d): weights averaged", cfg.soup, cfg.seed, cfg.seed + cfg.soup - 1)
+    first = fits[0]
+    qp, pp = base_emb.query_prefix, base_emb.passage_prefix
     if not launch.is_main:
         # the model is the same on every rank; rank 0 alone chooses the weight and writes it
         result = share_from_main(wait_group, None)
@@ -400,17 +496,18 @@ def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None =
     tmp_out = out_dir.parent / f".{out_dir.name}.partial"
     shutil.rmtree(tmp_out, ignore_errors=True)
     model.save(str(tmp_out), create_model_card=False)
-    seen = sum(min(len(b), cfg.batch_size) for b in probe._batches()) if total_steps else 0
     result = TrainResult(
-        name=cfg.name, path=out_dir, config=cfg, train_metrics={k: float(v) for k, v in output.metrics.items()},
-        dev_before=dev_before, dev_after=dev_after, best_checkpoint=best,
-        throughput_pairs_per_s=round(trainer.state.global_step * (seen / max(1, steps_per_epoch)) / elapsed, 3),
-        trainable_parameters=trainable, total_parameters=total, pairs=len(pairs),
-        pair_sources=_count(p.source for p in pairs), patients=len(set(groups)),
-        dropped_by_sampler_epoch0=probe.dropped, loss_history=history, dev_before_interpolation=dev_tuned,
+        name=cfg.name, path=out_dir, config=cfg, train_metrics=first.train_metrics,
+        dev_before=first.dev_before, dev_after=dev_after, best_checkpoint=first.best_checkpoint,
+        throughput_pairs_per_s=round(sum(f.throughput for f in fits) / len(fits), 3),
+        trainable_parameters=first.trainable, total_parameters=first.total, pairs=len(pairs),
+        pair_sources=_count(p.source for p in pairs), patients=len({p.patient_id for p in pairs}),
+        dropped_by_sampler_epoch0=first.dropped, loss_history=first.history, dev_before_interpolation=dev_tuned,
         interpolation=alpha, dev_map_by_interpolation=alpha_scores, guard_map_by_interpolation=guard_scores,
         dev_map_scoring=dev_scoring, world_size=launch.world_size,
-        gathered_negatives=_gathers(loss),
+        gathered_negatives=first.gathered,
+        soup_members=[{"seed": cfg.seed + i, "best_checkpoint": f.best_checkpoint, "dev_best": f.dev_best,
+                       "train_seconds": f.seconds} for i, f in enumerate(fits)] if cfg.soup > 1 else [],
     )
     write_embedder_metadata(tmp_out, name=cfg.name, base=base_emb, cfg=cfg, result=result)
     write_model_card(tmp_out, result, base_emb.label, qp, pp)
@@ -510,7 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "distill_temperature"):
         parser.add_argument(f"--{f.replace('_', '-')}", type=float)
     for f in ("max_steps", "batch_size", "mini_batch_size", "max_seq_length", "num_negatives", "eval_steps", "seed",
-              "threads", "freeze_layers"):
+              "threads", "freeze_layers", "soup"):
         parser.add_argument(f"--{f.replace('_', '-')}", type=int)
     parser.add_argument("--freeze-embeddings", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--matryoshka-dims", help="comma-separated, e.g. 384,256,128,64 ('' = off)")
