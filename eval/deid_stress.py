@@ -32,6 +32,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from eval.deid_gold import GoldDoc, GoldSpan
+from eval.invented_words import invented_words
 from finetune.date_formats import MONTHS_DE, MONTHS_EN
 from finetune.phi_gazetteers import NAME_LOCALES, faker_provider, load_gazetteers
 from finetune.phi_text import LETTER
@@ -429,24 +430,42 @@ def stress_variants(docs: Sequence, variants: int = 3, seed: int = 0, pools: Str
     return out
 
 
-@lru_cache(maxsize=1)
-def training_pools() -> StressPools:
+@lru_cache(maxsize=4)
+def training_pools(invented_share: float = 0.0) -> StressPools:
     """Values to train a learned layer with (``finetune.phi_tagger``): the detector's own gazetteer
     names and cities, so no value the stress variants draw (``build_pools`` excludes everything the
-    detector knows) is ever seen in training; no English-word surnames (the stress test's hard case)."""
+    detector knows) is ever seen in training; no English-word surnames (the stress test's hard case).
+
+    ``invented_share`` > 0 adds invented words (``eval.invented_words``) so that this share of each
+    list is words that exist nowhere; they are drawn to exclude every known word and every stress
+    value, so the separation holds for them too."""
+    if not 0.0 <= invented_share < 1.0:
+        raise ValueError(f"invented_share must be within [0, 1), got {invented_share}")
     gaz = load_gazetteers()
     first = sorted({n.capitalize() for n in gaz.first_male | gaz.first_female if n.isalpha() and len(n) >= 3})
     last = sorted({n.capitalize() for n in gaz.last_names if n.isalpha() and len(n) >= 3})
     places = sorted({c.title() for c in gaz.cities if re.fullmatch(r"[a-zäöüß ]{4,}", c)})
+    if invented_share:
+        known, stress = known_words(), build_pools()
+        taken = set(stress.first + stress.last + stress.hard_last + stress.places + stress.streets)
+
+        def excluded(word: str) -> bool:
+            return word in taken or word.lower() in known
+
+        def more(values: list[str], kind: str) -> list[str]:
+            n = round(len(values) * invented_share / (1.0 - invented_share))
+            return sorted(values + invented_words(n, kind, seed=len(values), excluded=excluded))
+
+        first, last, places = more(first, "name"), more(last, "name"), more(places, "place")
     return StressPools(tuple(first), tuple(last), (), tuple(places), tuple(last))
 
 
 def write_training_set(docs: Sequence[GoldDoc], out: Path, variants: int, seed: int,
-                       copies_only: bool = False) -> int:
+                       copies_only: bool = False, invented_share: float = 0.0) -> int:
     """The documents and ``variants`` re-injected copies each (training pools) as annotated JSONL
     with our own labels; returns the number of rows. ``copies_only`` leaves the documents out: a
     synthetic set's own values (presidio's come from Faker) could meet the stress pools."""
-    rows = ([] if copies_only else list(docs)) + stress_variants(docs, variants, seed, training_pools())
+    rows = ([] if copies_only else list(docs)) + stress_variants(docs, variants, seed, training_pools(invented_share))
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as handle:
         for gd in rows:
@@ -470,13 +489,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1001)
     parser.add_argument("--copies-only", action="store_true",
                         help="write only the re-injected copies, not the documents themselves")
+    parser.add_argument("--invented-share", type=float, default=0.0,
+                        help="share of names and places that are invented words (eval.invented_words), 0 = none")
     args = parser.parse_args(argv)
     try:
         docs = [gd for path in args.data for gd in select_part(load_gold(path), "dev")]
     except (CorpusError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    rows = write_training_set(docs, args.out, args.variants, args.seed, args.copies_only)
+    rows = write_training_set(docs, args.out, args.variants, args.seed, args.copies_only, args.invented_share)
     what = (f"{args.variants} re-injected copies of each of {len(docs)} dev documents" if args.copies_only
             else f"{len(docs)} dev documents + {args.variants} variants each")
     print(f"{rows} annotated documents ({what}) -> {args.out}")

@@ -1,7 +1,7 @@
 """A learned PHI layer: a token tagger on multilingual-e5-small's first layers, added to the rules.
 
-    python -m eval.deid_stress --data ../shared/data/physionet_deid_dev/notes.jsonl --part dev \
-        --variants 6 --pools training --out var/deid/tagger_train.jsonl
+    python -m eval.deid_stress --data ../shared/data/physionet_deid_dev/notes.jsonl \
+        --variants 6 --out var/deid/tagger_train.jsonl      # the dev part + copies (training pools)
     python -m finetune.phi_tagger --data var/deid/tagger_train.jsonl --out var/models/phi-tagger
     CRAG_PHI_TAGGER=var/models/phi-tagger python -m finetune.pseudonymize ...   # or eval.deid --tagger
 

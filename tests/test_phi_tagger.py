@@ -102,11 +102,21 @@ def test_annotated_input_errors_name_file_and_line(tmp_path: Path) -> None:
 
 
 def test_training_values_never_meet_the_stress_values() -> None:
-    train, stress = training_pools(), build_pools()
-    assert not set(train.first) & set(stress.first)
-    assert not set(train.last) & set(stress.last)
-    assert not set(train.places) & set(stress.places)
-    assert not train.hard_last
+    stress = build_pools()
+    for train in (training_pools(), training_pools(0.5)):  # invented words keep the separation too
+        assert not set(train.first) & set(stress.first)
+        assert not set(train.last) & set(stress.last)
+        assert not set(train.places) & set(stress.places)
+        assert not train.hard_last
+    plain, mixed = training_pools(), training_pools(0.5)
+    invented = {v for kind in ("first", "last", "places") for v in set(getattr(mixed, kind)) - set(getattr(plain, kind))}
+    values = set(stress.first + stress.last + stress.hard_last + stress.places + stress.streets)
+    assert not {w for v in invented for w in [v, *v.replace("-", " ").split()]} & values  # no stress value of any kind
+    new_places = set(mixed.places) - set(plain.places)
+    assert set(plain.places) <= set(mixed.places) and len(new_places) == len(plain.places)  # half of them invented
+    assert any(not w.isascii() for w in new_places)  # spellings the gazetteer's towns lack
+    with pytest.raises(ValueError, match="invented_share"):
+        training_pools(1.0)
 
 
 def test_training_set_writer_and_eval_with_the_tagger(tmp_path: Path, tagger_dir: Path) -> None:
