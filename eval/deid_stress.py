@@ -492,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--invented-share", type=float, default=0.0,
                         help="share of names and places that are invented words (eval.invented_words), 0 = none")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.invented_share < 1.0:
+        parser.error(f"--invented-share must be within [0, 1), got {args.invented_share}")
     try:
         docs = [gd for path in args.data for gd in select_part(load_gold(path), "dev")]
     except (CorpusError, FileNotFoundError) as exc:

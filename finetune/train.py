@@ -404,6 +404,10 @@ def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None =
 
     ``pairs`` must already be restricted to training patients; with ``num_negatives`` > 0 each
     pair needs that many negatives (see ``finetune.negatives.fill_missing``).
+
+    With ``cfg.soup`` > 1 the recipe runs that many times (seeds ``seed``, ``seed + 1``, ...), each
+    finished run's weights are kept under ``work_dir/member-<seed>`` and reused on a rerun, and
+    their average goes on to the interpolation (``finetune.soup``).
     """
     import torch
 

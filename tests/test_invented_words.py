@@ -29,3 +29,11 @@ def test_bad_requests_are_refused() -> None:
     with pytest.raises(RuntimeError, match="could only invent"):
         invented_words(10, "name", seed=0, excluded=lambda w: True)
     assert len(ORTHOGRAPHIES) >= 8
+
+
+def test_the_training_set_cli_refuses_a_share_of_one(tmp_path, capsys) -> None:
+    from eval.deid_stress import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--data", str(tmp_path / "gold.jsonl"), "--out", str(tmp_path / "t.jsonl"), "--invented-share", "1"])
+    assert stop.value.code == 2 and "--invented-share must be within [0, 1)" in capsys.readouterr().err
