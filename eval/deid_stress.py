@@ -454,6 +454,7 @@ def training_pools(invented_share: float = 0.0) -> StressPools:
 
         def more(values: list[str], kind: str) -> list[str]:
             n = round(len(values) * invented_share / (1.0 - invented_share))
+            # seeded by the list's size: first and last names get different words, reruns the same
             return sorted(values + invented_words(n, kind, seed=len(values), excluded=excluded))
 
         first, last, places = more(first, "name"), more(last, "name"), more(places, "place")

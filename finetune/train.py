@@ -430,7 +430,7 @@ def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None =
                          "under torchrun train one member per launch instead")
     wait_group = None
     fits: list[_Fit] = []
-    others: list[dict[str, Any]] = []
+    members: list[dict[str, Any]] = []  # the weights of the members not held in `model`
     model = base_emb = evaluator = None
     recipe = {k: v for k, v in asdict(cfg).items()
               if k not in ("name", "soup", "seed", "interpolate", "interpolate_choices", "guard_tolerance")}
@@ -439,36 +439,32 @@ def train(pairs: Sequence["Pair"], cfg: TrainConfig, settings: Settings | None =
         member_dir = work_dir / f"member-{seed}"
         fingerprint = member_fingerprint(pairs, recipe, seed) if cfg.soup > 1 else ""
         cached = load_member(member_dir, fingerprint) if cfg.soup > 1 else None
-        if cached is not None and k > 0:
+        if cached is not None:
             log.info("soup member %d of %d (seed %d): finished earlier, reusing %s", k + 1, cfg.soup, seed, member_dir)
-            others.append(cached[0])
+            members.append(cached[0])
             fits.append(_Fit.from_json(cached[1]))
             continue
+        if cfg.soup > 1:
+            log.info("soup member %d of %d: training with seed %d", k + 1, cfg.soup, seed)
         fit_dir = work_dir / f"seed-{seed}" if cfg.soup > 1 else work_dir
-        if cached is not None:  # the first member becomes the model the others are averaged into
-            log.info("soup member 1 of %d (seed %d): finished earlier, reusing %s", cfg.soup, seed, member_dir)
-            model, base_emb = load_trainable(cfg.base, settings, cfg.max_seq_length)
-            model[0].auto_model.load_state_dict(cached[0])
-            fit = _Fit.from_json(cached[1])
-            evaluator = make_evaluator(dev, base_emb.query_prefix, base_emb.passage_prefix) \
-                if dev is not None and dev.queries else None
+        trained, base_emb, evaluator, fit, wait_group = _fit(pairs, dataclasses.replace(cfg, seed=seed), settings,
+                                                             launch, dev=dev, work_dir=fit_dir, progress=progress,
+                                                             score_base=not fits)
+        if cfg.soup > 1 and launch.is_main:
+            save_member(trained, member_dir, fingerprint, fit.to_json())
+            shutil.rmtree(fit_dir, ignore_errors=True)  # the member's checkpoints are no longer needed
+        if model is None:
+            model = trained
         else:
-            if cfg.soup > 1:
-                log.info("soup member %d of %d: training with seed %d", k + 1, cfg.soup, seed)
-            trained, base_emb, evaluator, fit, wait_group = _fit(pairs, dataclasses.replace(cfg, seed=seed), settings,
-                                                                 launch, dev=dev, work_dir=fit_dir, progress=progress,
-                                                                 score_base=not fits)
-            if cfg.soup > 1 and launch.is_main:
-                save_member(trained, member_dir, fingerprint, fit.to_json())
-                shutil.rmtree(fit_dir, ignore_errors=True)  # the member's checkpoints are no longer needed
-            if model is None:
-                model = trained
-            else:
-                others.append({n: t.detach().clone() for n, t in trained[0].auto_model.state_dict().items()})
-                del trained
+            members.append(trained[0].auto_model.state_dict())
         fits.append(fit)
-    if others:
-        average_weights(model, others)
+    if model is None:  # every member had finished earlier: the first one carries the average
+        model, base_emb = load_trainable(cfg.base, settings, cfg.max_seq_length)
+        model[0].auto_model.load_state_dict(members.pop(0))
+        evaluator = make_evaluator(dev, base_emb.query_prefix, base_emb.passage_prefix) \
+            if dev is not None and dev.queries else None
+    if members:
+        average_weights(model, members)
         log.info("soup of %d members (seeds %d-%d): weights averaged", cfg.soup, cfg.seed, cfg.seed + cfg.soup - 1)
     first = fits[0]
     qp, pp = base_emb.query_prefix, base_emb.passage_prefix

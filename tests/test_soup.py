@@ -122,3 +122,31 @@ def test_a_member_of_other_pairs_or_another_recipe_is_not_reused(tiny_base: Path
 def test_soup_size_is_checked(tiny_base: Path, settings) -> None:
     with pytest.raises(ValueError, match="soup must be >= 1"):
         train(_pairs(), _cfg(tiny_base, "none", soup=0), settings, progress=False)
+
+
+def test_a_soup_whose_members_all_finished_trains_nothing_again(tiny_base: Path, settings,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    pairs = _pairs()
+    real_average, real_fit = train_module.average_weights, train_module._fit
+
+    def dying(*args, **kwargs):
+        raise RuntimeError("killed before the average was saved")
+
+    monkeypatch.setattr(train_module, "average_weights", dying)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(pairs, _cfg(tiny_base, "finished", soup=2), settings, progress=False)
+    monkeypatch.setattr(train_module, "average_weights", real_average)
+    trained_again: list[int] = []
+
+    def counting(pairs, cfg, *args, **kwargs):
+        trained_again.append(cfg.seed)
+        return real_fit(pairs, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_fit", counting)
+    result = train(pairs, _cfg(tiny_base, "finished", soup=2), settings, progress=False)
+    assert trained_again == [] and [m["seed"] for m in result.soup_members] == [0, 1]
+    fresh = train(pairs, _cfg(tiny_base, "finished-fresh", soup=2), settings, progress=False)
+    got, want = _weights(result.path), _weights(fresh.path)
+    assert all(torch.allclose(got[k], want[k], atol=1e-5) for k in want if want[k].is_floating_point())
