@@ -12,7 +12,13 @@ replaced by a fresh random value of the same type and the gold offsets are moved
   one in twelve gets a typo (a swapped, dropped or doubled letter);
 - dates, phones and IDs come in the formats the corpus shows and in a few it does not (ISO dates,
   day-month with a month name, phones split by spaces, slashes or dots, with extensions);
-- spans the project does not count (titles, ages up to 89) stay as they are.
+- spans the project does not count (titles, ages up to 89) stay as they are;
+- a value a note repeats gets one surrogate for all its mentions (names word by word, other types by
+  the whole string, ignoring case), as in a real note, where "transfer to Quartermain 2" and a later
+  "Quartermain 2" are the same ward; case and typos are still drawn per mention (``consistent=False``
+  draws every mention anew, as the generator did before round 14 of docs/results.md);
+- a new English hospital's "Hospital" follows its gold span as plain text, since the corpus never
+  annotates it ("UNION [HOSPITAL]", "Memorial [Hospital]").
 
 Several seeded variants per note (``variants``) average out the draw. The pools and the seed are
 recorded (``pool_summary``) so two runs can be compared.
@@ -26,10 +32,11 @@ import random
 import re
 import string
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 from eval.deid_gold import GoldDoc, GoldSpan
 from eval.invented_words import invented_words
@@ -58,9 +65,20 @@ _NAME_WORD = re.compile(rf"^[{LETTER}]{{3,}}$")
 HOSPITAL_WORDS = {"hospital", "hosp", "memorial", "regional", "medical", "center", "centre", "general", "rehab",
                   "clinic", "va", "house", "manor", "home", "nursing", "st", "saint", "holy", "sacred", "heart",
                   "klinik", "klinikum", "krankenhaus", "spital", "praxis", "universitätsklinikum", "mvz"}
+#: English hospital names that carry no facility noun of their own, for where the note has one after
+#: the name ("Memorial [Hospital]" -> "Teor Regional Hospital", not "Teor Clinic Hospital").
+HOSPITAL_NAME_FORMS_EN = ("{p} Memorial", "{p} Regional", "St. {f}", "St {f}", "Holy {f}")
 HOSPITAL_FORMS_EN = ("{p} Memorial", "{p} Hospital", "{p} Regional", "{p} General Hospital", "{p} Medical Center",
                      "{p} Rehab", "{p} Clinic", "{p} Memorial Hospital", "{p} Nursing Home", "St. {f}", "St {f}",
                      "Holy {f}", "{p} Manor")
+#: Facility nouns the physionet scheme leaves outside a hospital's gold span ("UNION [HOSPITAL]",
+#: "Memorial [Hospital]", "sacred heart [hosp]"): a new English hospital's tail is written after its span.
+#: (The dev gold never holds "Hospital"; it shows no clinic, nursing home or medical center, so those stay in.)
+FACILITY_TAILS_EN = (("hospital",),)
+_FACILITY_AFTER = re.compile(r"(?i)^[ \t]*(?:hospital|hosp|rehab|house|home|clinic|center|centre|va|campus|nursing|"
+                             r"medical)\b")
+#: Bumped when a change to the generator moves the figures (recorded with every run's pools).
+GENERATOR_VERSION = 14
 HOSPITAL_FORMS_DE = ("Klinikum {p}", "{p}-Klinik", "Krankenhaus {p}", "St.-{f}-Hospital", "Universitätsklinikum {p}",
                      "Kreiskrankenhaus {p}", "Praxis Dr. {l}", "MVZ {p}", "Helios Klinikum {p}")
 
@@ -78,8 +96,8 @@ class StressPools:
     def summary(self) -> dict[str, object]:
         digest = hashlib.sha256("\n".join(self.first + self.last + self.hard_last + self.places
                                           + self.streets).encode("utf-8")).hexdigest()[:12]
-        return {"first_names": len(self.first), "last_names": len(self.last), "hard_last_names": len(self.hard_last),
-                "places": len(self.places), "streets": len(self.streets), "sha256_12": digest,
+        return {"generator": GENERATOR_VERSION, "first_names": len(self.first), "last_names": len(self.last),
+                "hard_last_names": len(self.hard_last), "places": len(self.places), "streets": len(self.streets), "sha256_12": digest,
                 "name_locales": list(STRESS_NAME_LOCALES), "place_locales": list(STRESS_PLACE_LOCALES)}
 
 
@@ -186,11 +204,26 @@ def _typo(word: str, rng: random.Random) -> str:
     return word[:i] + word[i] + word[i:]
 
 
+_T = TypeVar("_T", str, list[str])
+
+
 class _Draw:
     """One note variant's random choices."""
 
-    def __init__(self, pools: StressPools, rng: random.Random, language: str) -> None:
+    def __init__(self, pools: StressPools, rng: random.Random, language: str, *, consistent: bool = False) -> None:
         self.pools, self.rng, self.language = pools, rng, language
+        self.consistent = consistent
+        self._chosen: dict[tuple[str, str], str | list[str]] = {}
+
+    def once(self, kind: str, original: str, make: Callable[[], _T]) -> _T:
+        """The value this note variant gave ``original`` before (``consistent``), else a new one."""
+        if not self.consistent:
+            return make()
+        key = (kind, re.sub(r"[\W_]+", " ", original).strip().casefold())
+        if key not in self._chosen:
+            self._chosen[key] = make()
+        value = self._chosen[key]
+        return list(value) if isinstance(value, list) else value  # type: ignore[return-value]
 
     def style(self, original: str) -> str:
         if self.rng.random() < CASE_KEEP:
@@ -215,26 +248,44 @@ class _Draw:
         for k, original in enumerate(originals):
             core = original.strip(" .,;:()'’")
             if len(core) <= 2 and core.isalpha():  # an initial
-                words.append(self.rng.choice(string.ascii_uppercase) + ("." if original.strip().endswith(".") else ""))
+                letter = self.once("initial", core, lambda: self.rng.choice(string.ascii_uppercase))
+                words.append(letter + ("." if original.strip().endswith(".") else ""))
             elif len(originals) > 1 and k < len(originals) - 1 or (len(originals) == 1 and gaz.is_first(core)):
-                words.append(self.rng.choice(self.pools.first))
+                words.append(self.once("name", core, lambda: self.rng.choice(self.pools.first)))
             else:
-                words.append(self.surname())
+                words.append(self.once("name", core, self.surname))
         return self.finish(words, " ".join(originals))
 
     def place(self, originals: Sequence[str]) -> list[str]:
+        name, tail = self.place_parts(originals)
+        return name + tail
+
+    def place_parts(self, originals: Sequence[str], *, before_facility: bool = False) -> tuple[list[str], list[str]]:
+        """A new place as (its name, a generic facility noun after it: "Hospital" or nothing);
+        ``before_facility``: the note has one after it already, so the new name brings none."""
         joined = " ".join(originals)
+        words = self.once("place:" + "name" * before_facility, joined,
+                          lambda: self._place_words(joined, before_facility))
+        cut = len(words)
+        if self.language == "en" and len(words) > 1 and not before_facility:
+            low = tuple(w.lower() for w in words)
+            cut = next((len(words) - len(t) for t in FACILITY_TAILS_EN if low[-len(t):] == t and len(t) < len(words)),
+                       cut)
+        words = self.finish(words, joined)  # a typo changes letters, never the number of words
+        return words[:cut], words[cut:]
+
+    def _place_words(self, joined: str, before_facility: bool = False) -> list[str]:
         low_words = {w.lower().strip(".") for w in re.split(r"[\s\-]+", joined)}
         if re.fullmatch(r"[A-Z]{2,5}", joined.strip()):  # "GH", "GBMC": a hospital's initials
             letters = "".join(self.rng.choice(string.ascii_uppercase) for _ in range(self.rng.randint(1, 3)))
-            value = letters + self.rng.choice(("H", "MC", "H", "RH"))
-            return self.finish([value], joined)
+            return [letters + self.rng.choice(("H", "MC", "H", "RH"))]
         if low_words & HOSPITAL_WORDS:
-            return self.finish(self.hospital().split(), joined)
-        return self.finish(self.rng.choice(self.pools.places).split(), joined)
+            return self.hospital(bare=before_facility).split()
+        return self.rng.choice(self.pools.places).split()
 
-    def hospital(self) -> str:
-        forms = HOSPITAL_FORMS_DE if self.language == "de" else HOSPITAL_FORMS_EN
+    def hospital(self, bare: bool = False) -> str:
+        """A hospital name; ``bare``: an English one without a facility noun of its own."""
+        forms = HOSPITAL_FORMS_DE if self.language == "de" else HOSPITAL_NAME_FORMS_EN if bare else HOSPITAL_FORMS_EN
         return self.rng.choice(forms).format(p=self.rng.choice(self.pools.places), f=self.rng.choice(self.pools.first),
                                              l=self.surname())
 
@@ -346,22 +397,27 @@ def _edges(value: str) -> tuple[str, str, str]:
     return (m.group(1), m.group(2), m.group(3)) if m else ("", value, "")
 
 
-def _new_values(draw: _Draw, kind: PhiType, originals: list[str]) -> list[str]:
-    """One new string per original span of an entity (the last ones may be empty when it shrinks)."""
+def _new_values(draw: _Draw, kind: PhiType, originals: list[str], after: str = "") -> tuple[list[str], str]:
+    """One new string per original span of an entity (the last ones may be empty when it shrinks), and
+    unannotated text to write after the entity (a hospital's facility noun; ``after`` is the text
+    that follows the entity, which may hold one already)."""
     cores = [_edges(o)[1] for o in originals]
+    joined = " ".join(cores)
+    tail: list[str] = []
     if kind is PhiType.NAME:
         words = draw.name([w for c in cores for w in c.split()] if len(cores) == 1 else cores)
-    elif kind in (PhiType.LOCATION, PhiType.HOSPITAL):
-        words = draw.place(cores) if kind is PhiType.LOCATION or draw.language == "en" else \
-            draw.finish(draw.hospital().split(), " ".join(cores))
+    elif kind is PhiType.LOCATION or (kind is PhiType.HOSPITAL and draw.language == "en"):
+        words, tail = draw.place_parts(cores, before_facility=bool(_FACILITY_AFTER.match(after)))
+    elif kind is PhiType.HOSPITAL:
+        words = draw.finish(draw.once("hospital", joined, lambda: draw.hospital().split()), joined)
     elif kind is PhiType.DATE:
-        words = draw.date(" ".join(cores)).split(" ")
+        words = draw.once("date", joined, lambda: draw.date(joined)).split(" ")
     elif kind is PhiType.PHONE:
-        words = [draw.phone(" ".join(cores))]
+        words = [draw.once("phone", joined, lambda: draw.phone(joined))]
     elif kind is PhiType.AGE:
-        words = [re.sub(r"\d+", str(draw.rng.randint(90, 104)), " ".join(cores), count=1)]
+        words = [re.sub(r"\d+", str(draw.rng.randint(90, 104)), joined, count=1)]
     elif kind is PhiType.ADDRESS:
-        words = [draw.address(" ".join(cores))]
+        words = [draw.once("address", joined, lambda: draw.address(joined))]
     elif kind is PhiType.EMAIL:
         words = [f"{draw.rng.choice(draw.pools.first).lower()}.{draw.surname().lower()}@example.org"]
     elif kind is PhiType.URL:
@@ -369,12 +425,13 @@ def _new_values(draw: _Draw, kind: PhiType, originals: list[str]) -> list[str]:
     elif kind is PhiType.ORGANIZATION:
         words = [draw.surname(), draw.rng.choice(("GmbH", "AG", "Inc.", "Corp.", "& Sons"))]
     else:  # ID, PROFESSION, OTHER: the same shape, new characters
-        words = [draw.same_shape(" ".join(cores))]
+        words = [draw.once(kind.value, joined, lambda: draw.same_shape(joined))]
+    after_text = " " + " ".join(tail) if tail else ""
     if len(cores) == 1:
-        return [" ".join(words)]
+        return [" ".join(words)], after_text
     if len(words) >= len(cores):  # word-level gold (physionet): one span per word, extra words join the last
-        return words[:len(cores) - 1] + [" ".join(words[len(cores) - 1:])]
-    return words + [""] * (len(cores) - len(words))
+        return words[:len(cores) - 1] + [" ".join(words[len(cores) - 1:])], after_text
+    return words + [""] * (len(cores) - len(words)), after_text
 
 
 def stress_document(gd, draw: _Draw):
@@ -389,7 +446,9 @@ def stress_document(gd, draw: _Draw):
     cursor = length = 0
     for entity in _entities(gd.gold, text):
         originals = [text[g.start:g.end] for g in entity]
-        values = originals if entity[0].kind is None else _new_values(draw, entity[0].kind, originals)
+        values, tail = (originals, "") if entity[0].kind is None else \
+            _new_values(draw, entity[0].kind, originals, text[entity[-1].end:entity[-1].end + 20])
+        last = max((k for k, value in enumerate(values) if value), default=-1)
         for k, (g, original, value) in enumerate(zip(entity, originals, values)):
             if g.start < cursor:  # overlapping gold spans: keep the first
                 continue
@@ -406,25 +465,29 @@ def stress_document(gd, draw: _Draw):
             if not value:  # the entity came out shorter: this span's words are gone
                 continue
             lead, _, trail = _edges(original) if g.kind is not None else ("", "", "")
+            if k < last and entity[0].kind not in (None, PhiType.NAME):
+                trail = ""  # the old joint inside a place or date ("St. Agnes" -> "Teor Memorial", not "Teor. Memorial")
             if value.endswith(".") and (trail or text[g.end:g.end + 1]).startswith("."):
                 value = value[:-1]  # "seen Mar." where "seen Jan." stood: one period
             start = length + len(lead)
-            pieces.append(lead + value + trail)
+            pieces.append(lead + value + (tail if k == last else "") + trail)
             length += len(pieces[-1])
             spans.append(GoldSpan(start, start + len(value), g.label, g.kind))
     pieces.append(text[cursor:])
     return GoldDoc(replace(gd.document, text="".join(pieces)), spans)
 
 
-def stress_variants(docs: Sequence, variants: int = 3, seed: int = 0, pools: StressPools | None = None) -> list:
-    """``variants`` stressed copies of every document (doc ids get ``~s<k>``), seeded per document."""
+def stress_variants(docs: Sequence, variants: int = 3, seed: int = 0, pools: StressPools | None = None, *,
+                    consistent: bool = True) -> list:
+    """``variants`` stressed copies of every document (doc ids get ``~s<k>``), seeded per document;
+    ``consistent``: one surrogate per repeated value of a note (module docstring)."""
     pools = pools or build_pools()
     out = []
     for k in range(variants):
         for gd in docs:
             rng = random.Random(f"{seed}:{k}:{gd.document.doc_id}")
             language = gd.document.language or guess_language(gd.document.text)
-            stressed = stress_document(gd, _Draw(pools, rng, language))
+            stressed = stress_document(gd, _Draw(pools, rng, language, consistent=consistent))
             stressed.document = replace(stressed.document, doc_id=f"{gd.document.doc_id}~s{k}")
             out.append(stressed)
     return out

@@ -23,7 +23,7 @@ from finetune.phi_text import (
     Token,
 )
 from finetune.phi_types import PhiType
-from finetune.phi_unknown_rules import UNIT_NAME
+from finetune.phi_unknown_rules import HOSPITAL_TAIL_OUT, UNIT_NAME
 from finetune.phi_vocabulary import Vocabulary, load_vocabulary
 
 # --------------------------------------------------------------------------------------------
@@ -31,11 +31,11 @@ from finetune.phi_vocabulary import Vocabulary, load_vocabulary
 # --------------------------------------------------------------------------------------------
 
 #: Keywords inside a hospital's span ("Sacred Heart Memorial", "Baltimore Rehab", "Tuoro Clinic") and
-#: outside it ("UNION HOSPITAL", "mazur campus"), as the physionet annotators drew them; "Medical Center"
-#: and "Health Center" go in whole. A name never masked without its keyword would leave half of it.
+#: outside it (``HOSPITAL_TAIL_OUT``: "UNION HOSPITAL", "mazur campus"), as the physionet annotators drew
+#: them; "Medical Center" and "Health Center" go in whole. A name never masked without its keyword would
+#: leave half of it.
 HOSPITAL_TAIL_IN = {"memorial", "regional", "rehab", "rehabilitation", "house", "va", "manor", "square",
                     "general", "home", "clinic"}
-HOSPITAL_TAIL_OUT = {"hospital", "hosp", "campus", "medical", "health", "nursing", "infirmary"}
 #: Keywords strong enough that the words before them are a name even in lower case ("sacred heart memorial").
 HOSPITAL_STRONG = {"memorial", "regional", "hospital", "hosp", "va", "campus", "infirmary"}
 #: Keywords after which a capitalised ordinary word still names a place ("Baltimore Rehab").

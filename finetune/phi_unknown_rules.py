@@ -256,6 +256,9 @@ def _joins(view: TextView, a: Token, b: Token) -> bool:
     return a.line == b.line and gap in (" ", "-", "  ") and (not a.text.endswith(".") or a.is_initial)
 
 
+#: Keywords after a hospital's name that the physionet annotators leave outside its span ("UNION
+#: HOSPITAL", "mazur campus"); ``phi_place_rules`` draws the same line.
+HOSPITAL_TAIL_OUT = {"hospital", "hosp", "campus", "medical", "health", "nursing", "infirmary"}
 #: Words that make a place a hospital when they follow it ("Thisnes Hospital", "Cavalo Medical Center").
 HOSPITAL_AFTER = {"hospital", "hosp", "memorial", "regional", "general", "medical", "center", "centre", "rehab",
                   "rehabilitation", "clinic", "manor", "nursing", "home", "house", "infirmary", "institute", "va",
@@ -323,7 +326,10 @@ def unknown_words(view: TextView) -> Iterator[PhiSpan]:
         if label is PhiType.NAME and (before in PLACE_BEFORE or why == "place"):
             label = PhiType.LOCATION
         known = any(vocab.is_name(_word(t)) for t in toks[first:last + 1])
-        span = view.span(toks[first], toks[last], label, f"unknown_word:{why}", strong=False, score=0.7 if known else 0.6)
+        end = last
+        while label is PhiType.HOSPITAL and end > first and not flagged[end] and toks[end].low in HOSPITAL_TAIL_OUT:
+            end -= 1  # "Japigia [Hospital]": the keyword stays outside, as the hospital rule leaves it
+        span = view.span(toks[first], toks[end], label, f"unknown_word:{why}", strong=False, score=0.7 if known else 0.6)
         if label is not PhiType.HOSPITAL:  # "Anne's": the possessive stays outside
             span.end = min(span.end, toks[last].start + len(_word(toks[last])))
         yield span

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from eval import deid_stress
 from eval.deid import main, select_part
 from eval.deid_gold import GoldDoc, GoldSpan, load_gold
 from eval.deid_stress import build_pools, known_words, stress_variants
@@ -99,7 +100,7 @@ def test_unseen_names_in_context_any_case(detector: PhiDetector, template: str, 
     ("Dr. Story made aware, pt started on drip.", "Story"),  # a surname that is an English word
     ("mr Page had a very uneventful night.", "Page"),
     ("Social: daughter Good in to visit.", "Good"),
-    ("transferred to Thisnes Hospital for cath", "Thisnes Hospital"),
+    ("transferred to Thisnes Hospital for cath", "Thisnes"),  # "Hospital" stays, as annotated
     ("pt transfered to tch for further eval", "tch"),  # a hospital's initials after a transfer
     ("d/c to St. Julienne at 4pm", "St. Julienne"),
     # unseen surnames after an initial, introduced by a person word or followed by a credential
@@ -350,6 +351,54 @@ def test_stress_variants_replace_every_counted_span_and_keep_offsets() -> None:
                     n.lower() for n in build_pools().hard_last}
     assert stress_variants([doc], 4, seed=3)[2].document.text == variants[2].document.text
     assert stress_variants([doc], 4, seed=4)[2].document.text != variants[2].document.text
+
+
+def test_a_value_a_note_repeats_gets_one_surrogate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real notes repeat a ward or a surname verbatim ("transfer to Quartermain 2" ... "QUARTERMAIN 2");
+    the detector's propagation relies on it, so the stress copy keeps the repeat (its case may differ)."""
+    monkeypatch.setattr(deid_stress, "TYPO_RATE", 0.0)  # a typo would change one mention on purpose
+    text = ("Transfer to Quartermain 2 in AM. Wife Mary Swackhamer aware. Plan: QUARTERMAIN 2 when bed free, "
+            "Mrs. Swackhamer to visit 8/25. Seen 8/25 by ortho; Sacred Heart Memorial called, Sacred Heart "
+            "Memorial has a bed.")
+    spans = [(m.start(), m.end(), label) for pattern, label in [
+        ("Quartermain|QUARTERMAIN", "Location"), ("Mary", "RelativeProxyName"), ("Swackhamer", "RelativeProxyName"),
+        ("8/25", "Date"), ("Sacred Heart Memorial", "Location")] for m in re.finditer(pattern, text)]
+    doc = GoldDoc(Document(doc_id="d1", patient_id="P1", text=text, language="en"),
+                  [GoldSpan(a, b, label, gold_type(label, text[a:b])) for a, b, label in sorted(spans)])
+    originals = [text[g.start:g.end] for g in doc.gold]
+
+    def repeats_kept(variant: GoldDoc) -> bool:
+        new = [variant.document.text[g.start:g.end].lower() for g in variant.gold]
+        return all(len({n for n, o in zip(new, originals) if o.lower() == value.lower()}) == 1 for value in originals)
+
+    assert len(doc.gold) == 9
+    assert all(repeats_kept(v) for v in stress_variants([doc], variants=12, seed=2))
+    assert not any(repeats_kept(v) for v in stress_variants([doc], variants=12, seed=2, consistent=False))
+
+
+@pytest.mark.parametrize(("text", "name"), [
+    ("was transfered from Japigia Hospital Feb. 5 w/ after a syncopal episode", "Japigia"),
+    ("FOUND UNRESPONSIVE IN LOGATEC HOSPITAL. TRANSFERRED TO ED.", "LOGATEC"),
+    ("pt going to Gorontalo Medical Center tomorrow", "Gorontalo Medical Center"),
+])
+def test_an_unlisted_hospital_name_is_masked_without_its_keyword(detector: PhiDetector, text: str, name: str) -> None:
+    """As the annotators drew it ("UNION [HOSPITAL]"), and as the hospital rule masks a listed one."""
+    assert name in _masked(detector, text, "en"), _masked(detector, text, "en")
+
+
+def test_a_new_hospital_keeps_its_facility_noun_outside_the_gold_span() -> None:
+    """physionet annotates "LAUREL REGIONAL" and "Memorial" of "Memorial Hospital", never the facility
+    noun itself ("UNION [HOSPITAL]"), so a stress hospital must not carry one into its gold either."""
+    text = "TAKEN TO LAUREL REGIONAL WHERE CK POS. Was transfered from Memorial Hospital 9/13 for cath."
+    doc = _gold_doc(text, [("LAUREL", "Location"), ("REGIONAL", "Location"), ("Memorial", "Location")])
+    facility = re.compile(r"(?i)\bhospital\W*$")
+    tails = 0
+    for variant in stress_variants([doc], variants=40, seed=5):
+        new = variant.document.text
+        assert not [new[g.start:g.end] for g in variant.gold if facility.search(new[g.start:g.end])], new
+        assert not re.search(r"(?i)(?:hospital|home|center|clinic|rehab)\W+hospital", new), new
+        tails += bool(re.match(r"(?i) hospital where", new[variant.gold[1].end:]))
+    assert tails  # some forms did bring a facility noun: it stands after the span
 
 
 def test_a_date_cut_over_several_gold_words_keeps_its_own_punctuation() -> None:
