@@ -399,6 +399,12 @@ def test_a_new_hospital_keeps_its_facility_noun_outside_the_gold_span() -> None:
         assert not re.search(r"(?i)(?:hospital|home|center|clinic|rehab)\W+hospital", new), new
         tails += bool(re.match(r"(?i) hospital where", new[variant.gold[1].end:]))
     assert tails  # some forms did bring a facility noun: it stands after the span
+    text = "Was accepted by St. Agnes but cannot leave."  # the gold holds the period: "St." "Agnes"
+    doc = _gold_doc(text, [("St.", "Location"), ("Agnes", "Location")])
+    for variant in stress_variants([doc], variants=20, seed=5):
+        new = variant.document.text
+        name = new[variant.gold[0].start:variant.gold[-1].end]
+        assert not re.search(r"\w\.\s", name) or name.startswith(("St. ", "ST. ", "st. ")), new  # "TEOR. MEMORIAL"
 
 
 def test_a_date_cut_over_several_gold_words_keeps_its_own_punctuation() -> None:
