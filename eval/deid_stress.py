@@ -71,10 +71,10 @@ HOSPITAL_NAME_FORMS_EN = ("{p} Memorial", "{p} Regional", "St. {f}", "St {f}", "
 HOSPITAL_FORMS_EN = ("{p} Memorial", "{p} Hospital", "{p} Regional", "{p} General Hospital", "{p} Medical Center",
                      "{p} Rehab", "{p} Clinic", "{p} Memorial Hospital", "{p} Nursing Home", "St. {f}", "St {f}",
                      "Holy {f}", "{p} Manor")
-#: Facility nouns the physionet scheme leaves outside a hospital's gold span ("UNION [HOSPITAL]",
-#: "Memorial [Hospital]", "sacred heart [hosp]"): a new English hospital's tail is written after its span.
+#: The facility noun the physionet scheme leaves outside a hospital's gold span ("UNION [HOSPITAL]",
+#: "Memorial [Hospital]", "sacred heart [hosp]"): a new English hospital's is written after its span.
 #: (The dev gold never holds "Hospital"; it shows no clinic, nursing home or medical center, so those stay in.)
-FACILITY_TAILS_EN = (("hospital",),)
+FACILITY_TAIL_EN = "hospital"
 _FACILITY_AFTER = re.compile(r"(?i)^[ \t]*(?:hospital|hosp|rehab|house|home|clinic|center|centre|va|campus|nursing|"
                              r"medical)\b")
 #: Bumped when a change to the generator moves the figures (recorded with every run's pools).
@@ -97,7 +97,8 @@ class StressPools:
         digest = hashlib.sha256("\n".join(self.first + self.last + self.hard_last + self.places
                                           + self.streets).encode("utf-8")).hexdigest()[:12]
         return {"generator": GENERATOR_VERSION, "first_names": len(self.first), "last_names": len(self.last),
-                "hard_last_names": len(self.hard_last), "places": len(self.places), "streets": len(self.streets), "sha256_12": digest,
+                "hard_last_names": len(self.hard_last), "places": len(self.places), "streets": len(self.streets),
+                "sha256_12": digest,
                 "name_locales": list(STRESS_NAME_LOCALES), "place_locales": list(STRESS_PLACE_LOCALES)}
 
 
@@ -264,13 +265,11 @@ class _Draw:
         """A new place as (its name, a generic facility noun after it: "Hospital" or nothing);
         ``before_facility``: the note has one after it already, so the new name brings none."""
         joined = " ".join(originals)
-        words = self.once("place:" + "name" * before_facility, joined,
+        words = self.once("bare place" if before_facility else "place", joined,
                           lambda: self._place_words(joined, before_facility))
         cut = len(words)
-        if self.language == "en" and len(words) > 1 and not before_facility:
-            low = tuple(w.lower() for w in words)
-            cut = next((len(words) - len(t) for t in FACILITY_TAILS_EN if low[-len(t):] == t and len(t) < len(words)),
-                       cut)
+        if self.language == "en" and len(words) > 1 and words[-1].lower() == FACILITY_TAIL_EN:
+            cut -= 1
         words = self.finish(words, joined)  # a typo changes letters, never the number of words
         return words[:cut], words[cut:]
 
@@ -466,7 +465,7 @@ def stress_document(gd, draw: _Draw):
                 continue
             lead, _, trail = _edges(original) if g.kind is not None else ("", "", "")
             if k < last and entity[0].kind not in (None, PhiType.NAME):
-                trail = ""  # the old joint inside a place or date ("St. Agnes" -> "Teor Memorial", not "Teor. Memorial")
+                trail = ""  # an old joint inside a place or date: "St. Agnes" -> "Teor Memorial", not "Teor. Memorial"
             if value.endswith(".") and (trail or text[g.end:g.end + 1]).startswith("."):
                 value = value[:-1]  # "seen Mar." where "seen Jan." stood: one period
             start = length + len(lead)

@@ -329,7 +329,8 @@ def unknown_words(view: TextView) -> Iterator[PhiSpan]:
         end = last
         while label is PhiType.HOSPITAL and end > first and not flagged[end] and toks[end].low in HOSPITAL_TAIL_OUT:
             end -= 1  # "Japigia [Hospital]": the keyword stays outside, as the hospital rule leaves it
-        span = view.span(toks[first], toks[end], label, f"unknown_word:{why}", strong=False, score=0.7 if known else 0.6)
+        span = view.span(toks[first], toks[end], label, f"unknown_word:{why}", strong=False,
+                         score=0.7 if known else 0.6)
         if label is not PhiType.HOSPITAL:  # "Anne's": the possessive stays outside
             span.end = min(span.end, toks[last].start + len(_word(toks[last])))
         yield span

@@ -5,8 +5,9 @@ differ on dev by about as much as most recipe changes gain. Averaging the weight
 start from the same pre-trained model keeps them in one basin and is meant to cancel part of that
 variance (Wortsman et al., "Model soups", ICML 2022); WiSE-FT then interpolates the soup with the
 base as it would a single run. On the cpu-demo preset it did not pay (docs/results.md: a two-seed
-soup 0.334 on dev, one seed 0.342), so ``TrainConfig.soup`` defaults to 1. Each member's weights are kept in the work folder until the model is saved, so
-an interrupted soup trains only the members it had not finished.
+soup 0.334 on dev, one seed 0.342), so ``TrainConfig.soup`` defaults to 1. Each member's weights are
+kept in the work folder until the model is saved, so an interrupted soup trains only the members it
+had not finished.
 """
 from __future__ import annotations
 
