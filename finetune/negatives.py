@@ -103,7 +103,8 @@ def mine_negatives(pairs: Sequence[Pair], embedder: "Embedder", corpus_chunks: S
     entry, the same ones used by the index and the trainer. ``vectors(texts, kind)`` computes the
     query and passage vectors elsewhere (``finetune.engine.embed_on``: Ray workers, or this process
     in the same batches), so a distributed run mines the same negatives; the search and the
-    selection stay sentence-transformers' own, fed through its embedding cache.
+    selection stay sentence-transformers' own, fed through its embedding cache. ``range_max=None``
+    searches every passage (fine for a few thousand; at study scale give a number).
     """
     from datasets import Dataset
     from sentence_transformers.util import mine_hard_negatives
@@ -126,7 +127,7 @@ def mine_negatives(pairs: Sequence[Pair], embedder: "Embedder", corpus_chunks: S
             _fill_cache(Path(cache), embedder, [p.query for p in pairs], corpus, vectors)
         mined = mine_hard_negatives(
             ds, embedder.model, anchor_column_name="anchor", positive_column_name="positive", corpus=corpus,
-            range_max=max(range_max or 0, n_candidates) if range_max else None,
+            range_max=max(range_max, n_candidates) if range_max else len(corpus) - 1,
             relative_margin=relative_margin, num_negatives=n_candidates, sampling_strategy="top",
             query_prompt=embedder.query_prefix or None, corpus_prompt=embedder.passage_prefix or None,
             output_format="labeled-list", batch_size=batch_size, verbose=verbose,

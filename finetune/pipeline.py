@@ -335,6 +335,7 @@ def _mine(run: Run) -> tuple[list[Path], dict]:
             return out
 
         pairs, report = mine_negatives(pairs, base, all_chunks, mine=preset.mine, keep=preset.keep_negatives,
+                                       relative_margin=preset.mine_margin, range_max=preset.mine_range,
                                        vectors=vectors)
         shutil.rmtree(parts, ignore_errors=True)
     out = run.dir("mine") / "pairs.jsonl"
@@ -435,15 +436,24 @@ def _train_config(run: Run) -> dict[str, Any]:
     return config
 
 
+def _mine_params(run: Run) -> dict[str, Any]:
+    """The mining options in the stage key; margin and range only where they differ from the values
+    every run had before they were options, so earlier runs keep their keys."""
+    p = run.preset
+    params = {"qa": p.use_qa_pairs, "ict": p.ict_per_chunk, "ict_on_qa": p.ict_on_qa_corpus, "mine": p.mine,
+              "keep": p.keep_negatives, "base": p.train.base, "vectors": f"batches of {EMBED_BATCH}",
+              "chunking": [run.settings.chunk_tokens, run.settings.chunk_overlap_tokens]}
+    if (p.mine_margin, p.mine_range) != (0.05, 50):
+        params.update(margin=p.mine_margin, range=p.mine_range)
+    return params
+
+
 BUILD_STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("pseudonymize", _pseudonymize, _pseudonymize_params),
     Stage("synthesize", _synthesize, _synthesize_params),
     Stage("split", _split, lambda run: {"seed": run.preset.split_seed, "fractions": run.preset.split_fractions,
                                         "by": run.preset.split_by}),
-    Stage("mine", _mine, lambda run: {
-        "qa": run.preset.use_qa_pairs, "ict": run.preset.ict_per_chunk, "ict_on_qa": run.preset.ict_on_qa_corpus,
-        "mine": run.preset.mine, "keep": run.preset.keep_negatives, "base": run.preset.train.base,
-        "vectors": f"batches of {EMBED_BATCH}", "chunking": [run.settings.chunk_tokens, run.settings.chunk_overlap_tokens]}),
+    Stage("mine", _mine, _mine_params),
     Stage("train", _train, lambda run: {
         "train": _train_config(run), "dev_queries": run.preset.dev_queries,
         "guards": run.preset.guard_sets, "guard_queries": run.preset.guard_queries,
