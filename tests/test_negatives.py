@@ -81,20 +81,32 @@ def test_mining_uses_vectors_computed_elsewhere(synthea, tiny_embedder) -> None:
     assert [p.negatives for p in mined] == [p.negatives for p in reference]
 
 
-def test_margin_zero_over_the_whole_corpus_gives_every_pair_a_negative(synthea, tiny_embedder) -> None:
+def test_margin_zero_over_the_whole_corpus_gives_every_pair_a_negative(synthea, tiny_embedder,
+                                                                       monkeypatch) -> None:
     """e5 models score passages in a narrow band, so a 5% margin inside the top 50 finds almost nothing
-    (913 of 913 pairs -> 35 mined on the cpu-demo pairs); margin 0 over every passage keeps only
-    candidates the base ranks no higher than the positive, and finds one for each pair."""
+    (35 of the 913 cpu-demo pairs got a negative); margin 0 over every passage keeps only candidates
+    the base ranks no higher than the positive, and finds one for each pair. ``range_max=None`` must
+    reach sentence-transformers as the whole corpus: its own None means 10 x the negatives asked for."""
     import numpy as np
+    import sentence_transformers.util as st_util
 
     from tests.conftest import small_synthea
 
+    seen = []
+    original = st_util.mine_hard_negatives
+
+    def recording(*args, **kwargs):
+        seen.append((kwargs["range_max"], len(kwargs["corpus"])))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(st_util, "mine_hard_negatives", recording)
     corpus = small_synthea(synthea, patients=3, per_patient=6)
     chunks = chunk_corpus(corpus, tiny_embedder.token_offsets, ChunkingConfig(max_tokens=64, overlap_tokens=0))
     pairs = inverse_cloze_pairs(chunks, per_chunk=1, seed=0)
     all_chunks = [c for cs in chunks.values() for c in cs]
     mined, report = mine_negatives(pairs, tiny_embedder, all_chunks, mine=8, keep=1, relative_margin=0.0,
                                    range_max=None)
+    assert [r for r, _ in seen] == [n - 1 for _, n in seen]  # every other passage is a candidate
     assert report.pairs_without_negative == 0 and report.params["range_max"] is None
     for p in mined:
         q = tiny_embedder.embed_queries([p.query])[0]
