@@ -436,14 +436,19 @@ def _train_config(run: Run) -> dict[str, Any]:
     return config
 
 
+#: Margin and range of every run made before they were preset options: left out of the mine stage's key,
+#: so those runs keep their keys (frozen on purpose: not the current defaults, which may change).
+_MINE_KEY_UNSTATED = (0.05, 50)
+
+
 def _mine_params(run: Run) -> dict[str, Any]:
-    """The mining options in the stage key; margin and range only where they differ from the values
-    every run had before they were options, so earlier runs keep their keys."""
+    """The mining options in the stage key; margin and range only where they differ from
+    ``_MINE_KEY_UNSTATED``."""
     p = run.preset
     params = {"qa": p.use_qa_pairs, "ict": p.ict_per_chunk, "ict_on_qa": p.ict_on_qa_corpus, "mine": p.mine,
               "keep": p.keep_negatives, "base": p.train.base, "vectors": f"batches of {EMBED_BATCH}",
               "chunking": [run.settings.chunk_tokens, run.settings.chunk_overlap_tokens]}
-    if (p.mine_margin, p.mine_range) != (0.05, 50):
+    if (p.mine_margin, p.mine_range) != _MINE_KEY_UNSTATED:
         params.update(margin=p.mine_margin, range=p.mine_range)
     return params
 

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from finetune.negatives import RANGE_MAX, RELATIVE_MARGIN
 from finetune.train import TrainConfig
 from rag.config import REPO_ROOT
 from rag.embedders import DOMAIN_MODEL
@@ -52,11 +53,9 @@ class Preset:
     # hard negatives
     mine: int = 10
     keep_negatives: int = 1
-    # which candidates may be negatives: at most (1 - mine_margin) x the positive's score, among the base's
-    # top mine_range (None: the whole training corpus). e5 models score every passage in a narrow band, so
-    # a 5% margin inside the top 50 leaves most pairs without a mined negative (cpu-demo: 878 of 913)
-    mine_margin: float | None = 0.05
-    mine_range: int | None = 50
+    # which candidates may be negatives (finetune.negatives.RELATIVE_MARGIN; mine_range None: every chunk)
+    mine_margin: float | None = RELATIVE_MARGIN
+    mine_range: int | None = RANGE_MAX
     # training
     train: TrainConfig = field(default_factory=TrainConfig)
     dev_queries: int | None = 150  # a seeded sample of the dev questions (None: all)
