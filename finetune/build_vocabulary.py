@@ -15,6 +15,14 @@ A word is kept when it occurs in at least ``MIN_DOCS`` documents; in mixed-case 
 in lower case (a word seen only capitalised is likely a proper noun) or as a short all-capital
 abbreviation; words of gold PHI spans are never kept. The output is committed, so a clone without
 ``../shared`` has it; rebuild only when the sources change.
+
+It also writes ``eponyms_in_use.<lang>.txt``: the words that clinical text without PHI puts where
+the eponym veto looks ("Weitlaner retractor", "Utrata forceps", "Tessio catheter") and that no name
+list holds. The veto drops an unknown word in such a context only when it names a person or is on
+this list (``finetune.phi_recognizers.context_vetoed``), so a place or a relative in the same context
+("Family says Obaixville test was cancelled") stays masked. Sources: English from corpora without
+patient identifiers (Synthea, MTSamples, PubMedQA), German from the dev part of GraSCCo with its gold
+PHI skipped (the only German source).
 """
 from __future__ import annotations
 
@@ -26,6 +34,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from finetune.phi_text import LETTER
+from finetune.phi_vocabulary import load_vocabulary, use_collected_words
 from finetune.split import unread_patients
 from rag.config import load_settings
 from rag.corpus import read_jsonl_objects
@@ -33,6 +42,8 @@ from rag.corpus import read_jsonl_objects
 RESOURCES = Path(__file__).resolve().parent / "resources"
 MIN_DOCS = 2
 WORD = re.compile(rf"[{LETTER}][{LETTER}]*(?:['’\-][{LETTER}]+)*")
+#: Left out of the eponym list: English has text without PHI, and ``eval.deid_holdout``'s folds must stay unseen.
+EPONYMS_SKIP = {"physionet_deid_dev"}
 SENTENCE_START = re.compile(r"(?:^|[.!?:;]\s+|\n\s*)$")
 
 
@@ -97,18 +108,22 @@ def _left_out(name: str, path: Path, also: Mapping[str, set[str]]) -> set[str]:
     return unread_patients(str(r.get("patient_id") or r.get("doc_id")) for r in rows) | set(also.get(name, ()))
 
 
+def _sources(data_dir: Path, language: str) -> list[tuple[str, Path, str]]:
+    """(name, file, text field) of each source of a language."""
+    if language == "en":
+        repo = Path(__file__).resolve().parents[1]
+        return [("synthea", repo / "data" / "synthea" / "notes.jsonl", "text"),
+                ("mtsamples", data_dir / "mtsamples" / "documents.jsonl", "text"),
+                ("pubmedqa_retrieval", data_dir / "pubmedqa_retrieval" / "corpus.jsonl", "text"),
+                ("physionet_deid_dev", data_dir / "physionet_deid_dev" / "notes.jsonl", "text")]
+    return [("grascco_phi", data_dir / "grascco_phi" / "documents.jsonl", "text")]
+
+
 def build(data_dir: Path, language: str, leave_out: Mapping[str, set[str]] | None = None
           ) -> tuple[list[str], dict[str, int]]:
     """The kept words and the documents read per source. ``leave_out`` names more patients per
     annotated set to skip (``eval.deid_holdout`` measures false alarms on patients the list never saw)."""
-    repo = Path(__file__).resolve().parents[1]
-    if language == "en":
-        sources = [("synthea", repo / "data" / "synthea" / "notes.jsonl", "text"),
-                   ("mtsamples", data_dir / "mtsamples" / "documents.jsonl", "text"),
-                   ("pubmedqa_retrieval", data_dir / "pubmedqa_retrieval" / "corpus.jsonl", "text"),
-                   ("physionet_deid_dev", data_dir / "physionet_deid_dev" / "notes.jsonl", "text")]
-    else:
-        sources = [("grascco_phi", data_dir / "grascco_phi" / "documents.jsonl", "text")]
+    sources = _sources(data_dir, language)
     missing = [str(p) for _, p, _ in sources if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"sources missing: {missing} (set CRAG_DATA_DIR to the shared data folder)")
@@ -117,6 +132,33 @@ def build(data_dir: Path, language: str, leave_out: Mapping[str, set[str]] | Non
                        not in left_out.get(name, set()))
     words = sorted(w for w, n in df.items() if n >= MIN_DOCS)
     return words, docs
+
+
+def eponyms_in_use(sources: list[tuple[str, Path, str]], language: str) -> tuple[list[str], dict[str, int]]:
+    """Unlisted words of the allow-list layer's name spans in an eponym context (see the module docstring)."""
+    from finetune.phi_recognizers import eponym_context, name_parts, view_for  # Presidio: only when building
+    from finetune.phi_types import PhiType
+    from finetune.phi_unknown_rules import unknown_words
+
+    vocab = load_vocabulary(language)
+    words: set[str] = set()
+    docs: dict[str, int] = defaultdict(int)
+    for name, path, field in sources:
+        unread = _left_out(name, path, {})
+        for row in _rows(path):
+            if str(row.get("patient_id") or row.get("doc_id")) in unread:
+                continue
+            text = row.get(field) or ""
+            gold = [(int(p["start"]), int(p["end"])) for p in row.get("phi") or []]
+            docs[name] += 1
+            for span in unknown_words(view_for(text, language)):
+                if span.label is not PhiType.NAME or not eponym_context(span, text) \
+                        or any(s < span.end and span.start < e for s, e in gold):
+                    continue
+                parts = name_parts(text[span.start: span.end])
+                if not any(vocab.is_name(p) for p in parts):
+                    words |= {p.lower() for p in parts if "-" not in p}
+    return sorted(words), dict(docs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,6 +177,16 @@ def main(argv: list[str] | None = None) -> int:
         header = (f"# Clinical words of the allow-list layer ({language}); built by python -m finetune.build_vocabulary\n"
                   f"# sources (documents): {', '.join(f'{k} {v}' for k, v in docs.items())}; dev parts only;\n"
                   f"# kept: in >= {MIN_DOCS} documents, lower case or a short abbreviation, never a gold PHI word\n")
+        out.write_text(header + "\n".join(words) + "\n", encoding="utf-8")
+        print(f"{out}: {len(words)} words from {sum(docs.values())} documents")
+    use_collected_words("en", None)  # the allow-list layer reads the new vocabulary from here on
+    for language in ("en", "de"):
+        sources = [s for s in _sources(data_dir, language) if s[0] not in EPONYMS_SKIP]
+        words, docs = eponyms_in_use(sources, language)
+        out = Path(args.out_dir) / f"eponyms_in_use.{language}.txt"
+        header = (f"# Eponyms in use ({language}): unlisted words before a device or disease noun in text without PHI;\n"
+                  f"# built by python -m finetune.build_vocabulary; sources (documents): "
+                  f"{', '.join(f'{k} {v}' for k, v in docs.items())}\n")
         out.write_text(header + "\n".join(words) + "\n", encoding="utf-8")
         print(f"{out}: {len(words)} words from {sum(docs.values())} documents")
     return 0

@@ -179,9 +179,9 @@ class PhiDetector:
                 "recognizer_name", "presidio")), bool(meta.get("phi_strong", True))))
         # the tagger only adds where no rule spoke; its spans are weak, so the allow-list applies
         spans += [t for t in learned if not any(s.start < t.end and t.start < s.end for s in spans)]
-        spans = [s for s in spans if not allowed(s, text, self.gaz) and not context_vetoed(s, text)]
+        spans = [s for s in spans if not allowed(s, text, self.gaz) and not context_vetoed(s, text, language)]
         spans = resolve_overlaps(spans)
         spans = coordinated_names(spans, text, self.gaz, view_for(text, language).case)
         spans = propagate(spans, text, self.gaz)
-        spans = [s for s in spans if not context_vetoed(s, text)]
+        spans = [s for s in spans if not context_vetoed(s, text, language)]
         return resolve_overlaps(spans)

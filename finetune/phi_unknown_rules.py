@@ -282,6 +282,8 @@ def _foreign_letter(word: str, language: str) -> bool:
     return any(ord(c) > 127 and c not in own for c in word)
 #: ... and when they precede it ("St. Julienne", "Holy Ytuika").
 HOSPITAL_BEFORE = {"st", "saint", "holy", "sacred", "sankt"}
+#: The prefix of this layer's span sources ("unknown_word:place"): the eponym veto treats its spans apart.
+UNKNOWN_WORD_SOURCE = "unknown_word:"
 
 
 def unknown_words(view: TextView) -> Iterator[PhiSpan]:
@@ -329,7 +331,7 @@ def unknown_words(view: TextView) -> Iterator[PhiSpan]:
         end = last
         while label is PhiType.HOSPITAL and end > first and not flagged[end] and toks[end].low in HOSPITAL_TAIL_OUT:
             end -= 1  # "Japigia [Hospital]": the keyword stays outside, as the hospital rule leaves it
-        span = view.span(toks[first], toks[end], label, f"unknown_word:{why}", strong=False,
+        span = view.span(toks[first], toks[end], label, f"{UNKNOWN_WORD_SOURCE}{why}", strong=False,
                          score=0.7 if known else 0.6)
         if label is not PhiType.HOSPITAL:  # "Anne's": the possessive stays outside
             span.end = min(span.end, toks[last].start + len(_word(toks[last])))

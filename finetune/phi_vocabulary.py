@@ -87,6 +87,9 @@ class Vocabulary:
     stems: frozenset[str] = frozenset()
     #: drug names that the project's clinical word lists do not hold
     drugs: frozenset[str] = frozenset()
+    #: unlisted eponyms that non-PHI text puts before a device or disease noun ("Weitlaner retractor"):
+    #: ``resources/eponyms_in_use.<lang>.txt``, built by ``finetune.build_vocabulary``
+    eponyms: frozenset[str] = frozenset()
 
     def _forms(self, word: str) -> list[str]:
         low = word.lower().strip(".'’-")
@@ -252,6 +255,15 @@ def _clinical(language: str) -> set[str]:
     return words
 
 
+def _eponyms_in_use(language: str) -> set[str]:
+    """The eponyms non-PHI text puts before a device or disease noun (``finetune.build_vocabulary``)."""
+    path = RESOURCES / f"eponyms_in_use.{language}.txt"
+    if not path.is_file():
+        return set()
+    return {line.strip().lower() for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and not line.startswith("#")}
+
+
 def _long_words(words: set[str]) -> dict[str, tuple[str, ...]]:
     by_letter: dict[str, list[str]] = {}
     for word in words:
@@ -329,4 +341,4 @@ def load_vocabulary(language: str) -> Vocabulary:
     typo_source = core | common | {d for d in drugs if len(d) >= 6}
     return Vocabulary(language, frozenset(safe), frozenset(names), _typo_index(typo_source), _long_words(core | common),
                       frozenset(common_names), frozenset(frequent), frozenset(project), frozenset(stems),
-                      frozenset(drugs - core))
+                      frozenset(drugs - core), frozenset(_eponyms_in_use(language)))

@@ -13,7 +13,7 @@ from eval import deid_stress
 from eval.deid import main, select_part
 from eval.deid_gold import GoldDoc, GoldSpan, load_gold
 from eval.deid_stress import build_pools, known_words, stress_variants
-from finetune.build_vocabulary import document_words
+from finetune.build_vocabulary import document_words, eponyms_in_use
 from finetune.phi_detector import PhiDetector
 from finetune.phi_name_shape import load_name_shape
 from finetune.phi_types import PhiType, gold_type
@@ -248,6 +248,39 @@ def test_names_listed_next_to_a_name(detector: PhiDetector, text: str, value: st
 def test_lists_do_not_make_eponyms_shorthand_or_months_names(detector: PhiDetector, text: str) -> None:
     masked = _masked(detector, text, "en")
     assert not [w for w in ("Graves", "Hashimoto", "ALINE", "June") if masked.get(w) is PhiType.NAME], masked
+
+
+@pytest.mark.parametrize("text,value,language", [
+    ("Family says Obaixville test was cancelled, will call back.", "Obaixville", "en"),
+    ("Spoke with his wife Umbrielle, who says Obaix test is tomorrow.", "Obaix", "en"),
+    ("Die Tochter sagt, der Obaixville Test wurde abgesagt.", "Obaixville", "de"),
+])
+def test_an_unknown_word_before_a_test_or_device_word_stays_masked(detector: PhiDetector, text: str, value: str,
+                                                                   language: str) -> None:
+    """The eponym veto spares a word no list knows unless it names a person or a listed eponym."""
+    assert _covered(detector, text, value, language), _masked(detector, text, language)
+
+
+@pytest.mark.parametrize("text,language", [
+    ("JP drain: Jackson-Pratt drain placed, Weitlaner retractor used.", "en"),
+    ("A Tessio catheter was placed. Utrata forceps used.", "en"),
+    ("Known Dupuytren disease, Brugada syndrome ruled out.", "en"),
+    ("Bekannter Morbus Crohn, Kernig-Zeichen negativ.", "de"),
+    ("Lasègue-Zeichen positiv, V.a. Sjögren-Syndrom, Hickman-Katheter liegt, Babinski Zeichen negativ.", "de"),
+])
+def test_eponyms_in_use_stay(detector: PhiDetector, text: str, language: str) -> None:
+    assert not [s for s in detector.detect(text, language) if s.label is PhiType.NAME], _masked(detector, text, language)
+
+
+def test_the_eponym_list_holds_unlisted_words_before_device_nouns_and_no_names(tmp_path: Path) -> None:
+    source = tmp_path / "documents.jsonl"
+    source.write_text("\n".join(json.dumps({"doc_id": f"d{i}", "text": t}) for i, t in enumerate([
+        "The Zorbelak retractor was placed and the wound closed.",
+        "A Smith catheter was placed. The patient tolerated the procedure well.",
+    ])) + "\n", encoding="utf-8")
+    words, docs = eponyms_in_use([("mtsamples", source, "text")], "en")
+    assert "zorbelak" in words and "smith" not in words and docs == {"mtsamples": 2}
+    assert {"weitlaner", "tessio", "utrata"} <= load_vocabulary("en").eponyms  # the committed list is read
 
 
 # --- German -----------------------------------------------------------------------------------
