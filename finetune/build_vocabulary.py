@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         sources = [s for s in _sources(data_dir, language) if s[0] not in EPONYMS_SKIP]
         words, docs = eponyms_in_use(sources, language)
         out = Path(args.out_dir) / f"eponyms_in_use.{language}.txt"
-        header = (f"# Eponyms in use ({language}): unlisted words before a device or disease noun in text without PHI;\n"
+        header = (f"# Eponyms in use ({language}): unlisted words before a device or disease noun, outside any PHI;\n"
                   f"# built by python -m finetune.build_vocabulary; sources (documents): "
                   f"{', '.join(f'{k} {v}' for k, v in docs.items())}\n")
         out.write_text(header + "\n".join(words) + "\n", encoding="utf-8")
