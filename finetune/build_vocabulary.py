@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"# kept: in >= {MIN_DOCS} documents, lower case or a short abbreviation, never a gold PHI word\n")
         out.write_text(header + "\n".join(words) + "\n", encoding="utf-8")
         print(f"{out}: {len(words)} words from {sum(docs.values())} documents")
-    use_collected_words("en", None)  # the allow-list layer reads the new vocabulary from here on
+    use_collected_words("en", None)  # drops the cached vocabulary: the allow-list layer reads the new files
     for language in ("en", "de"):
         sources = [s for s in _sources(data_dir, language) if s[0] not in EPONYMS_SKIP]
         words, docs = eponyms_in_use(sources, language)

@@ -44,7 +44,8 @@ def _words(values) -> set[str]:
     return out
 
 
-def _read_list(name: str) -> list[str]:
+def read_list(name: str) -> list[str]:
+    """The lower-cased lines of a word list in ``resources/``, without blank lines and ``#`` comments."""
     lines = (RESOURCES / name).read_text(encoding="utf-8").splitlines()
     return [line.strip().lower() for line in lines if line.strip() and not line.startswith("#")]
 
@@ -126,7 +127,7 @@ def load_gazetteers() -> Gazetteers:
     from spacy.lang.en.stop_words import STOP_WORDS as EN_STOP
 
     common |= {w.lower() for w in EN_STOP} | {w.lower() for w in DE_STOP}
-    for line in _read_list("clinical_words.txt"):
+    for line in read_list("clinical_words.txt"):
         common |= set(line.split())
 
     common |= set(MONTH_NUMBER)
@@ -139,7 +140,7 @@ def load_gazetteers() -> Gazetteers:
             cities |= {c.lower() for c in getattr(address, "cities", ()) if len(c) >= 4}
     states_provider = faker_provider("address", "en_US")
     states = {s.lower() for s in getattr(states_provider, "states", ())}
-    allow = frozenset(_read_list("allow_list.txt"))
+    allow = frozenset(read_list("allow_list.txt"))
     cities -= common
     ranked = _english_vocabulary()
     vocabulary = set(ranked)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from finetune.phi_gazetteers import RESOURCES, load_gazetteers
+from finetune.phi_gazetteers import RESOURCES, load_gazetteers, read_list
 
 #: An English dictionary word that is also a name stays safe only when it is at least this common
 #: (wordfreq's Zipf scale: 3 = once per million words): "hill", "baker", "doze", but not "snell".
@@ -257,11 +257,8 @@ def _clinical(language: str) -> set[str]:
 
 def _eponyms_in_use(language: str) -> set[str]:
     """The eponyms non-PHI text puts before a device or disease noun (``finetune.build_vocabulary``)."""
-    path = RESOURCES / f"eponyms_in_use.{language}.txt"
-    if not path.is_file():
-        return set()
-    return {line.strip().lower() for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and not line.startswith("#")}
+    name = f"eponyms_in_use.{language}.txt"
+    return set(read_list(name)) if (RESOURCES / name).is_file() else set()
 
 
 def _long_words(words: set[str]) -> dict[str, tuple[str, ...]]:
