@@ -161,6 +161,15 @@ def eponyms_in_use(sources: list[tuple[str, Path, str]], language: str) -> tuple
     return sorted(words), dict(docs)
 
 
+def _counts(docs: Mapping[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in docs.items())
+
+
+def _write_list(out: Path, words: list[str], docs: Mapping[str, int], header: str) -> None:
+    out.write_text(header + "\n".join(words) + "\n", encoding="utf-8")
+    print(f"{out}: {len(words)} words from {sum(docs.values())} documents")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m finetune.build_vocabulary", description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default=None, help="shared data folder (default: CRAG_DATA_DIR)")
@@ -173,22 +182,17 @@ def main(argv: list[str] | None = None) -> int:
         except FileNotFoundError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        out = Path(args.out_dir) / f"clinical_vocabulary.{language}.txt"
-        header = (f"# Clinical words of the allow-list layer ({language}); built by python -m finetune.build_vocabulary\n"
-                  f"# sources (documents): {', '.join(f'{k} {v}' for k, v in docs.items())}; dev parts only;\n"
-                  f"# kept: in >= {MIN_DOCS} documents, lower case or a short abbreviation, never a gold PHI word\n")
-        out.write_text(header + "\n".join(words) + "\n", encoding="utf-8")
-        print(f"{out}: {len(words)} words from {sum(docs.values())} documents")
+        _write_list(Path(args.out_dir) / f"clinical_vocabulary.{language}.txt", words, docs,
+                    f"# Clinical words of the allow-list layer ({language}); built by python -m finetune.build_vocabulary\n"
+                    f"# sources (documents): {_counts(docs)}; dev parts only;\n"
+                    f"# kept: in >= {MIN_DOCS} documents, lower case or a short abbreviation, never a gold PHI word\n")
     use_collected_words("en", None)  # drops the cached vocabulary: the allow-list layer reads the new files
     for language in ("en", "de"):
         sources = [s for s in _sources(data_dir, language) if s[0] not in EPONYMS_SKIP]
         words, docs = eponyms_in_use(sources, language)
-        out = Path(args.out_dir) / f"eponyms_in_use.{language}.txt"
-        header = (f"# Eponyms in use ({language}): unlisted words before a device or disease noun, outside any PHI;\n"
-                  f"# built by python -m finetune.build_vocabulary; sources (documents): "
-                  f"{', '.join(f'{k} {v}' for k, v in docs.items())}\n")
-        out.write_text(header + "\n".join(words) + "\n", encoding="utf-8")
-        print(f"{out}: {len(words)} words from {sum(docs.values())} documents")
+        _write_list(Path(args.out_dir) / f"eponyms_in_use.{language}.txt", words, docs,
+                    f"# Eponyms in use ({language}): unlisted words before a device or disease noun, outside any PHI;\n"
+                    f"# built by python -m finetune.build_vocabulary; sources (documents): {_counts(docs)}\n")
     return 0
 
 

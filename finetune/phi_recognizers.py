@@ -176,7 +176,7 @@ def name_parts(phrase: str) -> list[str]:
     return [p for w in words for p in dict.fromkeys((w, *w.split("-"))) if p]
 
 
-def context_vetoed(span: PhiSpan, text: str, language: str = "en") -> bool:
+def context_vetoed(span: PhiSpan, text: str, language: str) -> bool:
     """Eponyms in use: 'Morbus Crohn', 'Parkinson's disease', 'Foley catheter', 'Blake drain', 'Bard Parker blade'.
 
     A word no list knows (the allow-list layer's spans) is spared unless it names a person or a listed
