@@ -428,11 +428,16 @@ def _synthesize_params(run: Run) -> dict[str, Any]:
 
 
 def _train_config(run: Run) -> dict[str, Any]:
-    """The training options in the stage key; the distillation ones only when it is on, so runs made
-    before it existed keep their keys (and their trained models)."""
+    """The training options in the stage key; the distillation ones only when it is on, the loss
+    directions and hardness only off their defaults, so runs made before they existed keep their keys
+    (and their trained models)."""
     config = dataclasses.asdict(run.preset.train)
     if not config.get("distill_weight"):
         config = {k: v for k, v in config.items() if not k.startswith("distill_")}
+    if tuple(config["loss_directions"]) == ("query_to_doc",):
+        del config["loss_directions"]
+    if not config["hardness_strength"]:
+        del config["hardness_strength"]
     return config
 
 

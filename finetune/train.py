@@ -69,6 +69,10 @@ log = logging.getLogger(__name__)
 # Configuration
 
 
+#: The similarity terms the cached contrastive loss can put in its softmax (query -> passage always).
+LOSS_DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
+
+
 @dataclass
 class TrainConfig:
     """Everything that decides the trained weights (recorded in the manifest and model card)."""
@@ -88,6 +92,13 @@ class TrainConfig:
     matryoshka_dims: list[int] | None = None  # e.g. [384, 256, 128, 64]; None: plain cached MNRL
     num_negatives: int = 1  # hard-negative columns per pair (0: in-batch negatives only)
     scale: float = 20.0
+    # which similarities share the contrastive softmax (sentence-transformers' names): the default is plain
+    # InfoNCE; all four is GTE's "improved contrastive loss" (Li et al. 2023), where other questions and other
+    # passages of the batch are negatives too, which spreads a model that scores every passage alike
+    loss_directions: tuple[str, ...] = ("query_to_doc",)
+    # hardness weighting (Lan et al. 2025, LLaVE): each in-batch negative's logit gains this x its own
+    # (stop-gradient) cosine, so the negatives the model already confuses weigh more; 0 = off
+    hardness_strength: float = 0.0
     # in-batch distillation from a hybrid teacher (BM25 + the base, finetune.distill): the weight of
     # KL(teacher || student) next to the contrastive loss; 0 = off. The teacher's fusion is min-max
     # scores, lexical_share x BM25 + the rest x base cosine, softened by the temperature
@@ -111,6 +122,18 @@ class TrainConfig:
     # a uniform model soup: train this many runs (seeds seed, seed + 1, ...) and average their
     # weights before WiSE-FT (finetune.soup); 1 = one run
     soup: int = 1
+
+    def __post_init__(self) -> None:
+        self.loss_directions = tuple(self.loss_directions)  # JSON gives a list
+        unknown = set(self.loss_directions) - set(LOSS_DIRECTIONS)
+        if unknown or "query_to_doc" not in self.loss_directions:
+            raise ValueError(f"loss_directions must include 'query_to_doc' and be among {LOSS_DIRECTIONS}, "
+                             f"got {list(self.loss_directions)}")
+        if self.hardness_strength < 0:
+            raise ValueError(f"hardness_strength must be >= 0, got {self.hardness_strength}")
+        if self.distill_weight > 0 and (self.loss_directions != ("query_to_doc",) or self.hardness_strength):
+            raise ValueError("the distilled loss is plain query -> passage InfoNCE: leave loss_directions and "
+                             "hardness_strength at their defaults")
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "TrainConfig":
@@ -211,6 +234,10 @@ def _build_loss(model: "SentenceTransformer", cfg: TrainConfig, world_size: int 
         else:
             log.warning("this sentence-transformers cannot gather across ranks: in-batch negatives are per rank "
                         "(%d pairs, not %d)", cfg.batch_size, cfg.batch_size * world_size)
+    if cfg.loss_directions != ("query_to_doc",):
+        extra["directions"] = cfg.loss_directions
+    if cfg.hardness_strength:
+        extra.update(hardness_mode="in_batch_negatives", hardness_strength=cfg.hardness_strength)
     loss = CachedMultipleNegativesRankingLoss(model, scale=cfg.scale, mini_batch_size=cfg.mini_batch_size, **extra)
     if cfg.matryoshka_dims:
         dim = model.get_embedding_dimension()
@@ -603,14 +630,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output folder (default <home>/models/<name>)")
     for f in ("base", "name"):
         parser.add_argument(f"--{f}")
-    for f in ("epochs", "learning_rate", "warmup_ratio", "scale", "distill_weight", "distill_lexical_share",
-              "distill_temperature"):
+    for f in ("epochs", "learning_rate", "warmup_ratio", "scale", "hardness_strength", "distill_weight",
+              "distill_lexical_share", "distill_temperature"):
         parser.add_argument(f"--{f.replace('_', '-')}", type=float)
     for f in ("max_steps", "batch_size", "mini_batch_size", "max_seq_length", "num_negatives", "eval_steps", "seed",
               "threads", "freeze_layers", "soup"):
         parser.add_argument(f"--{f.replace('_', '-')}", type=int)
     parser.add_argument("--freeze-embeddings", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--matryoshka-dims", help="comma-separated, e.g. 384,256,128,64 ('' = off)")
+    parser.add_argument("--loss-directions", help=f"comma-separated among {','.join(LOSS_DIRECTIONS)}")
     args = parser.parse_args(list(argv) if argv is not None else None)
     launch = launch_from_env()
     # under torchrun only rank 0 reports progress; the others speak up only for problems
@@ -624,6 +652,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg_data[k] = v
     if isinstance(cfg_data.get("matryoshka_dims"), str):
         cfg_data["matryoshka_dims"] = [int(x) for x in cfg_data["matryoshka_dims"].split(",") if x.strip()] or None
+    if isinstance(cfg_data.get("loss_directions"), str):
+        cfg_data["loss_directions"] = [x.strip() for x in cfg_data["loss_directions"].split(",") if x.strip()]
     cfg = TrainConfig.from_json(cfg_data)
     settings = load_settings()
     dev = dev_chunks = None

@@ -296,3 +296,53 @@ def test_cli_chooses_the_weight_on_dev_scored_like_eval_ir(tiny_base: Path, tmp_
     assert result["dev_map_scoring"].startswith("chunks at the inference length")
     assert set(result["dev_map_by_interpolation"]) == {"0", "1"}
     assert result["interpolation"] in (0.0, 1.0)
+
+
+def test_loss_variants_train_and_leave_default_runs_alone(tiny_base: Path, tmp_path: Path) -> None:
+    """GTE's loss (all four directions) and hardness weighting reach the cached loss and train; both are
+    off by default, without changing the train-stage key of runs made before they existed."""
+    from types import SimpleNamespace
+
+    from sentence_transformers import SentenceTransformer
+
+    from finetune.pairs import write_pairs
+    from finetune.pipeline import _train_config
+    from finetune.presets import CPU_DEMO
+    from finetune.train import LOSS_DIRECTIONS, _build_loss
+
+    with pytest.raises(ValueError, match="loss_directions"):
+        TrainConfig(loss_directions=["doc_to_doc"])  # the query -> passage term is what retrieval needs
+    with pytest.raises(ValueError, match="loss_directions"):
+        TrainConfig(loss_directions=["query_to_doc", "sideways"])
+    with pytest.raises(ValueError, match="hardness_strength"):
+        TrainConfig(hardness_strength=-1.0)
+    with pytest.raises(ValueError, match="distilled"):
+        TrainConfig(loss_directions=list(LOSS_DIRECTIONS), distill_weight=1.0)
+    with pytest.raises(ValueError, match="distilled"):
+        TrainConfig(hardness_strength=9.0, distill_weight=1.0)
+    cfg = TrainConfig.from_json({"loss_directions": list(LOSS_DIRECTIONS), "hardness_strength": 9.0})
+    assert cfg.loss_directions == LOSS_DIRECTIONS
+    model = SentenceTransformer(str(tiny_base), device="cpu")
+    loss = _build_loss(model, cfg)
+    assert (loss.directions, loss.hardness_mode, loss.hardness_strength) == (LOSS_DIRECTIONS, "in_batch_negatives", 9.0)
+    plain = _build_loss(model, TrainConfig())
+    assert (plain.directions, plain.hardness_mode) == (("query_to_doc",), None)
+
+    pairs = _toy_pairs()
+    write_pairs(pairs, tmp_path / "pairs.jsonl")
+    out = tmp_path / "model"
+    assert main(["--pairs", str(tmp_path / "pairs.jsonl"), "--base", str(tiny_base), "--name", "tiny-gte",
+                 "--max-steps", "12", "--batch-size", "12", "--mini-batch-size", "6", "--max-seq-length", "32",
+                 "--learning-rate", "3e-3", "--warmup-ratio", "0", "--num-negatives", "0",
+                 "--loss-directions", ",".join(LOSS_DIRECTIONS), "--hardness-strength", "9", "--out", str(out)]) == 0
+    recorded = json.loads((out / "manifest.json").read_text())["parameters"]
+    assert (recorded["loss_directions"], recorded["hardness_strength"]) == (list(LOSS_DIRECTIONS), 9.0)
+    before = _mean_info_nce(model, pairs)
+    after = _mean_info_nce(SentenceTransformer(str(out), device="cpu"), pairs)
+    assert after < before - 0.05, (before, after)
+
+    off = _train_config(SimpleNamespace(preset=CPU_DEMO))
+    assert "loss_directions" not in off and "hardness_strength" not in off
+    on = _train_config(SimpleNamespace(preset=CPU_DEMO.with_overrides(train_loss_directions=list(LOSS_DIRECTIONS),
+                                                                      train_hardness_strength=9.0)))
+    assert on.pop("loss_directions") == LOSS_DIRECTIONS and on.pop("hardness_strength") == 9.0 and on == off
