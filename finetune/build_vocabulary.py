@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from finetune.phi_text import LETTER
-from finetune.phi_vocabulary import load_vocabulary, use_collected_words
+from finetune.phi_vocabulary import load_vocabulary, reload_vocabulary
 from finetune.split import unread_patients
 from rag.config import load_settings
 from rag.corpus import read_jsonl_objects
@@ -81,15 +81,13 @@ def _rows(path: Path) -> Iterable[dict]:
         yield row
 
 
-def collect(sources: list[tuple[str, Path, str]], part_of) -> tuple[Counter, dict[str, int]]:
+def collect(sources: list[tuple[str, Path, str]], leave_out: Mapping[str, set[str]]) -> tuple[Counter, dict[str, int]]:
     """Document frequency of each vouched-for word, and the number of documents per source."""
     df: Counter[str] = Counter()
     docs: dict[str, int] = defaultdict(int)
     phi_words: set[str] = set()
     for name, path, field in sources:
-        for row in _rows(path):
-            if part_of is not None and "phi" in row and not part_of(name, row):
-                continue
+        for row in _readable_rows(name, path, leave_out):
             text = row.get(field) or ""
             spans = [(int(p["start"]), int(p["end"])) for p in row.get("phi") or []]
             phi_words |= {w.lower() for s, e in spans for w in WORD.findall(text[s:e])}
@@ -106,6 +104,12 @@ def _left_out(name: str, path: Path, also: Mapping[str, set[str]]) -> set[str]:
     if not rows or "phi" not in rows[0]:
         return set()
     return unread_patients(str(r.get("patient_id") or r.get("doc_id")) for r in rows) | set(also.get(name, ()))
+
+
+def _readable_rows(name: str, path: Path, also: Mapping[str, set[str]]) -> Iterable[dict]:
+    """The rows of a source whose words may enter a list (all but :func:`_left_out`'s patients)."""
+    left_out = _left_out(name, path, also)
+    return (row for row in _rows(path) if str(row.get("patient_id") or row.get("doc_id")) not in left_out)
 
 
 def _sources(data_dir: Path, language: str) -> list[tuple[str, Path, str]]:
@@ -127,9 +131,7 @@ def build(data_dir: Path, language: str, leave_out: Mapping[str, set[str]] | Non
     missing = [str(p) for _, p, _ in sources if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"sources missing: {missing} (set CRAG_DATA_DIR to the shared data folder)")
-    left_out = {name: _left_out(name, path, leave_out or {}) for name, path, _ in sources}
-    df, docs = collect(sources, lambda name, row: str(row.get("patient_id") or row.get("doc_id"))
-                       not in left_out.get(name, set()))
+    df, docs = collect(sources, leave_out or {})
     words = sorted(w for w, n in df.items() if n >= MIN_DOCS)
     return words, docs
 
@@ -144,10 +146,7 @@ def eponyms_in_use(sources: list[tuple[str, Path, str]], language: str) -> tuple
     words: set[str] = set()
     docs: dict[str, int] = defaultdict(int)
     for name, path, field in sources:
-        unread = _left_out(name, path, {})
-        for row in _rows(path):
-            if str(row.get("patient_id") or row.get("doc_id")) in unread:
-                continue
+        for row in _readable_rows(name, path, {}):
             text = row.get(field) or ""
             gold = [(int(p["start"]), int(p["end"])) for p in row.get("phi") or []]
             docs[name] += 1
@@ -183,10 +182,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         _write_list(Path(args.out_dir) / f"clinical_vocabulary.{language}.txt", words, docs,
-                    f"# Clinical words of the allow-list layer ({language}); built by python -m finetune.build_vocabulary\n"
+                    f"# Clinical words of the allow-list layer ({language}); "
+                    f"built by python -m finetune.build_vocabulary\n"
                     f"# sources (documents): {_counts(docs)}; dev parts only;\n"
                     f"# kept: in >= {MIN_DOCS} documents, lower case or a short abbreviation, never a gold PHI word\n")
-    use_collected_words("en", None)  # drops the cached vocabulary: the allow-list layer reads the new files
+    reload_vocabulary()  # the eponym pass reads the clinical lists just written
     for language in ("en", "de"):
         sources = [s for s in _sources(data_dir, language) if s[0] not in EPONYMS_SKIP]
         words, docs = eponyms_in_use(sources, language)

@@ -235,7 +235,13 @@ def use_collected_words(language: str, words: set[str] | None) -> None:
         _COLLECTED_OVERRIDE.pop(language, None)
     else:
         _COLLECTED_OVERRIDE[language] = {w.lower() for w in words}
-    from finetune.phi_name_shape import load_name_shape  # trained on the vocabulary: retrain with it
+    reload_vocabulary()
+
+
+def reload_vocabulary() -> None:
+    """Forget this process's vocabularies (and the name-shape model trained on them), so the next use
+    reads the word lists again: after they were rewritten or overridden."""
+    from finetune.phi_name_shape import load_name_shape
 
     load_vocabulary.cache_clear()
     load_name_shape.cache_clear()
